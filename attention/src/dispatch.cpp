@@ -1,0 +1,67 @@
+#include <cstdlib>
+#include <string>
+
+#include "kernel.h"
+
+namespace longctx::attention {
+
+std::string_view IsaName(Isa isa) {
+  switch (isa) {
+    case Isa::kAuto: return "auto";
+    case Isa::kAvx512: return "avx512";
+    case Isa::kAvx2: return "avx2";
+    case Isa::kGeneric: return "generic";
+  }
+  return "?";
+}
+
+Result<Isa> ParseIsa(std::string_view name) {
+  for (Isa isa : {Isa::kAuto, Isa::kAvx512, Isa::kAvx2, Isa::kGeneric}) {
+    if (name == IsaName(isa)) return isa;
+  }
+  return InvalidArgument("unknown ISA '{}': expected auto, avx512, avx2 or generic", name);
+}
+
+bool IsaSupported(Isa isa) {
+  switch (isa) {
+    case Isa::kGeneric: return true;
+#if defined(LONGCTX_HAVE_X86_VARIANTS)
+    case Isa::kAvx2:
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+             __builtin_cpu_supports("f16c");
+    case Isa::kAvx512:
+      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+             __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+#endif
+    default: return false;
+  }
+}
+
+Isa BestIsa() {
+  if (const char* env = std::getenv("LONGCTX_ISA")) {
+    auto parsed = ParseIsa(env);
+    if (parsed.ok() && *parsed != Isa::kAuto && IsaSupported(*parsed)) return *parsed;
+  }
+  for (Isa isa : {Isa::kAvx512, Isa::kAvx2}) {
+    if (IsaSupported(isa)) return isa;
+  }
+  return Isa::kGeneric;
+}
+
+namespace detail {
+
+const KernelTable& Kernels(Isa isa) {
+  static const KernelTable kGenericTable{&generic::WindowGlobal, &generic::DensePartial};
+#if defined(LONGCTX_HAVE_X86_VARIANTS)
+  static const KernelTable kAvx2Table{&avx2::WindowGlobal, &avx2::DensePartial};
+  static const KernelTable kAvx512Table{&avx512::WindowGlobal, &avx512::DensePartial};
+  if (isa == Isa::kAvx512) return kAvx512Table;
+  if (isa == Isa::kAvx2) return kAvx2Table;
+#endif
+  (void)isa;
+  return kGenericTable;
+}
+
+}  // namespace detail
+}  // namespace longctx::attention

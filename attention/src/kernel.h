@@ -1,0 +1,30 @@
+// Internal: one set of kernel entry points per instruction set. kernel_impl.inc is compiled
+// once per ISA (kernel_avx512.cpp, kernel_avx2.cpp, kernel_generic.cpp) with that ISA's
+// flags, into its own namespace; dispatch.cpp picks one at run time. Arguments are validated
+// by the caller (hybrid_attention.cpp); kernels assume them valid.
+#pragma once
+
+#include "longctx/attention/hybrid_attention.h"
+
+namespace longctx::attention::detail {
+
+struct KernelTable {
+  void (*window_global)(const WindowGlobalArgs& args, const AttentionSpec& spec, ThreadPool* pool);
+  void (*dense_partial)(const DensePartialArgs& args, const AttentionSpec& spec, ThreadPool* pool);
+};
+
+#define LONGCTX_DECLARE_KERNELS(ns)                                                        \
+  namespace ns {                                                                           \
+  void WindowGlobal(const WindowGlobalArgs& args, const AttentionSpec& spec, ThreadPool* pool); \
+  void DensePartial(const DensePartialArgs& args, const AttentionSpec& spec, ThreadPool* pool); \
+  }
+LONGCTX_DECLARE_KERNELS(generic)
+#if defined(LONGCTX_HAVE_X86_VARIANTS)
+LONGCTX_DECLARE_KERNELS(avx2)
+LONGCTX_DECLARE_KERNELS(avx512)
+#endif
+#undef LONGCTX_DECLARE_KERNELS
+
+const KernelTable& Kernels(Isa isa);  // isa must be supported (not kAuto)
+
+}  // namespace longctx::attention::detail

@@ -1,0 +1,178 @@
+#include "longctx/bench/attention_bench.h"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "longctx/attention/hybrid_attention.h"
+#include "longctx/core/thread_pool.h"
+
+namespace longctx::bench {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+// Deterministic, fast pseudo-random fill in [-1, 1) (splitmix64).
+void Fill(std::vector<float>& x, uint64_t seed) {
+  uint64_t s = seed;
+  for (float& e : x) {
+    s += 0x9e3779b97f4a7c15ull;
+    uint64_t z = s;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    e = float(int64_t(z >> 40) - (1ll << 23)) / float(1 << 23);
+  }
+}
+
+// OpenBLAS sgemm GFLOP/s, square m=n=k=2048, best of 3 after a warm-up.
+double SgemmGflops(int threads) {
+  constexpr int kN = 2048;
+  openblas_set_num_threads(threads);
+  std::vector<float> a(size_t(kN) * kN), b(size_t(kN) * kN), c(size_t(kN) * kN);
+  Fill(a, 1);
+  Fill(b, 2);
+  double best = 1e30;
+  for (int rep = 0; rep < 4; ++rep) {
+    const auto t0 = Clock::now();
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, kN, kN, kN, 1.0f, a.data(), kN,
+                b.data(), kN, 0.0f, c.data(), kN);
+    const double s = Seconds(t0);
+    if (rep > 0) best = std::min(best, s);
+  }
+  return 2.0 * kN * kN * double(kN) / best * 1e-9;
+}
+
+std::vector<int64_t> LogGlobals(int64_t n) {
+  const int64_t g = std::min<int64_t>(n, 16 * int64_t(std::ceil(std::log2(double(n)))));
+  std::vector<int64_t> pos;
+  for (int64_t i = 0; i < std::min<int64_t>(4, g); ++i) pos.push_back(i);  // sinks
+  const int64_t rest = g - int64_t(pos.size());
+  for (int64_t r = 0; r < rest; ++r) pos.push_back(4 + (r + 1) * (n - 4) / (rest + 1));
+  std::sort(pos.begin(), pos.end());
+  pos.erase(std::unique(pos.begin(), pos.end()), pos.end());
+  return pos;
+}
+
+}  // namespace
+
+Status RunAttentionBench(const AttentionBenchOptions& o) {
+  ASSIGN_OR_RETURN(attention::Isa isa, attention::ParseIsa(o.isa));
+  if (isa == attention::Isa::kAuto) isa = attention::BestIsa();
+  if (!attention::IsaSupported(isa)) return InvalidArgument("--isa {} is not supported", o.isa);
+  DType dtype;
+  if (o.dtype == "f32") dtype = DType::kF32;
+  else if (o.dtype == "f16") dtype = DType::kF16;
+  else if (o.dtype == "bf16") dtype = DType::kBF16;
+  else return InvalidArgument("--dtype must be f32, f16 or bf16, got '{}'", o.dtype);
+  if (o.heads < 1 || o.kv_heads < 1 || o.heads % o.kv_heads != 0) {
+    return InvalidArgument("--heads must be a positive multiple of --kv-heads");
+  }
+  for (const auto& g : o.globals) {
+    if (g != "none" && g != "log") return InvalidArgument("--globals takes none and/or log");
+  }
+  if (o.reps < 1) return InvalidArgument("--reps must be >= 1");
+
+  std::vector<double> sgemm(o.threads.size());
+  for (size_t t = 0; t < o.threads.size(); ++t) {
+    if (o.threads[t] < 1) return InvalidArgument("--threads values must be >= 1");
+    sgemm[t] = SgemmGflops(o.threads[t]);
+    fmt::print("# OpenBLAS sgemm 2048^3, {} thread(s): {:.1f} GFLOP/s\n", o.threads[t], sgemm[t]);
+  }
+  fmt::print("# isa={} dtype={} heads={}/{} causal fusion=union; GFLOP/s counts allowed pairs x "
+             "4d only\n", attention::IsaName(isa), o.dtype, o.heads, o.kv_heads);
+  fmt::print("{:>7} {:>4} {:>5} {:>5} {:>3} {:>9} {:>9} {:>7}\n", "n", "d", "W", "globs", "thr",
+             "seconds", "GFLOP/s", "/sgemm");
+  std::fflush(stdout);
+
+  std::string json = "[\n";
+  bool first_json = true;
+  for (int64_t n : o.n) {
+    for (int64_t d : o.head_dim) {
+      if (n < 1 || d < 1) return InvalidArgument("--n and --d values must be >= 1");
+      // Inputs stored in the benchmarked dtype.
+      std::vector<float> qf(size_t(n * o.heads * d)), kf(size_t(n * o.kv_heads * d)),
+          vf(size_t(n * o.kv_heads * d));
+      Fill(qf, 11);
+      Fill(kf, 12);
+      Fill(vf, 13);
+      std::vector<uint16_t> q16, k16, v16;
+      auto narrow = [&](const std::vector<float>& x, std::vector<uint16_t>& y) {
+        y.resize(x.size());
+        for (size_t i = 0; i < x.size(); ++i) {
+          y[i] = dtype == DType::kF16 ? FloatToHalf(x[i]) : FloatToBF16(x[i]);
+        }
+      };
+      const void *qp = qf.data(), *kp = kf.data(), *vp = vf.data();
+      if (dtype != DType::kF32) {
+        narrow(qf, q16);
+        narrow(kf, k16);
+        narrow(vf, v16);
+        qp = q16.data();
+        kp = k16.data();
+        vp = v16.data();
+      }
+      const auto q = attention::TokenView::Dense(qp, dtype, n, o.heads, d);
+      const auto k = attention::TokenView::Dense(kp, dtype, n, o.kv_heads, d);
+      const auto v = attention::TokenView::Dense(vp, dtype, n, o.kv_heads, d);
+      std::vector<float> out(size_t(n * o.heads * d)), lse(size_t(n * o.heads));
+      for (int64_t w : o.window) {
+        for (const auto& gmode : o.globals) {
+          const std::vector<int64_t> globals = gmode == "log" ? LogGlobals(n) : std::vector<int64_t>{};
+          attention::AttentionSpec spec;
+          spec.window = w;
+          const double flops =
+              4.0 * double(d) * double(attention::AllowedPairs(n, o.heads, globals, spec));
+          for (size_t t = 0; t < o.threads.size(); ++t) {
+            ThreadPool pool(o.threads[t]);
+            attention::ExecOptions exec{&pool, isa};
+            double best = 1e30;
+            for (int rep = 0; rep <= o.reps; ++rep) {
+              const auto t0 = Clock::now();
+              RETURN_IF_ERROR(attention::HybridAttention(q, k, v, globals, spec, out.data(),
+                                                         lse.data(), exec));
+              if (rep > 0) best = std::min(best, Seconds(t0));
+            }
+            const double gf = flops / best * 1e-9;
+            fmt::print("{:>7} {:>4} {:>5} {:>5} {:>3} {:>9.4f} {:>9.2f} {:>6.1f}%\n", n, d, w,
+                       globals.size(), o.threads[t], best, gf, 100.0 * gf / sgemm[t]);
+            std::fflush(stdout);
+            json += fmt::format(
+                "{}  {{\"n\": {}, \"d\": {}, \"window\": {}, \"globals\": {}, \"threads\": {}, "
+                "\"heads\": {}, \"kv_heads\": {}, \"dtype\": \"{}\", \"isa\": \"{}\", "
+                "\"seconds\": {:.6f}, \"gflops\": {:.3f}, \"sgemm_gflops\": {:.3f}, "
+                "\"ratio_to_sgemm\": {:.4f}}}",
+                first_json ? "" : ",\n", n, d, w, globals.size(), o.threads[t], o.heads,
+                o.kv_heads, o.dtype, attention::IsaName(isa), best, gf, sgemm[t], gf / sgemm[t]);
+            first_json = false;
+          }
+        }
+      }
+    }
+  }
+  json += "\n]\n";
+  // Re-measure sgemm: if the machine's load changed during the run, the ratios say so.
+  for (size_t t = 0; t < o.threads.size(); ++t) {
+    fmt::print("# OpenBLAS sgemm again at the end, {} thread(s): {:.1f} GFLOP/s\n", o.threads[t],
+               SgemmGflops(o.threads[t]));
+  }
+  if (!o.json.empty()) {
+    std::ofstream f(o.json);
+    f << json;
+    if (!f) return InvalidArgument("{}: cannot write the JSON results", o.json);
+  }
+  return Status::Ok();
+}
+
+}  // namespace longctx::bench

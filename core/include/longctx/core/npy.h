@@ -1,0 +1,70 @@
+// NumPy .npy reader/writer: the format longctx takes arrays in and gives them out in
+// (DESIGN.md §5: little-endian, C order). Reads format versions 1.0, 2.0 and 3.0, writes 1.0
+// (2.0 when the header needs it) byte-identical to numpy's np.save for the same array.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "longctx/core/dtype.h"
+#include "longctx/core/status.h"
+
+namespace longctx {
+
+// What a .npy header says. Supported descrs: '<f4' (kF32), '<f2' (kF16), '<i4' (kI32),
+// '<i8' (kI64). NumPy has no bfloat16, so kBF16 never appears in a file.
+struct NpyHeader {
+  DType dtype = DType::kF32;
+  std::vector<int64_t> shape;  // empty = scalar
+  int64_t data_offset = 0;     // bytes from file start to the first element
+  int64_t numel() const;       // product of shape in elements (1 for scalar)
+};
+
+struct NpyArray {
+  DType dtype = DType::kF32;
+  std::vector<int64_t> shape;   // empty = scalar
+  std::vector<std::byte> data;  // numel * DTypeSize(dtype) bytes, C order, little-endian
+  int64_t numel() const;        // elements (1 for scalar)
+  template <typename T>
+  T* as() {
+    return reinterpret_cast<T*>(data.data());
+  }
+  template <typename T>
+  const T* as() const {
+    return reinterpret_cast<const T*>(data.data());
+  }
+};
+
+// Every error is one line starting with the path. Codes: a missing file is kNotFound; a file
+// that is not a valid supported .npy (bad magic, malformed or oversized header (> 1 MiB),
+// unsupported dtype, big-endian, fortran order, negative dims, size overflow, trailing bytes
+// after the data) is kInvalidArgument; a file whose data is shorter than its header says is
+// kDataLoss.
+
+// Parses and validates the header only (no element is read). The header is also checked
+// against the file size, so a truncated or over-long file fails here already.
+Result<NpyHeader> ReadNpyHeader(const std::string& path);
+
+// Reads a whole array.
+Result<NpyArray> ReadNpy(const std::string& path);
+
+// Reads rows [row_begin, row_end) of axis 0 with a positioned read (pread), not the whole
+// file; shape[0] of the result is row_end - row_begin, the other dims are the file's. For
+// distributed ranks each reading its own slice. A scalar array is kInvalidArgument; rows
+// outside [0, shape[0]] or row_end < row_begin are kOutOfRange. An empty range is allowed.
+Result<NpyArray> ReadNpyRows(const std::string& path, int64_t row_begin, int64_t row_end);
+
+// Writes atomically: to "<path>.tmp.<pid>", fsync, then rename(), so an existing file is
+// never left half-written (and the .tmp file is removed on failure). Concurrent writers of
+// the same path inside one process are not supported (they share the .tmp name).
+// `data` holds numel * DTypeSize(dtype) bytes, C order, little-endian. dtype kF32, kF16
+// ('<f2'), kI32, kI64; kBF16 is refused with kInvalidArgument ("npy has no bfloat16 dtype")
+// because numpy would read its bits back as a different type.
+Status WriteNpy(const std::string& path, DType dtype, const std::vector<int64_t>& shape,
+                const void* data);
+// As above; array.data must be exactly numel * DTypeSize(dtype) bytes.
+Status WriteNpy(const std::string& path, const NpyArray& array);
+
+}  // namespace longctx

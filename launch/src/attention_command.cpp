@@ -1,0 +1,214 @@
+// `longctx attention`: hybrid attention of Q/K/V arrays read from .npy files (DESIGN.md §1, §5).
+// Also `--make-sample DIR`, which writes a deterministic random Q/K/V/globals set so the
+// command can be tried (and checked with --check) without any other tool.
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "commands.h"
+#include "longctx/attention/hybrid_attention.h"
+#include "longctx/attention/reference.h"
+#include "longctx/core/npy.h"
+
+namespace longctx::cli {
+namespace {
+
+struct AttentionFlags {
+  std::string q, k, v, globals, out, lse;
+  int64_t window = 64;
+  bool bidirectional = false;
+  std::string fusion = "union";
+  double scale = 0.0;
+  int threads = 0;
+  std::string isa = "auto";
+  bool check = false;
+  // --make-sample
+  std::string sample_dir;
+  int64_t n = 4096, heads = 8, kv_heads = 2, head_dim = 64;
+  uint64_t seed = 1;
+};
+
+Result<attention::TokenView> ViewOf(const NpyArray& a, const std::string& path,
+                                    std::string_view name) {
+  if (a.shape.size() != 3) {
+    return InvalidArgument("{}: {} must have 3 dimensions [n, heads, head_dim], got {}", path,
+                           name, a.shape.size());
+  }
+  if (a.dtype != DType::kF32 && a.dtype != DType::kF16) {
+    return InvalidArgument("{}: {} must be float32 or float16, got {}", path, name,
+                           DTypeName(a.dtype));
+  }
+  return attention::TokenView::Dense(a.data.data(), a.dtype, a.shape[0], a.shape[1], a.shape[2]);
+}
+
+// Non-finite inputs would give NaN outputs silently; refuse them with the first position.
+Status CheckFinite(const NpyArray& a, const std::string& path) {
+  const int64_t n = a.numel();
+  for (int64_t i = 0; i < n; ++i) {
+    const float x = a.dtype == DType::kF32 ? a.as<float>()[i] : HalfToFloat(a.as<uint16_t>()[i]);
+    if (!std::isfinite(x)) {
+      const int64_t inner = a.shape[1] * a.shape[2];
+      return InvalidArgument("{}: non-finite value {} at [{}, {}, {}]", path, x, i / inner,
+                             (i % inner) / a.shape[2], i % a.shape[2]);
+    }
+  }
+  return Status::Ok();
+}
+
+Result<std::vector<int64_t>> ReadGlobals(const std::string& path) {
+  std::vector<int64_t> g;
+  if (path.empty()) return g;
+  ASSIGN_OR_RETURN(NpyArray a, ReadNpy(path));
+  if (a.shape.size() != 1) {
+    return InvalidArgument("{}: globals must be a 1-D array, got {} dimensions", path,
+                           a.shape.size());
+  }
+  if (a.dtype == DType::kI64) {
+    g.assign(a.as<int64_t>(), a.as<int64_t>() + a.numel());
+  } else if (a.dtype == DType::kI32) {
+    g.assign(a.as<int32_t>(), a.as<int32_t>() + a.numel());
+  } else {
+    return InvalidArgument("{}: globals must be int32 or int64, got {}", path, DTypeName(a.dtype));
+  }
+  return g;
+}
+
+Status MakeSample(const AttentionFlags& f) {
+  if (f.n < 1 || f.heads < 1 || f.kv_heads < 1 || f.head_dim < 1 || f.heads % f.kv_heads) {
+    return InvalidArgument("sample shape: need n, heads, kv-heads, head-dim >= 1 and heads % "
+                           "kv-heads == 0");
+  }
+  std::error_code ec;
+  std::filesystem::create_directories(f.sample_dir, ec);
+  if (ec) return InvalidArgument("{}: cannot create directory: {}", f.sample_dir, ec.message());
+  std::mt19937_64 rng(f.seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  auto fill = [&](int64_t heads) {
+    std::vector<float> x(size_t(f.n * heads * f.head_dim));
+    for (float& e : x) e = normal(rng);
+    return x;
+  };
+  const std::vector<float> q = fill(f.heads), k = fill(f.kv_heads), v = fill(f.kv_heads);
+  // Globals as a document would give them: 4 sinks, then one "sentence end" every 97 tokens.
+  std::vector<int64_t> g;
+  for (int64_t i = 0; i < std::min<int64_t>(4, f.n); ++i) g.push_back(i);
+  for (int64_t i = 100; i < f.n; i += 97) g.push_back(i);
+  const std::string d = f.sample_dir + "/";
+  RETURN_IF_ERROR(WriteNpy(d + "q.npy", DType::kF32, {f.n, f.heads, f.head_dim}, q.data()));
+  RETURN_IF_ERROR(WriteNpy(d + "k.npy", DType::kF32, {f.n, f.kv_heads, f.head_dim}, k.data()));
+  RETURN_IF_ERROR(WriteNpy(d + "v.npy", DType::kF32, {f.n, f.kv_heads, f.head_dim}, v.data()));
+  RETURN_IF_ERROR(WriteNpy(d + "globals.npy", DType::kI64, {int64_t(g.size())}, g.data()));
+  fmt::print("wrote {}{{q,k,v,globals}}.npy: n={} heads={} kv_heads={} head_dim={} globals={}\n",
+             d, f.n, f.heads, f.kv_heads, f.head_dim, g.size());
+  return Status::Ok();
+}
+
+Status RunAttention(const AttentionFlags& f) {
+  if (!f.sample_dir.empty()) return MakeSample(f);
+  if (f.q.empty() || f.k.empty() || f.v.empty() || f.out.empty()) {
+    return InvalidArgument("--q, --k, --v and --out are required (or --make-sample DIR)");
+  }
+  attention::AttentionSpec spec;
+  spec.window = f.window;
+  spec.causal = !f.bidirectional;
+  spec.scale = float(f.scale);
+  if (f.window < 1) return InvalidArgument("--window must be >= 1, got {}", f.window);
+  if (!std::isfinite(f.scale) || f.scale < 0.0) {
+    return InvalidArgument("--scale must be a positive number (0 = 1/sqrt(d)), got {}", f.scale);
+  }
+  RETURN_IF_ERROR(attention::ParseFusion(f.fusion, &spec));
+  ASSIGN_OR_RETURN(attention::Isa isa, attention::ParseIsa(f.isa));
+  if (isa != attention::Isa::kAuto && !attention::IsaSupported(isa)) {
+    return InvalidArgument("--isa {} is not supported on this CPU/build", f.isa);
+  }
+  if (f.threads < 0) return InvalidArgument("--threads must be >= 0, got {}", f.threads);
+
+  ASSIGN_OR_RETURN(NpyArray q, ReadNpy(f.q));
+  ASSIGN_OR_RETURN(NpyArray k, ReadNpy(f.k));
+  ASSIGN_OR_RETURN(NpyArray v, ReadNpy(f.v));
+  ASSIGN_OR_RETURN(std::vector<int64_t> globals, ReadGlobals(f.globals));
+  ASSIGN_OR_RETURN(attention::TokenView qv, ViewOf(q, f.q, "q"));
+  ASSIGN_OR_RETURN(attention::TokenView kv, ViewOf(k, f.k, "k"));
+  ASSIGN_OR_RETURN(attention::TokenView vv, ViewOf(v, f.v, "v"));
+  if (k.shape != v.shape || k.dtype != v.dtype) {
+    return InvalidArgument("{} and {}: k and v must have the same shape and dtype", f.k, f.v);
+  }
+  RETURN_IF_ERROR(CheckFinite(q, f.q));
+  RETURN_IF_ERROR(CheckFinite(k, f.k));
+  RETURN_IF_ERROR(CheckFinite(v, f.v));
+  RETURN_IF_ERROR(attention::ValidateAttentionInputs(qv, kv, vv, globals, spec));
+
+  const int64_t n = qv.rows, H = qv.heads, d = qv.head_dim;
+  std::vector<float> out(size_t(n * H * d)), lse(size_t(n * H));
+  ThreadPool pool(f.threads);
+  attention::ExecOptions exec{&pool, isa};
+  const auto t0 = std::chrono::steady_clock::now();
+  RETURN_IF_ERROR(attention::HybridAttention(qv, kv, vv, globals, spec, out.data(), lse.data(),
+                                             exec));
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  RETURN_IF_ERROR(WriteNpy(f.out, DType::kF32, {n, H, d}, out.data()));
+  if (!f.lse.empty()) RETURN_IF_ERROR(WriteNpy(f.lse, DType::kF32, {n, H}, lse.data()));
+  const double pairs = double(attention::AllowedPairs(n, H, globals, spec));
+  fmt::print("attention n={} heads={}/{} head_dim={} globals={} {} isa={} threads={}: "
+             "{:.3f} s, {:.2f} GFLOP/s (allowed pairs x 4d)\n",
+             n, H, kv.heads, d, globals.size(), spec.ToString(),
+             attention::IsaName(isa == attention::Isa::kAuto ? attention::BestIsa() : isa),
+             pool.size(), secs, pairs * 4.0 * double(d) / secs * 1e-9);
+  if (f.check) {
+    std::vector<float> ref(out.size()), ref_lse(lse.size());
+    RETURN_IF_ERROR(attention::ReferenceAttention(qv, kv, vv, globals, spec, ref.data(),
+                                                  ref_lse.data()));
+    double worst = 0.0, worst_lse = 0.0;
+    for (int64_t s = 0; s < n * H; ++s) {
+      double err = 0.0, mag = 1e-30;
+      for (int64_t e = 0; e < d; ++e) {
+        err = std::max(err, double(std::fabs(out[s * d + e] - ref[s * d + e])));
+        mag = std::max(mag, double(std::fabs(ref[s * d + e])));
+      }
+      worst = std::max(worst, err / mag);
+      worst_lse = std::max(worst_lse, std::fabs(double(lse[s]) - ref_lse[s]) /
+                                          std::max(1.0, std::fabs(double(ref_lse[s]))));
+    }
+    fmt::print("check vs float64 reference: max relative error {:.3g} (output), {:.3g} (lse)\n",
+               worst, worst_lse);
+    if (worst > 1e-5 || worst_lse > 1e-5) {
+      return Internal("result differs from the float64 reference by more than 1e-5");
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Runner AddAttentionCommand(CLI::App& app) {
+  auto f = std::make_shared<AttentionFlags>();
+  app.add_option("--q", f->q, "queries [n, H, d] .npy (float32 or float16)");
+  app.add_option("--k", f->k, "keys [n, Hkv, d] .npy");
+  app.add_option("--v", f->v, "values [n, Hkv, d] .npy");
+  app.add_option("--globals", f->globals, "global positions: 1-D sorted unique int32/int64 .npy");
+  app.add_option("--window", f->window, "window W in tokens (causal: i-W < j <= i)")
+      ->capture_default_str();
+  app.add_flag("--bidirectional", f->bidirectional, "bidirectional window |i-j| < W");
+  app.add_option("--fusion", f->fusion, "union | weighted:A")->capture_default_str();
+  app.add_option("--scale", f->scale, "softmax scale (default 1/sqrt(d))");
+  app.add_option("--out", f->out, "output O [n, H, d] float32 .npy");
+  app.add_option("--lse", f->lse, "log-sum-exp L [n, H] float32 .npy (natural log)");
+  app.add_option("--threads", f->threads, "worker threads (0 = all cores)")->capture_default_str();
+  app.add_option("--isa", f->isa, "auto | avx512 | avx2 | generic")->capture_default_str();
+  app.add_flag("--check", f->check, "also run the float64 reference and report the error");
+  app.add_option("--make-sample", f->sample_dir, "write a random sample q/k/v/globals to DIR");
+  app.add_option("--n", f->n, "sample: tokens")->capture_default_str();
+  app.add_option("--heads", f->heads, "sample: query heads")->capture_default_str();
+  app.add_option("--kv-heads", f->kv_heads, "sample: kv heads")->capture_default_str();
+  app.add_option("--head-dim", f->head_dim, "sample: head dim")->capture_default_str();
+  app.add_option("--seed", f->seed, "sample: random seed")->capture_default_str();
+  return [f] { return RunAttention(*f); };
+}
+
+}  // namespace longctx::cli

@@ -1,0 +1,57 @@
+// longctx: hybrid sliding-window + global-token attention over million-token documents.
+// Entry point: parses the subcommand, runs it, and turns any error into one line on stderr
+// and a non-zero exit code (1: the command failed, 2: bad usage).
+#include <cstdio>
+#include <exception>
+#include <map>
+
+#include <fmt/format.h>
+
+#include "commands.h"
+#include "longctx/core/log.h"
+
+int main(int argc, char** argv) {
+  longctx::InitLogging();
+  CLI::App app{
+      "longctx: hybrid sliding-window + global-token attention for million-token documents"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "longctx 0.1.0");
+  std::map<CLI::App*, longctx::cli::Runner> runners;
+  runners[app.add_subcommand("attention", "hybrid attention of Q/K/V .npy arrays")] = nullptr;
+  runners[app.add_subcommand("bench", "benchmarks (longctx bench attention)")] = nullptr;
+  for (auto& [sub, runner] : runners) {
+    if (sub->get_name() == "attention") runner = longctx::cli::AddAttentionCommand(*sub);
+    if (sub->get_name() == "bench") runner = longctx::cli::AddBenchCommand(*sub);
+  }
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::string what = e.what();
+    for (char& c : what) {
+      if (c == '\n') c = ' ';
+    }
+    fmt::print(stderr, "longctx: error: {} (see --help)\n", what);
+    return 2;
+  }
+  try {
+    for (auto& [sub, runner] : runners) {
+      if (!sub->parsed()) continue;
+      const longctx::Status st = runner();
+      if (!st.ok()) {
+        fmt::print(stderr, "longctx {}: error: {}\n", sub->get_name(), st.message());
+        return st.code() == longctx::StatusCode::kInvalidArgument ? 2 : 1;
+      }
+      return 0;
+    }
+  } catch (const std::exception& e) {  // e.g. std::bad_alloc on an input too large for memory
+    fmt::print(stderr, "longctx: error: {}\n", e.what());
+    return 1;
+  }
+  return 0;
+}
