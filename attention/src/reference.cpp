@@ -49,7 +49,18 @@ bool InWindow(int64_t i, int64_t j, const AttentionSpec& spec) {
 Status ReferenceAttention(const TokenView& q, const TokenView& k, const TokenView& v,
                           std::span<const int64_t> globals, const AttentionSpec& spec,
                           float* out, float* lse) {
+  std::vector<int64_t> rows(static_cast<size_t>(std::max<int64_t>(0, q.rows)));
+  for (size_t i = 0; i < rows.size(); ++i) rows[i] = int64_t(i);
+  return ReferenceAttentionRows(q, k, v, globals, spec, rows, out, lse);
+}
+
+Status ReferenceAttentionRows(const TokenView& q, const TokenView& k, const TokenView& v,
+                              std::span<const int64_t> globals, const AttentionSpec& spec,
+                              std::span<const int64_t> rows, float* out, float* lse) {
   RETURN_IF_ERROR(ValidateAttentionInputs(q, k, v, globals, spec));
+  for (int64_t r : rows) {
+    if (r < 0 || r >= q.rows) return InvalidArgument("reference row {} outside [0, {})", r, q.rows);
+  }
   const int64_t n = q.rows, H = q.heads, d = q.head_dim, group = q.heads / k.heads;
   const double scale = spec.ResolvedScale(d);
   std::vector<char> is_global(size_t(n), 0);
@@ -57,7 +68,8 @@ Status ReferenceAttention(const TokenView& q, const TokenView& k, const TokenVie
   std::vector<double> scores(static_cast<size_t>(n));
   std::vector<double> o_win, o_glob, o_union;
   std::vector<int64_t> win_keys, glob_keys, union_keys;
-  for (int64_t i = 0; i < n; ++i) {
+  for (size_t ri = 0; ri < rows.size(); ++ri) {
+    const int64_t i = rows[ri];
     win_keys.clear();
     glob_keys.clear();
     union_keys.clear();
@@ -77,7 +89,7 @@ Status ReferenceAttention(const TokenView& q, const TokenView& k, const TokenVie
         scores[size_t(j)] = s * scale;
       }
       const double l_union = Attend(scores, union_keys, v, kvh, &o_union);
-      float* o = out + (i * H + h) * d;
+      float* o = out + (int64_t(ri) * H + h) * d;
       if (spec.fusion == Fusion::kUnion) {
         for (int64_t c = 0; c < d; ++c) o[c] = float(o_union[size_t(c)]);
       } else {
@@ -90,7 +102,7 @@ Status ReferenceAttention(const TokenView& q, const TokenView& k, const TokenVie
                                 : o_win[size_t(c)]);
         }
       }
-      if (lse) lse[i * H + h] = float(l_union);
+      if (lse) lse[int64_t(ri) * H + h] = float(l_union);
     }
   }
   return Status::Ok();

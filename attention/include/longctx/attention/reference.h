@@ -18,4 +18,10 @@ Status ReferenceAttention(const TokenView& q, const TokenView& k, const TokenVie
                           std::span<const int64_t> globals, const AttentionSpec& spec,
                           float* out, float* lse);
 
+// The same for the query rows `rows` only (any order): out [rows.size(), H, d],
+// lse [rows.size(), H] (may be null). Lets a large run be spot-checked in O(rows * n).
+Status ReferenceAttentionRows(const TokenView& q, const TokenView& k, const TokenView& v,
+                              std::span<const int64_t> globals, const AttentionSpec& spec,
+                              std::span<const int64_t> rows, float* out, float* lse);
+
 }  // namespace longctx::attention

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The whole test suite from a fresh Debian 12 machine: install what is missing, build (Release,
+# warnings as errors), run every CTest test. Usage: tests/run.sh [extra ctest args...]
+# Environment: BUILD_DIR (default build), JOBS (default: number of cores).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BUILD_DIR="${BUILD_DIR:-$ROOT/build}"
+JOBS="${JOBS:-$(nproc)}"
+
+"$ROOT/launch/install-deps.sh"
+cmake -S "$ROOT" -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release -DLONGCTX_WERROR=ON
+cmake --build "$BUILD_DIR" -j "$JOBS"
+cd "$BUILD_DIR"
+ctest --output-on-failure -j "$JOBS" --timeout 900 "$@"
