@@ -13,6 +13,7 @@
           score columns for the global keys (softmax jointly with the band; a global key
           inside the band is counted once) and a separate dense pass for the global queries.
 
+Column err_vs_ref: max per-row relative error vs dense (vs chunks where dense was skipped).
 Both peers compute the same function as `longctx attention --fusion union` (causal by
 default).  GQA is handled like HF `repeat_kv` (K/V expanded to H heads, included in the time).
 
@@ -323,7 +324,7 @@ def main():
         return 1
 
     rows = []
-    hdr = "%8s %-8s %10s %10s %12s %10s" % ("n", "impl", "time_s", "GFLOP/s", "longctx/peer", "rel_err")
+    hdr = "%8s %-8s %10s %10s %12s %10s" % ("n", "impl", "time_s", "GFLOP/s", "longctx/peer", "err_vs_ref")
     print(hdr)
     for n in args.n:
         H, Hkv, d, W = args.heads, args.kv_heads, args.d, args.window

@@ -256,6 +256,9 @@ def run_cli(binary, args, timeout=TIMEOUT_S):
     return p, time.time() - t0
 
 
+EXTRA_ARGS = []
+
+
 def check_case(binary, c, tmp):
     q, k, v = make_inputs(c)
     d = c["d"]
@@ -279,7 +282,7 @@ def check_case(binary, c, tmp):
     if c["threads"] is not None:
         args += ["--threads", str(c["threads"])]
     opath, lpath = os.path.join(tmp, "O.npy"), os.path.join(tmp, "L.npy")
-    args += ["--out", opath, "--lse", lpath]
+    args += ["--out", opath, "--lse", lpath] + EXTRA_ARGS
 
     R, Lref = reference(q, k, v, [] if gl is None else gl, c["W"], c["bidir"], c["fusion"], c["scale"])
     if c["extreme"] is not None:  # document that the extremes were actually reached
@@ -351,17 +354,20 @@ def error_cases(binary, tmp):
     k = rng.standard_normal((n, H, d)).astype(np.float32)
     v = rng.standard_normal((n, H, d)).astype(np.float32)
     kbad = rng.standard_normal((n, H, d + 8)).astype(np.float32)
+    vbad = rng.standard_normal((n, H, d + 8)).astype(np.float32)
     paths = {}
-    for name, arr in (("Q", q), ("K", k), ("V", v), ("Kbad", kbad),
+    for name, arr in (("Q", q), ("K", k), ("V", v), ("Kbad", kbad), ("Vbad", vbad),
                       ("Gunsorted", np.array([5, 2, 9], np.int64))):
         paths[name] = os.path.join(tmp, name + ".npy")
         write_npy(paths[name], arr)
     out = os.path.join(tmp, "Oerr.npy")
-    base = ["attention", "--q", paths["Q"], "--v", paths["V"], "--out", out]
+    base = ["attention", "--q", paths["Q"], "--out", out]
+    kv = ["--k", paths["K"], "--v", paths["V"]]
     return [
-        ("error_unsorted_globals", base + ["--k", paths["K"], "--globals", paths["Gunsorted"], "--window", "4"]),
-        ("error_k_wrong_d", base + ["--k", paths["Kbad"], "--window", "4"]),
-        ("error_window_0", base + ["--k", paths["K"], "--window", "0"]),
+        ("error_unsorted_globals", base + kv + ["--globals", paths["Gunsorted"], "--window", "4"]),
+        # K and V agree with each other ([n, Hkv, d+8]) but not with Q ([n, H, d]).
+        ("error_k_wrong_d", base + ["--k", paths["Kbad"], "--v", paths["Vbad"], "--window", "4"]),
+        ("error_window_0", base + kv + ["--window", "0"]),
     ]
 
 
@@ -410,9 +416,12 @@ def main():
     ap.add_argument("--longctx", required=True, help="path to the longctx binary")
     ap.add_argument("--only", default=None, help="run only cases whose name contains this")
     ap.add_argument("--list", action="store_true", help="list the cases and exit")
+    ap.add_argument("--extra", action="append", default=[],
+                    help="extra argument appended to every attention run, e.g. --extra=--isa --extra=generic")
     args = ap.parse_args()
 
     torch.set_num_threads(1)
+    EXTRA_ARGS.extend(args.extra)
     if args.list:
         for c in CASES:
             print(c["name"])
