@@ -8,6 +8,7 @@ PACKAGES=(
   build-essential cmake ninja-build pkg-config git
   libgtest-dev libgmock-dev
   libopenblas-dev libfmt-dev libspdlog-dev libcli11-dev nlohmann-json3-dev
+  openmpi-bin libopenmpi-dev            # the MPI communicator (comm/)
   python3 python3-numpy python3-torch   # independent float64 reference in tests, bench peers
 )
 

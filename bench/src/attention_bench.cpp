@@ -1,4 +1,5 @@
 #include "longctx/bench/attention_bench.h"
+#include "longctx/bench/comm_bench.h"
 
 #include <cblas.h>
 
@@ -52,17 +53,6 @@ double SgemmGflops(int threads) {
     if (rep > 0) best = std::min(best, s);
   }
   return 2.0 * kN * kN * double(kN) / best * 1e-9;
-}
-
-std::vector<int64_t> LogGlobals(int64_t n) {
-  const int64_t g = std::min<int64_t>(n, 16 * int64_t(std::ceil(std::log2(double(n)))));
-  std::vector<int64_t> pos;
-  for (int64_t i = 0; i < std::min<int64_t>(4, g); ++i) pos.push_back(i);  // sinks
-  const int64_t rest = g - int64_t(pos.size());
-  for (int64_t r = 0; r < rest; ++r) pos.push_back(4 + (r + 1) * (n - 4) / (rest + 1));
-  std::sort(pos.begin(), pos.end());
-  pos.erase(std::unique(pos.begin(), pos.end()), pos.end());
-  return pos;
 }
 
 }  // namespace
@@ -129,7 +119,7 @@ Status RunAttentionBench(const AttentionBenchOptions& o) {
       std::vector<float> out(size_t(n * o.heads * d)), lse(size_t(n * o.heads));
       for (int64_t w : o.window) {
         for (const auto& gmode : o.globals) {
-          const std::vector<int64_t> globals = gmode == "log" ? LogGlobals(n) : std::vector<int64_t>{};
+          const std::vector<int64_t> globals = gmode == "log" ? EvenGlobals(n, LogGlobalCount(n)) : std::vector<int64_t>{};
           attention::AttentionSpec spec;
           spec.window = w;
           const double flops =

@@ -626,4 +626,73 @@ Status WriteNpy(const std::string& path, const NpyArray& array) {
   return WriteNpy(path, array.dtype, array.shape, array.data.data());
 }
 
+std::string NpyStagingPath(const std::string& path) { return path + ".partial"; }
+
+Status CreateNpyForRows(const std::string& path, DType dtype, const std::vector<int64_t>& shape) {
+  const std::optional<std::string_view> descr = DescrOf(dtype);
+  if (dtype == DType::kBF16 || !descr) {
+    return InvalidArgument("{}: dtype {} cannot be written to .npy", path, DTypeName(dtype));
+  }
+  if (shape.empty()) return InvalidArgument("{}: a row-written array needs >= 1 dimension", path);
+  ASSIGN_OR_RETURN(const int64_t data_bytes, ValidateShape(path, dtype, shape));
+  ASSIGN_OR_RETURN(const std::string header, BuildHeader(path, *descr, shape));
+  const std::string staging = NpyStagingPath(path);
+  Fd fd(::open(staging.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666));
+  if (fd.get() < 0) {
+    return ErrnoStatus(errno, fmt::format("{}: cannot create staging file {}", path, staging));
+  }
+  Status st =
+      WriteFull(fd.get(), header.data(), static_cast<int64_t>(header.size()), path, staging);
+  if (st.ok() && ::ftruncate(fd.get(), static_cast<off_t>(header.size()) + data_bytes) != 0) {
+    st = ErrnoStatus(errno, fmt::format("{}: cannot size staging file {}", path, staging));
+  }
+  if (fd.Close() != 0 && st.ok()) {
+    st = ErrnoStatus(errno, fmt::format("{}: close of {} failed", path, staging));
+  }
+  if (!st.ok()) ::unlink(staging.c_str());
+  return st;
+}
+
+Status WriteNpyRows(const std::string& path, int64_t row_begin, int64_t rows, const void* data) {
+  const std::string staging = NpyStagingPath(path);
+  ASSIGN_OR_RETURN(OpenNpy file, OpenAndReadHeader(staging));
+  const NpyHeader& h = file.header;
+  if (row_begin < 0 || rows < 0 || row_begin + rows > h.shape[0]) {
+    return OutOfRange("{}: rows [{}, {}) out of range for shape[0] = {}", path, row_begin,
+                      row_begin + rows, h.shape[0]);
+  }
+  if (rows == 0) return Status::Ok();
+  int64_t row_bytes = static_cast<int64_t>(DTypeSize(h.dtype));
+  for (size_t i = 1; i < h.shape.size(); ++i) row_bytes *= h.shape[i];
+  Fd fd(::open(staging.c_str(), O_WRONLY | O_CLOEXEC));
+  if (fd.get() < 0) return ErrnoStatus(errno, fmt::format("{}: cannot open {}", path, staging));
+  const auto* p = static_cast<const std::byte*>(data);
+  int64_t left = rows * row_bytes, off = h.data_offset + row_begin * row_bytes;
+  while (left > 0) {
+    const ssize_t w = ::pwrite(fd.get(), p, static_cast<size_t>(std::min<int64_t>(left, 1 << 30)),
+                               static_cast<off_t>(off));
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) return ErrnoStatus(errno, fmt::format("{}: write to {} failed", path, staging));
+    p += w;
+    off += w;
+    left -= w;
+  }
+  if (::fsync(fd.get()) != 0) {
+    return ErrnoStatus(errno, fmt::format("{}: fsync of {} failed", path, staging));
+  }
+  if (fd.Close() != 0) return ErrnoStatus(errno, fmt::format("{}: close of {} failed", path, staging));
+  return Status::Ok();
+}
+
+Status CommitNpyRows(const std::string& path) {
+  const std::string staging = NpyStagingPath(path);
+  RETURN_IF_ERROR(OpenAndReadHeader(staging).status());  // still a whole, valid file
+  if (::rename(staging.c_str(), path.c_str()) != 0) {
+    return ErrnoStatus(errno, fmt::format("{}: cannot rename {} into place", path, staging));
+  }
+  return Status::Ok();
+}
+
+void AbortNpyRows(const std::string& path) { ::unlink(NpyStagingPath(path).c_str()); }
+
 }  // namespace longctx

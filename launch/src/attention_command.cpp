@@ -2,7 +2,10 @@
 // Also `--make-sample DIR`, which writes a deterministic random Q/K/V/globals set so the
 // command can be tried (and checked with --check) without any other tool.
 #include <chrono>
+#include <csignal>
 #include <cmath>
+#include <cstdlib>
+#include <tuple>
 #include <cstdio>
 #include <filesystem>
 #include <random>
@@ -14,7 +17,9 @@
 #include "commands.h"
 #include "longctx/attention/hybrid_attention.h"
 #include "longctx/attention/reference.h"
+#include "longctx/comm/communicator.h"
 #include "longctx/core/npy.h"
+#include "longctx/worker/distributed_attention.h"
 
 namespace longctx::cli {
 namespace {
@@ -28,6 +33,7 @@ struct AttentionFlags {
   int threads = 0;
   std::string isa = "auto";
   bool check = false;
+  bool stats = false;
   // --make-sample
   std::string sample_dir;
   int64_t n = 4096, heads = 8, kv_heads = 2, head_dim = 64;
@@ -109,26 +115,77 @@ Status MakeSample(const AttentionFlags& f) {
   return Status::Ok();
 }
 
-Status RunAttention(const AttentionFlags& f) {
-  if (!f.sample_dir.empty()) return MakeSample(f);
+struct Resolved {
+  attention::AttentionSpec spec;
+  attention::Isa isa = attention::Isa::kAuto;
+};
+
+Result<Resolved> ResolveFlags(const AttentionFlags& f) {
   if (f.q.empty() || f.k.empty() || f.v.empty() || f.out.empty()) {
     return InvalidArgument("--q, --k, --v and --out are required (or --make-sample DIR)");
   }
-  attention::AttentionSpec spec;
-  spec.window = f.window;
-  spec.causal = !f.bidirectional;
-  spec.scale = float(f.scale);
+  Resolved r;
+  r.spec.window = f.window;
+  r.spec.causal = !f.bidirectional;
+  r.spec.scale = float(f.scale);
   if (f.window < 1) return InvalidArgument("--window must be >= 1, got {}", f.window);
   if (!std::isfinite(f.scale) || f.scale < 0.0) {
     return InvalidArgument("--scale must be a positive number (0 = 1/sqrt(d)), got {}", f.scale);
   }
-  RETURN_IF_ERROR(attention::ParseFusion(f.fusion, &spec));
-  ASSIGN_OR_RETURN(attention::Isa isa, attention::ParseIsa(f.isa));
-  if (isa != attention::Isa::kAuto && !attention::IsaSupported(isa)) {
+  RETURN_IF_ERROR(attention::ParseFusion(f.fusion, &r.spec));
+  ASSIGN_OR_RETURN(r.isa, attention::ParseIsa(f.isa));
+  if (r.isa != attention::Isa::kAuto && !attention::IsaSupported(r.isa)) {
     return InvalidArgument("--isa {} is not supported on this CPU/build", f.isa);
   }
   if (f.threads < 0) return InvalidArgument("--threads must be >= 0, got {}", f.threads);
+  return r;
+}
 
+// Spot-checks written outputs against the float64 reference: every global row and up to 512
+// others spread over the sequence (the reference is O(n) per row). Reads the whole inputs.
+Status CheckAgainstReference(const AttentionFlags& f, const attention::AttentionSpec& spec,
+                             const std::vector<int64_t>& globals, const float* out,
+                             const float* lse) {
+  ASSIGN_OR_RETURN(NpyArray q, ReadNpy(f.q));
+  ASSIGN_OR_RETURN(NpyArray k, ReadNpy(f.k));
+  ASSIGN_OR_RETURN(NpyArray v, ReadNpy(f.v));
+  ASSIGN_OR_RETURN(attention::TokenView qv, ViewOf(q, f.q, "q"));
+  ASSIGN_OR_RETURN(attention::TokenView kv, ViewOf(k, f.k, "k"));
+  ASSIGN_OR_RETURN(attention::TokenView vv, ViewOf(v, f.v, "v"));
+  const int64_t n = qv.rows, H = qv.heads, d = qv.head_dim;
+  std::vector<int64_t> rows(globals.begin(), globals.end());
+  const int64_t step = std::max<int64_t>(1, n / 512);
+  for (int64_t i = 0; i < n; i += step) rows.push_back(i);
+  rows.push_back(n - 1);
+  std::vector<float> ref(rows.size() * size_t(H * d)), ref_lse(rows.size() * size_t(H));
+  RETURN_IF_ERROR(attention::ReferenceAttentionRows(qv, kv, vv, globals, spec, rows, ref.data(),
+                                                    ref_lse.data()));
+  double worst = 0.0, worst_lse = 0.0;
+  for (size_t ri = 0; ri < rows.size(); ++ri) {
+    for (int64_t h = 0; h < H; ++h) {
+      const float* o = out + (rows[ri] * H + h) * d;
+      const float* r = ref.data() + (int64_t(ri) * H + h) * d;
+      double err = 0.0, mag = 1e-30;
+      for (int64_t e = 0; e < d; ++e) {
+        err = std::max(err, double(std::fabs(o[e] - r[e])));
+        mag = std::max(mag, double(std::fabs(r[e])));
+      }
+      worst = std::max(worst, err / mag);
+      const double lr = ref_lse[ri * size_t(H) + size_t(h)];
+      worst_lse = std::max(worst_lse, std::fabs(double(lse[rows[ri] * H + h]) - lr) /
+                                          std::max(1.0, std::fabs(lr)));
+    }
+  }
+  fmt::print("check vs float64 reference on {} rows: max relative error {:.3g} (output), "
+             "{:.3g} (lse)\n", rows.size(), worst, worst_lse);
+  if (worst > 1e-5 || worst_lse > 1e-5) {
+    return Internal("result differs from the float64 reference by more than 1e-5");
+  }
+  return Status::Ok();
+}
+
+Status RunSingle(const AttentionFlags& f, const Resolved& r) {
+  const attention::AttentionSpec& spec = r.spec;
   ASSIGN_OR_RETURN(NpyArray q, ReadNpy(f.q));
   ASSIGN_OR_RETURN(NpyArray k, ReadNpy(f.k));
   ASSIGN_OR_RETURN(NpyArray v, ReadNpy(f.v));
@@ -147,7 +204,7 @@ Status RunAttention(const AttentionFlags& f) {
   const int64_t n = qv.rows, H = qv.heads, d = qv.head_dim;
   std::vector<float> out(size_t(n * H * d)), lse(size_t(n * H));
   ThreadPool pool(f.threads);
-  attention::ExecOptions exec{&pool, isa};
+  attention::ExecOptions exec{&pool, r.isa};
   const auto t0 = std::chrono::steady_clock::now();
   RETURN_IF_ERROR(attention::HybridAttention(qv, kv, vv, globals, spec, out.data(), lse.data(),
                                              exec));
@@ -158,41 +215,178 @@ Status RunAttention(const AttentionFlags& f) {
   fmt::print("attention n={} heads={}/{} head_dim={} globals={} {} isa={} threads={}: "
              "{:.3f} s, {:.2f} GFLOP/s (allowed pairs x 4d)\n",
              n, H, kv.heads, d, globals.size(), spec.ToString(),
-             attention::IsaName(isa == attention::Isa::kAuto ? attention::BestIsa() : isa),
+             attention::IsaName(r.isa == attention::Isa::kAuto ? attention::BestIsa() : r.isa),
              pool.size(), secs, pairs * 4.0 * double(d) / secs * 1e-9);
-  if (f.check) {
-    // Spot-check against the float64 reference: every global row and up to 512 others spread
-    // over the sequence (the reference is O(n) per row).
-    std::vector<int64_t> rows(globals.begin(), globals.end());
-    const int64_t step = std::max<int64_t>(1, n / 512);
-    for (int64_t i = 0; i < n; i += step) rows.push_back(i);
-    rows.push_back(n - 1);
-    std::vector<float> ref(rows.size() * size_t(H * d)), ref_lse(rows.size() * size_t(H));
-    RETURN_IF_ERROR(attention::ReferenceAttentionRows(qv, kv, vv, globals, spec, rows,
-                                                      ref.data(), ref_lse.data()));
-    double worst = 0.0, worst_lse = 0.0;
-    for (size_t ri = 0; ri < rows.size(); ++ri) {
-      for (int64_t h = 0; h < H; ++h) {
-        const float* o = out.data() + (rows[ri] * H + h) * d;
-        const float* r = ref.data() + (int64_t(ri) * H + h) * d;
-        double err = 0.0, mag = 1e-30;
-        for (int64_t e = 0; e < d; ++e) {
-          err = std::max(err, double(std::fabs(o[e] - r[e])));
-          mag = std::max(mag, double(std::fabs(r[e])));
-        }
-        worst = std::max(worst, err / mag);
-        const double lr = ref_lse[ri * size_t(H) + size_t(h)];
-        worst_lse = std::max(worst_lse, std::fabs(double(lse[rows[ri] * H + h]) - lr) /
-                                            std::max(1.0, std::fabs(lr)));
+  if (f.check) RETURN_IF_ERROR(CheckAgainstReference(f, spec, globals, out.data(), lse.data()));
+  return Status::Ok();
+}
+
+// ---- mpirun -np P longctx attention ---------------------------------------------------------
+
+// Makes every rank agree on failure: returns OK when all ranks are OK; otherwise the lowest
+// failing rank gets its own Status back (to print) and every other rank an empty-message error
+// (exit non-zero without repeating the line).
+Status Agree(comm::Communicator& c, const Status& local) {
+  int64_t lowest = local.ok() ? c.size() : c.rank();
+  const Status st = c.AllReduce(&lowest, 1, comm::ReduceType::kI64, comm::ReduceOp::kMin,
+                                comm::DeadlineIn(comm::DefaultTimeout()));
+  if (!st.ok()) return st;
+  if (lowest == c.size()) return Status::Ok();
+  if (lowest == c.rank()) {
+    return local.WithContext(c.size() > 1 ? fmt::format("rank {}", c.rank()) : std::string("?"));
+  }
+  return Status(StatusCode::kFailedPrecondition, "");
+}
+
+// Reads this rank's rows [s, e) of a [n, heads, d] float array.
+Result<NpyArray> ReadShard(const std::string& path, std::string_view name, int64_t s, int64_t e) {
+  ASSIGN_OR_RETURN(NpyArray a, ReadNpyRows(path, s, e));
+  if (a.shape.size() != 3) {
+    return InvalidArgument("{}: {} must have 3 dimensions [n, heads, head_dim], got {}", path,
+                           name, a.shape.size());
+  }
+  if (a.dtype != DType::kF32 && a.dtype != DType::kF16) {
+    return InvalidArgument("{}: {} must be float32 or float16, got {}", path, name,
+                           DTypeName(a.dtype));
+  }
+  RETURN_IF_ERROR(CheckFinite(a, path));
+  return a;
+}
+
+Status RunDistributed(const AttentionFlags& f, const Resolved& r, comm::Communicator& c) {
+  const attention::AttentionSpec& spec = r.spec;
+  const int P = c.size(), me = c.rank();
+  // Every rank reads the headers and the (small) globals; then plans the same shards.
+  std::vector<int64_t> globals;
+  attention::ShardPlan plan;
+  NpyHeader qh, kh, vh;
+  Status st = [&]() -> Status {
+    ASSIGN_OR_RETURN(qh, ReadNpyHeader(f.q));
+    ASSIGN_OR_RETURN(kh, ReadNpyHeader(f.k));
+    ASSIGN_OR_RETURN(vh, ReadNpyHeader(f.v));
+    for (const auto& [h, path, name] : {std::tuple{&qh, &f.q, "q"}, std::tuple{&kh, &f.k, "k"},
+                                        std::tuple{&vh, &f.v, "v"}}) {
+      if (h->shape.size() != 3) {
+        return InvalidArgument("{}: {} must have 3 dimensions [n, heads, head_dim], got {}", *path,
+                               name, h->shape.size());
       }
     }
-    fmt::print("check vs float64 reference on {} rows: max relative error {:.3g} (output), "
-               "{:.3g} (lse)\n", rows.size(), worst, worst_lse);
-    if (worst > 1e-5 || worst_lse > 1e-5) {
-      return Internal("result differs from the float64 reference by more than 1e-5");
+    if (kh.shape != vh.shape || kh.dtype != vh.dtype) {
+      return InvalidArgument("{} and {}: k and v must have the same shape and dtype", f.k, f.v);
+    }
+    ASSIGN_OR_RETURN(globals, ReadGlobals(f.globals));
+    const int64_t n = qh.shape[0];
+    if (kh.shape[0] != n) return InvalidArgument("q has {} tokens but k/v have {}", n, kh.shape[0]);
+    ASSIGN_OR_RETURN(plan, attention::MakeShardPlan(n, globals, spec, P));
+    return Status::Ok();
+  }();
+  RETURN_IF_ERROR(Agree(c, st));
+  const int64_t n = qh.shape[0], H = qh.shape[1], Hkv = kh.shape[1], d = qh.shape[2];
+  const int64_t s = plan.begin(me), e = plan.end(me);
+
+  // Each rank reads only its own rows (positioned reads).
+  NpyArray q, k, v;
+  st = [&]() -> Status {
+    ASSIGN_OR_RETURN(q, ReadShard(f.q, "q", s, e));
+    ASSIGN_OR_RETURN(k, ReadShard(f.k, "k", s, e));
+    ASSIGN_OR_RETURN(v, ReadShard(f.v, "v", s, e));
+    // Shapes are checked on every rank with the full n, so the error is the same everywhere.
+    // Validation reads no element: the views only need a non-null address.
+    static const float kNoElements = 0.0f;
+    const auto qv = attention::TokenView::Dense(&kNoElements, qh.dtype, n, H, d);
+    const auto kv = attention::TokenView::Dense(&kNoElements, kh.dtype, n, Hkv, kh.shape[2]);
+    return attention::ValidateAttentionInputs(qv, kv, kv, globals, spec);
+  }();
+  RETURN_IF_ERROR(Agree(c, st));
+
+  const int64_t rows = e - s;
+  std::vector<float> out(size_t(rows * H * d)), lse(size_t(rows * H));
+  ThreadPool pool(f.threads);
+  attention::ExecOptions exec{&pool, r.isa};
+  worker::ShardTensors shard{attention::TokenView::Dense(q.data.data(), q.dtype, rows, H, d),
+                             attention::TokenView::Dense(k.data.data(), k.dtype, rows, Hkv, d),
+                             attention::TokenView::Dense(v.data.data(), v.dtype, rows, Hkv, d)};
+  worker::DistributedStats stats;
+  if (const char* fault = std::getenv("LONGCTX_TEST_KILL_RANK")) {
+    // Fault injection for tests: this rank dies mid-run, after the others are waiting on it.
+    if (std::atoi(fault) == me) {
+      (void)c.Barrier(comm::DeadlineIn(comm::DefaultTimeout()));
+      std::raise(SIGKILL);
     }
   }
+  st = worker::DistributedAttention(c, plan, globals, spec, shard, out.data(), lse.data(), exec,
+                                    &stats);
+  RETURN_IF_ERROR(Agree(c, st));
+
+  // One output file, written by every rank at its rows, renamed into place when complete.
+  const auto deadline = [] { return comm::DeadlineIn(comm::DefaultTimeout()); };
+  st = Status::Ok();
+  if (me == 0) {
+    st = CreateNpyForRows(f.out, DType::kF32, {n, H, d});
+    if (st.ok() && !f.lse.empty()) st = CreateNpyForRows(f.lse, DType::kF32, {n, H});
+  }
+  RETURN_IF_ERROR(Agree(c, st));
+  st = WriteNpyRows(f.out, s, rows, out.data());
+  if (st.ok() && !f.lse.empty()) st = WriteNpyRows(f.lse, s, rows, lse.data());
+  Status agreed = Agree(c, st);
+  if (agreed.ok() && me == 0) {
+    st = CommitNpyRows(f.out);
+    if (st.ok() && !f.lse.empty()) st = CommitNpyRows(f.lse);
+  }
+  if (agreed.ok()) agreed = Agree(c, st);
+  if (!agreed.ok()) {
+    if (me == 0) {
+      AbortNpyRows(f.out);
+      if (!f.lse.empty()) AbortNpyRows(f.lse);
+    }
+    return agreed;
+  }
+
+  // Stats and the summary, printed by rank 0.
+  std::vector<worker::DistributedStats> all(static_cast<size_t>(P));
+  std::vector<size_t> counts(static_cast<size_t>(P), sizeof(worker::DistributedStats));
+  RETURN_IF_ERROR(c.AllGatherV(comm::HostBuffer(&stats, sizeof stats),
+                               comm::HostBuffer(all.data(), all.size() * sizeof stats), counts,
+                               deadline()));
+  if (me == 0) {
+    double slowest = 0.0;
+    for (const auto& x : all) slowest = std::max(slowest, x.total_seconds);
+    const double pairs = double(attention::AllowedPairs(n, H, globals, spec));
+    fmt::print("attention n={} heads={}/{} head_dim={} globals={} {} ranks={} threads/rank={}: "
+               "{:.3f} s, {:.2f} GFLOP/s (allowed pairs x 4d)\n",
+               n, H, Hkv, d, globals.size(), spec.ToString(), P, pool.size(), slowest,
+               pairs * 4.0 * double(d) / slowest * 1e-9);
+    if (f.stats) {
+      fmt::print("{}", plan.ToString());
+      const size_t kv_row = size_t(Hkv * d) * DTypeSize(kh.dtype);
+      const size_t g = globals.size();
+      fmt::print("per-rank traffic (DESIGN.md §2 bound per rank: halo <= {} B, globals {} B K/V + "
+                 "{} B Q, partials O(g*H*(d+1)*4*P) at owners):\n",
+                 2 * size_t(2 * (spec.window - 1)) * kv_row, 2 * g * kv_row,
+                 g * size_t(H * d) * DTypeSize(qh.dtype));
+      for (const auto& x : all) fmt::print("{}", worker::FormatStats(x));
+    }
+  }
+  if (f.check && me == 0) {
+    ASSIGN_OR_RETURN(NpyArray o_all, ReadNpy(f.out));
+    std::vector<float> l_all;
+    if (!f.lse.empty()) {
+      ASSIGN_OR_RETURN(NpyArray la, ReadNpy(f.lse));
+      l_all.assign(la.as<float>(), la.as<float>() + la.numel());
+    } else {
+      return InvalidArgument("--check with several ranks needs --lse");
+    }
+    RETURN_IF_ERROR(CheckAgainstReference(f, spec, globals, o_all.as<float>(), l_all.data()));
+  }
   return Status::Ok();
+}
+
+Status RunAttention(const AttentionFlags& f) {
+  if (!f.sample_dir.empty()) return MakeSample(f);
+  ASSIGN_OR_RETURN(Resolved r, ResolveFlags(f));
+  if (!comm::LaunchedByMpi()) return RunSingle(f, r);
+  ASSIGN_OR_RETURN(std::shared_ptr<comm::Communicator> world, comm::WorldCommunicator("auto"));
+  return RunDistributed(f, r, *world);
 }
 
 }  // namespace
@@ -213,6 +407,7 @@ Runner AddAttentionCommand(CLI::App& app) {
   app.add_option("--threads", f->threads, "worker threads (0 = all cores)")->capture_default_str();
   app.add_option("--isa", f->isa, "auto | avx512 | avx2 | generic")->capture_default_str();
   app.add_flag("--check", f->check, "also run the float64 reference and report the error");
+  app.add_flag("--stats", f->stats, "under mpirun: the shard plan and per-rank bytes per phase");
   app.add_option("--make-sample", f->sample_dir, "write a random sample q/k/v/globals to DIR");
   app.add_option("--n", f->n, "sample: tokens")->capture_default_str();
   app.add_option("--heads", f->heads, "sample: query heads")->capture_default_str();

@@ -1,8 +1,10 @@
-// `longctx bench attention ...`: wires the benchmark options to the CLI.
+// `longctx bench attention|comm ...`: wires the benchmark options to the CLI.
 #include <memory>
 
 #include "commands.h"
 #include "longctx/bench/attention_bench.h"
+#include "longctx/bench/comm_bench.h"
+#include "longctx/comm/communicator.h"
 
 namespace longctx::cli {
 
@@ -22,7 +24,26 @@ Runner AddBenchCommand(CLI::App& app) {
   att->add_option("--dtype", o->dtype, "f32 | f16 | bf16 inputs")->capture_default_str();
   att->add_option("--isa", o->isa, "auto | avx512 | avx2 | generic")->capture_default_str();
   att->add_option("--json", o->json, "also write the results as JSON");
-  return [o] { return bench::RunAttentionBench(*o); };
+
+  auto c = std::make_shared<bench::CommBenchOptions>();
+  CLI::App* cm = app.add_subcommand(
+      "comm", "distributed-attention traffic vs its minimum, bare MPI and a full K/V all-gather "
+              "(run under mpirun)");
+  cm->add_option("--n", c->n, "sequence lengths")->delimiter(',')->capture_default_str();
+  cm->add_option("--d", c->head_dim, "head dims")->delimiter(',')->capture_default_str();
+  cm->add_option("--window", c->window, "windows")->delimiter(',')->capture_default_str();
+  cm->add_option("--globals", c->globals, "none and/or log")->delimiter(',')->capture_default_str();
+  cm->add_option("--heads", c->heads, "query heads")->capture_default_str();
+  cm->add_option("--kv-heads", c->kv_heads, "kv heads")->capture_default_str();
+  cm->add_option("--reps", c->reps, "timed repetitions after a warm-up")->capture_default_str();
+  cm->add_flag("!--no-naive", c->naive, "skip the full K/V all-gather comparison");
+  cm->add_option("--json", c->json, "also write the results as JSON (rank 0)");
+
+  return [o, c, att, cm]() -> Status {
+    if (att->parsed()) return bench::RunAttentionBench(*o);
+    ASSIGN_OR_RETURN(std::shared_ptr<comm::Communicator> world, comm::WorldCommunicator("auto"));
+    return bench::RunCommBench(*c, *world);
+  };
 }
 
 }  // namespace longctx::cli

@@ -44,7 +44,10 @@ int main(int argc, char** argv) {
       if (!sub->parsed()) continue;
       const longctx::Status st = runner();
       if (!st.ok()) {
-        fmt::print(stderr, "longctx {}: error: {}\n", sub->get_name(), st.message());
+        // An empty message means another rank of the job has reported this failure.
+        if (!st.message().empty()) {
+          fmt::print(stderr, "longctx {}: error: {}\n", sub->get_name(), st.message());
+        }
         return st.code() == longctx::StatusCode::kInvalidArgument ? 2 : 1;
       }
       return 0;

@@ -67,4 +67,18 @@ Status WriteNpy(const std::string& path, DType dtype, const std::vector<int64_t>
 // As above; array.data must be exactly numel * DTypeSize(dtype) bytes.
 Status WriteNpy(const std::string& path, const NpyArray& array);
 
+// Writing one array from several processes, each its own rows (sharded ranks), still
+// atomically: the array appears at `path` only once every row is written.
+//   1. one process:  CreateNpyForRows(path, dtype, shape) -> writes the header to the staging
+//      file NpyStagingPath(path) and sizes it (data zero until written);
+//   2. every process: WriteNpyRows(path, row_begin, rows, data) -> pwrite at the row offset;
+//   3. one process, after all have written: CommitNpyRows(path) -> fsync and rename into place.
+// On failure, AbortNpyRows(path) removes the staging file. The staging name does not depend
+// on the process, so every rank of a job finds it.
+std::string NpyStagingPath(const std::string& path);
+Status CreateNpyForRows(const std::string& path, DType dtype, const std::vector<int64_t>& shape);
+Status WriteNpyRows(const std::string& path, int64_t row_begin, int64_t rows, const void* data);
+Status CommitNpyRows(const std::string& path);
+void AbortNpyRows(const std::string& path);
+
 }  // namespace longctx

@@ -1,0 +1,38 @@
+// Backend-independent parts of the Communicator contract: the default timeout and WaitAll.
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+
+#include "longctx/comm/communicator.h"
+#include "longctx/core/log.h"
+
+namespace longctx::comm {
+
+std::chrono::milliseconds DefaultTimeout() {
+  constexpr std::chrono::milliseconds kDefault{300'000};
+  const char* env = std::getenv("LONGCTX_COMM_TIMEOUT_S");
+  if (env == nullptr || *env == '\0') return kDefault;
+  char* end = nullptr;
+  errno = 0;
+  const double seconds = std::strtod(env, &end);
+  // Up to ~30 years: anything beyond is a typo, and the product must fit in the tick count.
+  if (errno != 0 || end == env || *end != '\0' || !std::isfinite(seconds) || seconds <= 0 ||
+      seconds > 1e9) {
+    LONGCTX_LOG_WARN("LONGCTX_COMM_TIMEOUT_S='{}' is not a positive number of seconds; using {} s",
+                     env, kDefault.count() / 1000);
+    return kDefault;
+  }
+  return std::chrono::milliseconds(static_cast<int64_t>(std::ceil(seconds * 1000.0)));
+}
+
+Status WaitAll(std::span<RequestPtr> requests, Deadline deadline) {
+  Status first;
+  for (RequestPtr& request : requests) {
+    if (request == nullptr) continue;
+    Status status = request->Wait(deadline);
+    if (!status.ok() && first.ok()) first = std::move(status);
+  }
+  return first;
+}
+
+}  // namespace longctx::comm
