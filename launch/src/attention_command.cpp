@@ -1,6 +1,7 @@
 // `longctx attention`: hybrid attention of Q/K/V arrays read from .npy files (DESIGN.md §1, §5).
 // Also `--make-sample DIR`, which writes a deterministic random Q/K/V/globals set so the
 // command can be tried (and checked with --check) without any other tool.
+#include <algorithm>
 #include <chrono>
 #include <csignal>
 #include <cmath>
@@ -101,10 +102,16 @@ Status MakeSample(const AttentionFlags& f) {
     return x;
   };
   const std::vector<float> q = fill(f.heads), k = fill(f.kv_heads), v = fill(f.kv_heads);
-  // Globals as a document would give them: 4 sinks, then one "sentence end" every 97 tokens.
+  // Globals within DESIGN.md §1's default budget, min(ceil(0.1 n), 16 ceil(log2 n)): 4 sinks,
+  // then evenly spaced positions standing in for sentence ends.
+  const int64_t budget = std::min<int64_t>(
+      (f.n + 9) / 10, 16 * int64_t(std::ceil(std::log2(double(std::max<int64_t>(2, f.n))))));
   std::vector<int64_t> g;
-  for (int64_t i = 0; i < std::min<int64_t>(4, f.n); ++i) g.push_back(i);
-  for (int64_t i = 100; i < f.n; i += 97) g.push_back(i);
+  for (int64_t i = 0; i < std::min<int64_t>(4, budget); ++i) g.push_back(i);
+  const int64_t rest = budget - int64_t(g.size());
+  for (int64_t r = 0; r < rest; ++r) g.push_back(4 + (r + 1) * (f.n - 4) / (rest + 1));
+  std::sort(g.begin(), g.end());
+  g.erase(std::unique(g.begin(), g.end()), g.end());
   const std::string d = f.sample_dir + "/";
   RETURN_IF_ERROR(WriteNpy(d + "q.npy", DType::kF32, {f.n, f.heads, f.head_dim}, q.data()));
   RETURN_IF_ERROR(WriteNpy(d + "k.npy", DType::kF32, {f.n, f.kv_heads, f.head_dim}, k.data()));

@@ -92,11 +92,15 @@ Status DistributedAttention(comm::Communicator& comm, const attention::ShardPlan
   st.globals_owned = gi1 - gi0;
 
   // ---- 1. halo: post every receive and send before anything else -------------------------
+  // Halo rows land in two small buffers, [k0, s) and [e, k1) (< W rows each); the own rows
+  // are never copied wholesale.
   const auto [k0, k1] = plan.KeyRange(me);
-  std::vector<std::byte> kloc(size_t(k1 - k0) * kv_row), vloc(size_t(k1 - k0) * kv_row);
+  std::vector<std::byte> left_k, left_v, right_k, right_v;
   if (rows > 0) {
-    std::memcpy(kloc.data() + size_t(s - k0) * kv_row, k.Row(0), size_t(rows) * kv_row);
-    std::memcpy(vloc.data() + size_t(s - k0) * kv_row, shard.v.Row(0), size_t(rows) * kv_row);
+    left_k.resize(size_t(s - k0) * kv_row);
+    left_v.resize(left_k.size());
+    right_k.resize(size_t(k1 - e) * kv_row);
+    right_v.resize(right_k.size());
   }
   std::vector<comm::RequestPtr> halo;
   for (int r = 0; r < P; ++r) {
@@ -105,10 +109,12 @@ Status DistributedAttention(comm::Communicator& comm, const attention::ShardPlan
     const int64_t lo = std::max(k0, plan.begin(r)), hi = std::min(k1, plan.end(r));
     if (rows > 0 && lo < hi) {
       const size_t bytes = size_t(hi - lo) * kv_row;
-      for (auto [buf, tag] : {std::pair{&kloc, kTagHaloK}, std::pair{&vloc, kTagHaloV}}) {
+      const bool left = hi <= s;
+      const size_t offset = size_t(left ? lo - k0 : lo - e) * kv_row;
+      for (auto [buf, tag] : {std::pair{left ? &left_k : &right_k, kTagHaloK},
+                              std::pair{left ? &left_v : &right_v, kTagHaloV}}) {
         ASSIGN_OR_RETURN(comm::RequestPtr req,
-                         comm.Irecv(comm::HostBuffer(buf->data() + size_t(lo - k0) * kv_row, bytes),
-                                    r, tag));
+                         comm.Irecv(comm::HostBuffer(buf->data() + offset, bytes), r, tag));
         halo.push_back(std::move(req));
       }
       st.halo.received += 2 * bytes;
@@ -193,9 +199,30 @@ Status DistributedAttention(comm::Communicator& comm, const attention::ShardPlan
   RETURN_IF_ERROR(comm::WaitAll(halo, deadline));
   st.halo.seconds = Since(t0);
   t0 = Clock::now();
-  const TokenView lk = RowsView(k, kloc.data(), k1 - k0), lv = RowsView(k, vloc.data(), k1 - k0);
-  RETURN_IF_ERROR(window_pass(s, ia, lk, lv, k0));
-  RETURN_IF_ERROR(window_pass(ib, e, lk, lv, k0));
+  // Edge queries [a, b): their keys, assembled from the halo buffers and the own rows
+  // (at most 3W rows).
+  std::vector<std::byte> edge_k, edge_v;
+  auto edge_pass = [&](int64_t a, int64_t b) -> Status {
+    if (a >= b) return Status::Ok();
+    const int64_t lo = std::max(k0, a - spec.window + 1);
+    const int64_t hi = spec.causal ? b : std::min(k1, b + spec.window - 1);
+    edge_k.resize(size_t(hi - lo) * kv_row);
+    edge_v.resize(edge_k.size());
+    auto copy = [&](int64_t from, int64_t to, const std::byte* src_k, const std::byte* src_v,
+                    int64_t src_pos0) {
+      if (from >= to) return;
+      const size_t dst = size_t(from - lo) * kv_row, src = size_t(from - src_pos0) * kv_row;
+      std::memcpy(edge_k.data() + dst, src_k + src, size_t(to - from) * kv_row);
+      std::memcpy(edge_v.data() + dst, src_v + src, size_t(to - from) * kv_row);
+    };
+    copy(lo, std::min(hi, s), left_k.data(), left_v.data(), k0);
+    copy(std::max(lo, s), std::min(hi, e), k.Row(0), shard.v.Row(0), s);
+    copy(std::max(lo, e), hi, right_k.data(), right_v.data(), e);
+    return window_pass(a, b, RowsView(k, edge_k.data(), hi - lo),
+                       RowsView(k, edge_v.data(), hi - lo), lo);
+  };
+  RETURN_IF_ERROR(edge_pass(s, ia));
+  RETURN_IF_ERROR(edge_pass(ib, e));
 
   // ---- 4. global queries: my partial (O, L) of every global query that sees my keys -------
   const int64_t vis0 = FirstVisibleGlobal(plan, globals, me);
