@@ -1,9 +1,10 @@
 // Backend-independent parts of the Communicator contract: the default timeout and WaitAll.
+#include "longctx/comm/communicator.h"
+
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
 
-#include "longctx/comm/communicator.h"
 #include "longctx/core/log.h"
 
 namespace longctx::comm {

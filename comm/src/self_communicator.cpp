@@ -108,9 +108,12 @@ Status CheckBuffer(MemoryKind kind, const void* data, size_t bytes, std::string_
 
 size_t ElementBytes(ReduceType type) {
   switch (type) {
-    case ReduceType::kI64: return 8;
-    case ReduceType::kF64: return 8;
-    case ReduceType::kF32: return 4;
+    case ReduceType::kI64:
+      return 8;
+    case ReduceType::kF64:
+      return 8;
+    case ReduceType::kF32:
+      return 4;
   }
   return 0;
 }

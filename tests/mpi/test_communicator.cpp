@@ -2,6 +2,7 @@
 // with mpirun -np N and every test runs on every rank. `--die-rank R` is the dead-peer check
 // instead (tests/mpi/dead_rank.sh): rank R kills itself while the others wait on it.
 #include <gtest/gtest.h>
+#include <spdlog/spdlog.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -24,21 +25,21 @@ namespace {
 using std::chrono::milliseconds;
 using std::chrono::seconds;
 
-#define ASSERT_OK(expr)                                                  \
-  do {                                                                   \
-    const ::longctx::Status _st = (expr);                                \
-    ASSERT_TRUE(_st.ok()) << #expr << " -> " << _st.ToString();          \
+#define ASSERT_OK(expr)                                         \
+  do {                                                          \
+    const ::longctx::Status _st = (expr);                       \
+    ASSERT_TRUE(_st.ok()) << #expr << " -> " << _st.ToString(); \
   } while (0)
-#define EXPECT_OK(expr)                                                  \
-  do {                                                                   \
-    const ::longctx::Status _st = (expr);                                \
-    EXPECT_TRUE(_st.ok()) << #expr << " -> " << _st.ToString();          \
+#define EXPECT_OK(expr)                                         \
+  do {                                                          \
+    const ::longctx::Status _st = (expr);                       \
+    EXPECT_TRUE(_st.ok()) << #expr << " -> " << _st.ToString(); \
   } while (0)
 #define ASSERT_OK_AND_ASSIGN(lhs, expr) \
   ASSERT_OK_AND_ASSIGN_IMPL(LONGCTX_CONCAT(_result_, __LINE__), lhs, expr)
-#define ASSERT_OK_AND_ASSIGN_IMPL(tmp, lhs, expr)                                 \
-  auto tmp = (expr);                                                              \
-  ASSERT_TRUE(tmp.ok()) << #expr << " -> " << tmp.status().ToString();            \
+#define ASSERT_OK_AND_ASSIGN_IMPL(tmp, lhs, expr)                      \
+  auto tmp = (expr);                                                   \
+  ASSERT_TRUE(tmp.ok()) << #expr << " -> " << tmp.status().ToString(); \
   lhs = std::move(tmp).value()
 
 std::shared_ptr<Communicator> g_world;  // set by main() before any test runs
@@ -143,7 +144,8 @@ TEST_F(MpiTest, RingOfSeveralSizes) {
     std::vector<uint8_t> in(sizes[i], 0xEE);
     std::vector<RequestPtr> requests(2);
     ASSERT_OK_AND_ASSIGN(requests[0], world().Irecv(HostBuffer(in.data(), in.size()), prev(), tag));
-    ASSERT_OK_AND_ASSIGN(requests[1], world().Isend(HostBuffer(out.data(), out.size()), next(), tag));
+    ASSERT_OK_AND_ASSIGN(requests[1],
+                         world().Isend(HostBuffer(out.data(), out.size()), next(), tag));
     const auto start = Clock::now();
     ASSERT_OK(WaitAll(requests, Soon()));
     if (sizes[i] >= (size_t{64} << 20) && rank() == 0) {
@@ -165,7 +167,8 @@ TEST_F(MpiTest, ReceiveBufferLongerThanMessage) {
   std::vector<uint8_t> in(250, 0xEE);
   const TrafficCounters before = world().traffic();
   ASSERT_OK_AND_ASSIGN(RequestPtr recv, world().Irecv(HostBuffer(in.data(), in.size()), prev(), 9));
-  ASSERT_OK_AND_ASSIGN(RequestPtr send, world().Isend(HostBuffer(out.data(), out.size()), next(), 9));
+  ASSERT_OK_AND_ASSIGN(RequestPtr send,
+                       world().Isend(HostBuffer(out.data(), out.size()), next(), 9));
   ASSERT_OK(send->Wait(Soon()));
   ASSERT_OK(recv->Wait(Soon()));
   const std::vector<uint8_t> head(in.begin(), in.begin() + 100);
@@ -250,8 +253,9 @@ void CheckAllReduce(Communicator& comm, ReduceType type) {
       T want = value(0, j);
       for (int r = 1; r < comm.size(); ++r) {
         const T v = value(r, j);
-        want = op == ReduceOp::kSum ? want + v : op == ReduceOp::kMax ? std::max(want, v)
-                                                                       : std::min(want, v);
+        want = op == ReduceOp::kSum   ? want + v
+               : op == ReduceOp::kMax ? std::max(want, v)
+                                      : std::min(want, v);
       }
       ASSERT_EQ(data[j], want) << "element " << j;
     }
@@ -349,13 +353,56 @@ TEST_F(MpiTest, WaitDeadlineThenCancel) {
   EXPECT_EQ(in, 77 + peer);
 }
 
+TEST_F(MpiTest, MissedCollectiveDeadlineStopsCollectives) {
+  if (size() < 2) GTEST_SKIP() << "needs a second rank that is late";
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Communicator> sub, world().Split(0, rank()));
+  if (rank() == 0) {  // the others join sub's barrier only after the world barrier below
+    const auto start = Clock::now();
+    const Status late = sub->Barrier(DeadlineIn(milliseconds(300)));
+    EXPECT_EQ(late.code(), StatusCode::kDeadlineExceeded) << late.ToString();
+    EXPECT_LT(SecondsSince(start), 0.8);
+    int64_t x = 1;
+    const Status refused = sub->AllReduce(&x, 1, ReduceType::kI64, ReduceOp::kSum, Soon());
+    EXPECT_EQ(refused.code(), StatusCode::kFailedPrecondition) << refused.ToString();
+  }
+  ASSERT_OK(world().Barrier(Soon()));
+  // The abandoned barrier still matches the others' (rank 0's world waits drive its progress).
+  if (rank() != 0) ASSERT_OK(sub->Barrier(Soon()));
+  ASSERT_OK(world().Barrier(Soon()));
+  // Point to point on the out-of-step communicator still works.
+  int64_t out = rank();
+  int64_t in = -1;
+  ASSERT_OK_AND_ASSIGN(RequestPtr recv, sub->Irecv(HostBuffer(&in, sizeof(in)), prev(), 1));
+  ASSERT_OK_AND_ASSIGN(RequestPtr send, sub->Isend(HostBuffer(&out, sizeof(out)), next(), 1));
+  ASSERT_OK(send->Wait(Soon()));
+  ASSERT_OK(recv->Wait(Soon()));
+  EXPECT_EQ(in, prev());
+}
+
+TEST_F(MpiTest, DestroyingAnUnmatchedSendStillDelivers) {
+  // 4 MiB goes by rendezvous: the send cannot finish before the receive is posted. Destroying
+  // its request waits briefly, then hands the send to MPI; the message still arrives.
+  const std::vector<uint8_t> out = Pattern(rank(), 55, size_t{4} << 20);  // outlives the send
+  ASSERT_OK_AND_ASSIGN(RequestPtr send,
+                       world().Isend(HostBuffer(out.data(), out.size()), next(), 55));
+  const auto start = Clock::now();
+  send.reset();
+  EXPECT_LT(SecondsSince(start), 1.5);
+  ASSERT_OK(world().Barrier(Soon()));
+  std::vector<uint8_t> in(out.size());
+  ASSERT_OK_AND_ASSIGN(RequestPtr recv,
+                       world().Irecv(HostBuffer(in.data(), in.size()), prev(), 55));
+  ASSERT_OK(recv->Wait(Soon()));
+  EXPECT_EQ(FirstMismatch(in, Pattern(prev(), 55, in.size())), -1);
+  ASSERT_OK(world().Barrier(Soon()));  // every receive is done before `out` goes away
+}
+
 TEST_F(MpiTest, BadArgumentsAreRefusedLocally) {
   std::vector<uint8_t> buf(8);
   auto code_of = [](const Result<RequestPtr>& r) { return r.status().code(); };
   EXPECT_EQ(code_of(world().Isend(HostBuffer(buf.data(), 8), size(), 0)),
             StatusCode::kInvalidArgument);
-  EXPECT_EQ(code_of(world().Irecv(HostBuffer(buf.data(), 8), -1, 0)),
-            StatusCode::kInvalidArgument);
+  EXPECT_EQ(code_of(world().Irecv(HostBuffer(buf.data(), 8), -1, 0)), StatusCode::kInvalidArgument);
   EXPECT_EQ(code_of(world().Isend(HostBuffer(buf.data(), 8), next(), -3)),
             StatusCode::kInvalidArgument);
   EXPECT_EQ(code_of(world().Irecv(MutableBuffer{buf.data(), 8, MemoryKind::kDevice}, prev(), 0)),
@@ -365,8 +412,9 @@ TEST_F(MpiTest, BadArgumentsAreRefusedLocally) {
   std::vector<size_t> counts(size() + 1, 0);
   EXPECT_EQ(world().AllGatherV({}, {}, counts, Soon()).code(), StatusCode::kInvalidArgument);
   counts.assign(size(), 0);
-  EXPECT_EQ(world().AllGatherV(HostBuffer(buf.data(), 8), HostBuffer(buf.data(), 8), counts,
-                               Soon()).code(),
+  EXPECT_EQ(world()
+                .AllGatherV(HostBuffer(buf.data(), 8), HostBuffer(buf.data(), 8), counts, Soon())
+                .code(),
             StatusCode::kInvalidArgument);  // counts[rank] != 8
   // Refusals run no collective, so the ranks are still in step.
   ASSERT_OK(world().Barrier(Soon()));
@@ -538,6 +586,8 @@ TEST(SelfCommunicator, CollectivesAreCopies) {
 }
 
 TEST(CommDefaults, TimeoutFromEnvironment) {
+  const spdlog::level::level_enum saved_level = spdlog::get_level();
+  spdlog::set_level(spdlog::level::err);  // the bad values below log a warning each
   const char* saved = std::getenv("LONGCTX_COMM_TIMEOUT_S");
   const std::string saved_value = saved ? saved : "";
   unsetenv("LONGCTX_COMM_TIMEOUT_S");
@@ -553,6 +603,7 @@ TEST(CommDefaults, TimeoutFromEnvironment) {
   } else {
     unsetenv("LONGCTX_COMM_TIMEOUT_S");
   }
+  spdlog::set_level(saved_level);
 }
 
 // On ranks other than 0, report only failures (prefixed with the rank), not every test.
@@ -561,8 +612,9 @@ class FailurePrinter : public ::testing::EmptyTestEventListener {
   explicit FailurePrinter(int rank) : rank_(rank) {}
   void OnTestPartResult(const ::testing::TestPartResult& result) override {
     if (!result.failed()) return;
-    std::printf("[rank %d] %s:%d: Failure\n%s\n", rank_, result.file_name() ? result.file_name() : "?",
-                result.line_number(), result.summary());
+    std::printf("[rank %d] %s:%d: Failure\n%s\n", rank_,
+                result.file_name() ? result.file_name() : "?", result.line_number(),
+                result.summary());
     std::fflush(stdout);
   }
   void OnTestEnd(const ::testing::TestInfo& info) override {
