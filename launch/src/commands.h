@@ -15,5 +15,7 @@ using Runner = std::function<Status()>;
 
 Runner AddAttentionCommand(CLI::App& app);
 Runner AddBenchCommand(CLI::App& app);
+Runner AddRunCommand(CLI::App& app);
+Runner AddMkmodelCommand(CLI::App& app);
 
 }  // namespace longctx::cli

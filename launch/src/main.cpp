@@ -17,11 +17,17 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.set_version_flag("--version", "longctx 0.1.0");
   std::map<CLI::App*, longctx::cli::Runner> runners;
+  runners[app.add_subcommand("run", "the main job: a document through the model, sharded")] =
+      nullptr;
   runners[app.add_subcommand("attention", "hybrid attention of Q/K/V .npy arrays")] = nullptr;
+  runners[app.add_subcommand("mkmodel", "write a built-in model as a HF-layout directory")] =
+      nullptr;
   runners[app.add_subcommand("bench", "benchmarks (longctx bench attention)")] = nullptr;
   for (auto& [sub, runner] : runners) {
     if (sub->get_name() == "attention") runner = longctx::cli::AddAttentionCommand(*sub);
     if (sub->get_name() == "bench") runner = longctx::cli::AddBenchCommand(*sub);
+    if (sub->get_name() == "run") runner = longctx::cli::AddRunCommand(*sub);
+    if (sub->get_name() == "mkmodel") runner = longctx::cli::AddMkmodelCommand(*sub);
   }
   try {
     app.parse(argc, argv);

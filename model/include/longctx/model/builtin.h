@@ -1,0 +1,68 @@
+// Built-in models: deterministic, seeded Llama-layout models that need no download, for tests,
+// the quickstart and benchmarks (`--model builtin:tiny`), and for `longctx mkmodel`, which
+// writes the same weights as a real HF-layout directory.
+//
+// Which is which:
+//   - TinyConfig()/SmallConfig(): the presets' hyper-parameters (no weights);
+//   - GenerateWeights(config, seed, dtype): the seeded weights of any config, in memory;
+//   - BuiltinWeights("builtin:tiny", seed, dtype): config + weights in memory, no files;
+//   - WriteModelDir(dir, config, seed, dtype): config.json + model.safetensors on disk.
+// For the same config, seed and dtype, all of them yield bit-identical tensors.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "longctx/core/dtype.h"
+#include "longctx/core/status.h"
+#include "longctx/model/config.h"
+#include "longctx/model/safetensors.h"
+
+namespace longctx::model {
+
+inline constexpr uint64_t kDefaultBuiltinSeed = 0;
+
+// tiny: hidden 64, 4 heads / 2 kv heads, head_dim 16, MLP 128, 2 layers, vocab 256, window 64
+// (about 0.1 M parameters: a 1M-token document on 4 ranks of a 2-core machine in minutes).
+ModelConfig TinyConfig();
+// small: hidden 256, 8 heads / 4 kv heads, head_dim 32, MLP 512, 4 layers, vocab 256, per-layer
+// windows [64, 256, 64, 256] (local and wider layers interleaved, as in Gemma).
+ModelConfig SmallConfig();
+// "tiny" or "small" (kInvalidArgument otherwise, listing the presets).
+Result<ModelConfig> PresetConfig(std::string_view preset);
+
+// The weights of `config` for `seed`, as ExpectedTensors(config) lists them, in `dtype`
+// (kF32, kF16 or kBF16; kInvalidArgument otherwise). Each tensor is generated from its own
+// splitmix64 stream seeded by (seed, tensor name), so a tensor's values do not depend on the
+// other tensors. Values: approximately N(0, 1) (sum of four uniforms, rescaled) times
+// 1/sqrt(in_features) for linear weights (so activations stay O(1)), times 1 for the
+// embedding, and exactly 1 for the norm weights; rounded to `dtype` from float32 (nearest even).
+Result<std::vector<OwnedTensor>> GenerateWeights(const ModelConfig& config, uint64_t seed,
+                                                 DType dtype);
+
+// A config with its weights.
+struct Model {
+  ModelConfig config;
+  ModelWeights weights;
+};
+
+// `spec` is "builtin:tiny" or "builtin:small": the preset config with GenerateWeights(seed,
+// dtype), in memory (weights.source() is the spec).
+Result<Model> BuiltinWeights(std::string_view spec, uint64_t seed = kDefaultBuiltinSeed,
+                             DType dtype = DType::kF32);
+
+// Writes `config` (torch_dtype set from `dtype`) to dir/config.json and GenerateWeights(config,
+// seed, dtype) to dir/model.safetensors (metadata {"format": "pt"}, so transformers loads it),
+// each atomically; creates `dir` if needed. Refuses a directory that holds a sharded model
+// (model.safetensors.index.json), which would shadow the new file.
+Status WriteModelDir(const std::string& dir, const ModelConfig& config, uint64_t seed,
+                     DType dtype);
+
+// A model by what a user types for --model: "builtin:<preset>" (seed/dtype used) or a directory
+// (LoadModelConfig + ModelWeights::OpenDir + CheckWeights; seed/dtype unused).
+Result<Model> OpenModel(std::string_view spec, uint64_t seed = kDefaultBuiltinSeed,
+                        DType builtin_dtype = DType::kF32);
+
+}  // namespace longctx::model

@@ -1,0 +1,76 @@
+// The transformer forward pass over one rank's shard of a document (DESIGN.md §2): embedding,
+// then per layer RMSNorm -> Q/K/V projections -> RoPE -> distributed hybrid attention ->
+// output projection + residual -> RMSNorm -> SwiGLU MLP + residual, then the final norm.
+// Token-local work (norms, GEMMs through OpenBLAS, RoPE, MLP) runs on the own rows only;
+// attention is the only step that talks to other ranks. fp32 compute.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <vector>
+
+#include "longctx/attention/hybrid_attention.h"
+#include "longctx/attention/shard_plan.h"
+#include "longctx/comm/communicator.h"
+#include "longctx/model/builtin.h"
+#include "longctx/model/config.h"
+#include "longctx/worker/distributed_attention.h"
+
+namespace longctx::worker {
+
+// Row-major fp32 weights in the Hugging Face layout ([out, in] for projections).
+struct LayerWeights {
+  const float* wq = nullptr;         // [H*hd, hidden]
+  const float* wk = nullptr;         // [Hkv*hd, hidden]
+  const float* wv = nullptr;         // [Hkv*hd, hidden]
+  const float* wo = nullptr;         // [hidden, H*hd]
+  const float* w_gate = nullptr;     // [inter, hidden]
+  const float* w_up = nullptr;       // [inter, hidden]
+  const float* w_down = nullptr;     // [hidden, inter]
+  const float* attn_norm = nullptr;  // [hidden] input_layernorm
+  const float* mlp_norm = nullptr;   // [hidden] post_attention_layernorm
+};
+struct Weights {
+  const float* embed = nullptr;       // [vocab, hidden]
+  std::vector<LayerWeights> layers;
+  const float* final_norm = nullptr;  // [hidden]
+  const float* lm_head = nullptr;     // [vocab, hidden] (the embedding when tied)
+};
+
+struct ForwardStats {
+  double attention_seconds = 0.0;  // wall time inside DistributedAttention
+  double dense_seconds = 0.0;      // norms, GEMMs, RoPE, MLP
+  DistributedStats last_layer;     // traffic of the last layer (every layer moves the same)
+  uint64_t comm_bytes_sent = 0;    // all layers
+  uint64_t comm_bytes_received = 0;
+};
+
+// The weights of a model converted once to fp32 (F16/BF16 files are widened on load), with
+// the Weights view into them.
+struct Fp32Weights {
+  std::vector<std::vector<float>> storage;
+  Weights view;
+};
+Result<Fp32Weights> ToFp32Weights(const model::Model& model);
+
+// Called after each layer with (layer index, layers).
+using LayerProgress = std::function<void(int64_t, int64_t)>;
+
+// bounds: the shard bounds of every rank (ranks+1 entries, the same for every layer); the
+// window of layer l comes from config. ids: this rank's token ids (rows = bounds[r+1]-bounds[r]),
+// each < vocab_size. hidden_out: [rows, hidden] final-norm hidden states.
+Status ForwardShard(comm::Communicator& comm, const model::ModelConfig& config,
+                    const Weights& weights, const std::vector<int64_t>& bounds,
+                    std::span<const int32_t> ids, std::span<const int64_t> globals,
+                    const attention::ExecOptions& exec, float* hidden_out, ForwardStats* stats,
+                    const LayerProgress& progress = {});
+
+// The attention spec of a layer of `config` (window, fusion, causal).
+attention::AttentionSpec LayerSpec(const model::ModelConfig& config, int64_t layer);
+
+// HF rotate-half RoPE in place on x [rows, heads, hd] at absolute positions pos0 + row.
+// Angles pos * theta^(-2i/hd) are computed in double (exact enough at position 2^20+).
+void ApplyRope(float* x, int64_t rows, int64_t heads, int64_t hd, int64_t pos0, double theta);
+
+}  // namespace longctx::worker

@@ -1,0 +1,193 @@
+#include "longctx/worker/forward.h"
+
+#include "longctx/model/llama_names.h"
+
+#include <cblas.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstring>
+
+namespace longctx::worker {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double Since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+// y[rows, out] = x[rows, in] * W^T, W [out, in] row-major (the HF Linear layout).
+void Linear(const float* x, int64_t rows, int64_t in, const float* w, int64_t out, float* y) {
+  if (rows == 0) return;
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(rows), int(out), int(in), 1.0f, x,
+              int(in), w, int(in), 0.0f, y, int(out));
+}
+
+// y = x * rsqrt(mean(x^2) + eps) * w, per row (fp32 like HF's LlamaRMSNorm).
+void RmsNorm(const float* x, int64_t rows, int64_t dim, const float* w, double eps, float* y) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * dim;
+    float* yr = y + r * dim;
+    float ss = 0.0f;
+    for (int64_t i = 0; i < dim; ++i) ss += xr[i] * xr[i];
+    const float inv = 1.0f / std::sqrt(ss / float(dim) + float(eps));
+    for (int64_t i = 0; i < dim; ++i) yr[i] = w[i] * (xr[i] * inv);
+  }
+}
+
+}  // namespace
+
+Result<Fp32Weights> ToFp32Weights(const model::Model& m) {
+  const model::ModelConfig& c = m.config;
+  RETURN_IF_ERROR(model::CheckWeights(c, m.weights));
+  Fp32Weights out;
+  // Every tensor once, in a fixed order; `storage` never reallocates the inner vectors.
+  auto load = [&](std::string_view name) -> Result<const float*> {
+    ASSIGN_OR_RETURN(model::TensorRef t, m.weights.Get(name));
+    std::vector<float> f(static_cast<size_t>(t.numel()));
+    RETURN_IF_ERROR(model::CopyToFloat32(t, f));
+    out.storage.push_back(std::move(f));
+    return out.storage.back().data();
+  };
+  out.storage.reserve(size_t(c.num_hidden_layers) * model::kLayerTensorCount + 3);
+  ASSIGN_OR_RETURN(out.view.embed, load(model::kEmbedTokensName));
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    LayerWeights L;
+    using LT = model::LayerTensor;
+    ASSIGN_OR_RETURN(L.wq, load(model::LayerTensorName(l, LT::kQProj)));
+    ASSIGN_OR_RETURN(L.wk, load(model::LayerTensorName(l, LT::kKProj)));
+    ASSIGN_OR_RETURN(L.wv, load(model::LayerTensorName(l, LT::kVProj)));
+    ASSIGN_OR_RETURN(L.wo, load(model::LayerTensorName(l, LT::kOProj)));
+    ASSIGN_OR_RETURN(L.w_gate, load(model::LayerTensorName(l, LT::kGateProj)));
+    ASSIGN_OR_RETURN(L.w_up, load(model::LayerTensorName(l, LT::kUpProj)));
+    ASSIGN_OR_RETURN(L.w_down, load(model::LayerTensorName(l, LT::kDownProj)));
+    ASSIGN_OR_RETURN(L.attn_norm, load(model::LayerTensorName(l, LT::kInputNorm)));
+    ASSIGN_OR_RETURN(L.mlp_norm, load(model::LayerTensorName(l, LT::kPostAttentionNorm)));
+    out.view.layers.push_back(L);
+  }
+  ASSIGN_OR_RETURN(out.view.final_norm, load(model::kFinalNormName));
+  ASSIGN_OR_RETURN(out.view.lm_head, load(model::OutputEmbeddingName(c)));
+  return out;
+}
+
+attention::AttentionSpec LayerSpec(const model::ModelConfig& config, int64_t layer) {
+  attention::AttentionSpec spec;
+  spec.window = config.Window(layer);
+  spec.causal = true;
+  spec.fusion = config.hybrid.fusion_weighted ? attention::Fusion::kWeighted : attention::Fusion::kUnion;
+  spec.alpha = float(config.hybrid.fusion_alpha);
+  return spec;
+}
+
+void ApplyRope(float* x, int64_t rows, int64_t heads, int64_t hd, int64_t pos0, double theta) {
+  const int64_t half = hd / 2;
+  std::vector<double> inv_freq(static_cast<size_t>(half));
+  for (int64_t i = 0; i < half; ++i) inv_freq[size_t(i)] = std::pow(theta, -2.0 * double(i) / double(hd));
+  std::vector<float> cs(static_cast<size_t>(half)), sn(static_cast<size_t>(half));
+  for (int64_t r = 0; r < rows; ++r) {
+    const double pos = double(pos0 + r);
+    for (int64_t i = 0; i < half; ++i) {
+      const double a = pos * inv_freq[size_t(i)];
+      cs[size_t(i)] = float(std::cos(a));
+      sn[size_t(i)] = float(std::sin(a));
+    }
+    for (int64_t h = 0; h < heads; ++h) {
+      float* v = x + (r * heads + h) * hd;
+      for (int64_t i = 0; i < half; ++i) {
+        const float a = v[i], b = v[i + half];
+        v[i] = a * cs[size_t(i)] - b * sn[size_t(i)];
+        v[i + half] = b * cs[size_t(i)] + a * sn[size_t(i)];
+      }
+    }
+  }
+}
+
+Status ForwardShard(comm::Communicator& comm, const model::ModelConfig& c, const Weights& w,
+                    const std::vector<int64_t>& bounds, std::span<const int32_t> ids,
+                    std::span<const int64_t> globals, const attention::ExecOptions& exec,
+                    float* hidden_out, ForwardStats* stats_out, const LayerProgress& progress) {
+  const int me = comm.rank();
+  if (int64_t(bounds.size()) != comm.size() + 1) {
+    return InvalidArgument("forward: {} shard bounds for {} ranks", bounds.size(), comm.size());
+  }
+  if (int64_t(w.layers.size()) != c.num_hidden_layers) {
+    return InvalidArgument("forward: {} layers of weights for a {}-layer model", w.layers.size(),
+                           c.num_hidden_layers);
+  }
+  const int64_t s = bounds[size_t(me)], rows = bounds[size_t(me) + 1] - s, n = bounds.back();
+  if (int64_t(ids.size()) != rows) {
+    return InvalidArgument("forward: rank {} owns {} rows but got {} token ids", me, rows, ids.size());
+  }
+  const int64_t D = c.hidden_size, H = c.num_attention_heads, Hkv = c.num_key_value_heads,
+                hd = c.head_dim, I = c.intermediate_size;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (ids[i] < 0 || ids[i] >= c.vocab_size) {
+      return OutOfRange("token id {} at position {} is outside the vocabulary [0, {})", ids[i],
+                        s + int64_t(i), c.vocab_size);
+    }
+  }
+  ForwardStats st;
+  auto t0 = Clock::now();
+  std::vector<float> x(size_t(rows * D)), h(size_t(rows * D)), q(size_t(rows * H * hd)),
+      k(size_t(rows * Hkv * hd)), v(k.size()), o(q.size()), lse(size_t(rows * H)),
+      g(size_t(rows * I)), u(size_t(rows * I)), tmp(size_t(rows * D));
+  for (int64_t r = 0; r < rows; ++r) {
+    std::memcpy(x.data() + r * D, w.embed + int64_t(ids[size_t(r)]) * D, sizeof(float) * D);
+  }
+  st.dense_seconds += Since(t0);
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const LayerWeights& L = w.layers[size_t(l)];
+    t0 = Clock::now();
+    RmsNorm(x.data(), rows, D, L.attn_norm, c.rms_norm_eps, h.data());
+    Linear(h.data(), rows, D, L.wq, H * hd, q.data());
+    Linear(h.data(), rows, D, L.wk, Hkv * hd, k.data());
+    Linear(h.data(), rows, D, L.wv, Hkv * hd, v.data());
+    ApplyRope(q.data(), rows, H, hd, s, c.rope_theta);
+    ApplyRope(k.data(), rows, Hkv, hd, s, c.rope_theta);
+    st.dense_seconds += Since(t0);
+
+    t0 = Clock::now();
+    const attention::AttentionSpec spec = LayerSpec(c, l);
+    attention::ShardPlan plan;
+    plan.n = n;
+    plan.window = spec.window;
+    plan.causal = spec.causal;
+    plan.bounds = bounds;
+    plan.cost.assign(size_t(comm.size()), 0);
+    ShardTensors shard{attention::TokenView::Dense(q.data(), DType::kF32, rows, H, hd),
+                       attention::TokenView::Dense(k.data(), DType::kF32, rows, Hkv, hd),
+                       attention::TokenView::Dense(v.data(), DType::kF32, rows, Hkv, hd)};
+    DistributedStats ds;
+    RETURN_IF_ERROR(DistributedAttention(comm, plan, globals, spec, shard, o.data(), lse.data(),
+                                         exec, &ds)
+                        .WithContext(fmt::format("layer {}", l)));
+    st.attention_seconds += Since(t0);
+    st.last_layer = ds;
+    for (const PhaseTraffic* p : {&ds.halo, &ds.global_kv, &ds.global_q, &ds.partials}) {
+      st.comm_bytes_sent += p->sent;
+      st.comm_bytes_received += p->received;
+    }
+
+    t0 = Clock::now();
+    Linear(o.data(), rows, H * hd, L.wo, D, tmp.data());
+    for (int64_t i = 0; i < rows * D; ++i) x[size_t(i)] += tmp[size_t(i)];
+    RmsNorm(x.data(), rows, D, L.mlp_norm, c.rms_norm_eps, h.data());
+    Linear(h.data(), rows, D, L.w_gate, I, g.data());
+    Linear(h.data(), rows, D, L.w_up, I, u.data());
+    for (int64_t i = 0; i < rows * I; ++i) {
+      const float a = g[size_t(i)];
+      g[size_t(i)] = a / (1.0f + std::exp(-a)) * u[size_t(i)];  // SiLU(gate) * up
+    }
+    Linear(g.data(), rows, I, L.w_down, D, tmp.data());
+    for (int64_t i = 0; i < rows * D; ++i) x[size_t(i)] += tmp[size_t(i)];
+    st.dense_seconds += Since(t0);
+    if (progress) progress(l + 1, c.num_hidden_layers);
+  }
+  t0 = Clock::now();
+  RmsNorm(x.data(), rows, D, w.final_norm, c.rms_norm_eps, hidden_out);
+  st.dense_seconds += Since(t0);
+  if (stats_out) *stats_out = st;
+  return Status::Ok();
+}
+
+}  // namespace longctx::worker
