@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# The main job on a fresh Debian 12 machine: install what is missing, build Release, then run
-# hybrid attention on a built-in sample (8K tokens, 8 query / 2 kv heads, d=64, 4 sinks plus a
-# global every 97 tokens) and check it against the float64 reference.
-# (The model pipeline, `longctx run`, replaces this demo when it lands.)
+# The main job on a fresh Debian 12 machine: install what is missing, build Release, write a
+# sample document of DOC_TOKENS bytes (default 1M; byte = token), and run it through the
+# built-in model sharded over RANKS MPI ranks (default 4):
+#   mpirun -np 4 longctx run --model builtin:tiny --input doc.txt --out DIR
+# then print the run's summary (DIR/report.json has the details). Finally a short check of the
+# attention kernel against the float64 reference.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD_DIR="${BUILD_DIR:-$ROOT/build}"
+DOC_TOKENS="${DOC_TOKENS:-1048576}"
+RANKS="${RANKS:-4}"
 
 "$ROOT/launch/install-deps.sh"
 cmake -S "$ROOT" -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release
@@ -14,8 +18,16 @@ LONGCTX="$BUILD_DIR/launch/longctx"
 WORK="${WORK:-$BUILD_DIR/quickstart}"
 mkdir -p "$WORK"
 
-"$LONGCTX" attention --make-sample "$WORK" --n 8192 --heads 8 --kv-heads 2 --head-dim 64
-"$LONGCTX" attention --q "$WORK/q.npy" --k "$WORK/k.npy" --v "$WORK/v.npy" \
-  --globals "$WORK/globals.npy" --window 256 --fusion union \
-  --out "$WORK/o.npy" --lse "$WORK/lse.npy" --check
-echo "quickstart: wrote $WORK/o.npy [8192, 8, 64] and $WORK/lse.npy [8192, 8]"
+"$ROOT/launch/make_document.sh" "$DOC_TOKENS" "$WORK/doc.txt"
+MPIRUN=(mpirun -np "$RANKS" --oversubscribe --mca btl self,vader,tcp --mca btl_tcp_if_include lo
+        --mca oob_tcp_if_include lo --mca pml ob1)
+if [[ $(id -u) -eq 0 ]]; then MPIRUN+=(--allow-run-as-root); fi
+# One thread per rank when ranks outnumber the cores.
+THREADS=$(( $(nproc) / RANKS )); (( THREADS >= 1 )) || THREADS=1
+"${MPIRUN[@]}" "$LONGCTX" run --model builtin:tiny --input "$WORK/doc.txt" --out "$WORK/run" \
+  --threads "$THREADS" --progress on
+echo "quickstart: $WORK/run/report.json, tokens.npy and globals.npy written"
+
+"$LONGCTX" attention --make-sample "$WORK/attn" --n 4096 --heads 8 --kv-heads 2 --head-dim 64 >/dev/null
+"$LONGCTX" attention --q "$WORK/attn/q.npy" --k "$WORK/attn/k.npy" --v "$WORK/attn/v.npy" \
+  --globals "$WORK/attn/globals.npy" --window 256 --out "$WORK/attn/o.npy" --lse "$WORK/attn/lse.npy" --check

@@ -158,6 +158,13 @@ Status RunRun(const RunFlags& f) {
     RETURN_IF_ERROR(model::ApplyOverrides(ov, &m.config));
     ASSIGN_OR_RETURN(weights, worker::ToFp32Weights(m));
     RETURN_IF_ERROR(ReadTokens(f, &ids, &classes));
+    for (size_t i = 0; i < ids.size(); ++i) {
+      if (ids[i] >= m.config.vocab_size) {
+        return OutOfRange("{}: token id {} at position {} is outside the model's vocabulary "
+                          "[0, {})", f.input_ids.empty() ? f.input : f.input_ids, ids[i], i,
+                          m.config.vocab_size);
+      }
+    }
     attention::SelectionConfig sel;
     sel.global_ratio = m.config.hybrid.global_ratio;
     sel.global_max = m.config.hybrid.global_max.value_or(-1);
@@ -189,6 +196,7 @@ Status RunRun(const RunFlags& f) {
                globals.size(), L, P, f.model);
   }
   ThreadPool pool(f.threads);
+  worker::SetGemmThreads(pool.size());
   attention::ExecOptions exec{&pool, attention::Isa::kAuto};
   std::vector<float> hidden(size_t(rows * D));
   worker::ForwardStats fs;

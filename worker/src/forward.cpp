@@ -4,6 +4,7 @@
 
 #include <cblas.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -70,6 +71,8 @@ Result<Fp32Weights> ToFp32Weights(const model::Model& m) {
   return out;
 }
 
+void SetGemmThreads(int threads) { openblas_set_num_threads(std::max(1, threads)); }
+
 attention::AttentionSpec LayerSpec(const model::ModelConfig& config, int64_t layer) {
   attention::AttentionSpec spec;
   spec.window = config.Window(layer);
@@ -79,24 +82,36 @@ attention::AttentionSpec LayerSpec(const model::ModelConfig& config, int64_t lay
   return spec;
 }
 
-void ApplyRope(float* x, int64_t rows, int64_t heads, int64_t hd, int64_t pos0, double theta) {
-  const int64_t half = hd / 2;
-  std::vector<double> inv_freq(static_cast<size_t>(half));
-  for (int64_t i = 0; i < half; ++i) inv_freq[size_t(i)] = std::pow(theta, -2.0 * double(i) / double(hd));
-  std::vector<float> cs(static_cast<size_t>(half)), sn(static_cast<size_t>(half));
+RopeTable MakeRopeTable(int64_t rows, int64_t hd, int64_t pos0, double theta) {
+  RopeTable t;
+  t.half = hd / 2;
+  t.cos.resize(size_t(rows * t.half));
+  t.sin.resize(t.cos.size());
+  std::vector<double> inv_freq(static_cast<size_t>(t.half));
+  for (int64_t i = 0; i < t.half; ++i) {
+    inv_freq[size_t(i)] = std::pow(theta, -2.0 * double(i) / double(hd));
+  }
   for (int64_t r = 0; r < rows; ++r) {
-    const double pos = double(pos0 + r);
-    for (int64_t i = 0; i < half; ++i) {
-      const double a = pos * inv_freq[size_t(i)];
-      cs[size_t(i)] = float(std::cos(a));
-      sn[size_t(i)] = float(std::sin(a));
+    for (int64_t i = 0; i < t.half; ++i) {
+      const double a = double(pos0 + r) * inv_freq[size_t(i)];
+      t.cos[size_t(r * t.half + i)] = float(std::cos(a));
+      t.sin[size_t(r * t.half + i)] = float(std::sin(a));
     }
+  }
+  return t;
+}
+
+void ApplyRope(float* x, int64_t rows, int64_t heads, int64_t hd, const RopeTable& t) {
+  const int64_t half = hd / 2;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* cs = t.cos.data() + r * half;
+    const float* sn = t.sin.data() + r * half;
     for (int64_t h = 0; h < heads; ++h) {
       float* v = x + (r * heads + h) * hd;
       for (int64_t i = 0; i < half; ++i) {
         const float a = v[i], b = v[i + half];
-        v[i] = a * cs[size_t(i)] - b * sn[size_t(i)];
-        v[i + half] = b * cs[size_t(i)] + a * sn[size_t(i)];
+        v[i] = a * cs[i] - b * sn[i];
+        v[i + half] = b * cs[i] + a * sn[i];
       }
     }
   }
@@ -134,6 +149,7 @@ Status ForwardShard(comm::Communicator& comm, const model::ModelConfig& c, const
   for (int64_t r = 0; r < rows; ++r) {
     std::memcpy(x.data() + r * D, w.embed + int64_t(ids[size_t(r)]) * D, sizeof(float) * D);
   }
+  const RopeTable rope = MakeRopeTable(rows, hd, s, c.rope_theta);
   st.dense_seconds += Since(t0);
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const LayerWeights& L = w.layers[size_t(l)];
@@ -142,8 +158,8 @@ Status ForwardShard(comm::Communicator& comm, const model::ModelConfig& c, const
     Linear(h.data(), rows, D, L.wq, H * hd, q.data());
     Linear(h.data(), rows, D, L.wk, Hkv * hd, k.data());
     Linear(h.data(), rows, D, L.wv, Hkv * hd, v.data());
-    ApplyRope(q.data(), rows, H, hd, s, c.rope_theta);
-    ApplyRope(k.data(), rows, Hkv, hd, s, c.rope_theta);
+    ApplyRope(q.data(), rows, H, hd, rope);
+    ApplyRope(k.data(), rows, Hkv, hd, rope);
     st.dense_seconds += Since(t0);
 
     t0 = Clock::now();

@@ -66,11 +66,23 @@ Status ForwardShard(comm::Communicator& comm, const model::ModelConfig& config,
                     const attention::ExecOptions& exec, float* hidden_out, ForwardStats* stats,
                     const LayerProgress& progress = {});
 
+// Threads OpenBLAS may use for the GEMMs of this process. Set it to the rank's thread budget:
+// left alone, OpenBLAS starts one thread per core in every rank, and ranks that share a node
+// oversubscribe its cores.
+void SetGemmThreads(int threads);
+
 // The attention spec of a layer of `config` (window, fusion, causal).
 attention::AttentionSpec LayerSpec(const model::ModelConfig& config, int64_t layer);
 
-// HF rotate-half RoPE in place on x [rows, heads, hd] at absolute positions pos0 + row.
-// Angles pos * theta^(-2i/hd) are computed in double (exact enough at position 2^20+).
-void ApplyRope(float* x, int64_t rows, int64_t heads, int64_t hd, int64_t pos0, double theta);
+// cos/sin of the RoPE angles pos * theta^(-2i/hd), i < hd/2, for positions pos0 + [0, rows):
+// computed once in double (exact enough at position 2^20+), shared by every layer.
+struct RopeTable {
+  int64_t half = 0;
+  std::vector<float> cos, sin;  // [rows][half]
+};
+RopeTable MakeRopeTable(int64_t rows, int64_t hd, int64_t pos0, double theta);
+
+// HF rotate-half RoPE in place on x [rows, heads, hd] with the table's rows.
+void ApplyRope(float* x, int64_t rows, int64_t heads, int64_t hd, const RopeTable& table);
 
 }  // namespace longctx::worker

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# `longctx run` and `longctx mkmodel` end to end: a run from a written model directory and from
+# pre-tokenized ids gives the same hidden states as from the text, and every kind of bad input
+# (document, ids, config.json, safetensors, flags) is one error line and a non-zero exit.
+# Usage: test_cli_run.sh path/to/longctx
+set -uo pipefail
+BIN="$1"
+T="$(mktemp -d)"
+trap 'rm -rf "$T"' EXIT
+PY=/usr/bin/python3
+passed=0
+failed=0
+ok() { passed=$((passed + 1)); echo "ok: $1"; }
+bad() { failed=$((failed + 1)); echo "FAIL: $1"; }
+expect_error() {
+  local name="$1"; shift
+  "$BIN" "$@" >"$T/stdout" 2>"$T/stderr"
+  local rc=$?
+  local lines
+  lines=$(wc -l <"$T/stderr")
+  if [[ $rc -ne 0 && $rc -lt 128 && $lines -eq 1 ]] && grep -q '^longctx' "$T/stderr"; then
+    ok "$name: rc=$rc: $(cat "$T/stderr")"
+  else
+    bad "$name: rc=$rc, $lines stderr lines: $(head -c 800 "$T/stderr")"
+  fi
+}
+
+printf 'First clause: the buyer pays. Second, the seller ships!\n\nNotes; see above? Yes.' >"$T/doc.txt"
+"$BIN" mkmodel --out "$T/m" --preset tiny --dtype bf16 --seed 3 >/dev/null && ok "mkmodel" || bad "mkmodel"
+[[ -f "$T/m/config.json" && -f "$T/m/model.safetensors" ]] && ok "HF layout written" || bad "mkmodel files"
+R=(run --progress off --threads 1)
+"$BIN" "${R[@]}" --model "$T/m" --input "$T/doc.txt" --out "$T/a" --dump-hidden >/dev/null 2>&1 \
+  && ok "run from a model directory" || bad "run from a model directory"
+"$PY" -c "import numpy as np; np.save('$T/ids.npy', np.frombuffer(open('$T/doc.txt','rb').read(), np.uint8).astype(np.int64))"
+"$BIN" "${R[@]}" --model "$T/m" --input-ids "$T/ids.npy" --out "$T/b" --dump-hidden >/dev/null 2>&1 \
+  && cmp -s "$T/a/hidden.npy" "$T/b/hidden.npy" && cmp -s "$T/a/globals.npy" "$T/b/globals.npy" \
+  && ok "--input-ids gives the same hidden states and globals" || bad "--input-ids differs"
+"$PY" - "$T/a" <<'PYEOF' && ok "report.json fields" || bad "report.json fields"
+import json, sys
+r = json.load(open(sys.argv[1] + "/report.json"))
+for k in ("tokens", "ranks", "globals", "shards", "seconds", "tokens_per_second", "per_rank"):
+    assert k in r, k
+assert r["per_rank"][0]["peak_rss_bytes"] > 0
+PYEOF
+
+# Bad input.
+: >"$T/empty.txt"
+expect_error "empty document" "${R[@]}" --input "$T/empty.txt" --out "$T/x"
+expect_error "missing document" "${R[@]}" --input "$T/nope.txt" --out "$T/x"
+expect_error "no input" "${R[@]}" --out "$T/x"
+expect_error "two inputs" "${R[@]}" --input "$T/doc.txt" --input-ids "$T/ids.npy" --out "$T/x"
+"$PY" -c "import numpy as np; np.save('$T/big.npy', np.array([1, 2, 300], np.int32))"
+expect_error "token id beyond the vocabulary" "${R[@]}" --input-ids "$T/big.npy" --out "$T/x"
+"$PY" -c "import numpy as np; np.save('$T/f.npy', np.array([1.0, 2.0], np.float32))"
+expect_error "float token ids" "${R[@]}" --input-ids "$T/f.npy" --out "$T/x"
+"$PY" -c "import numpy as np; np.save('$T/neg.npy', np.array([1, -2], np.int64))"
+expect_error "negative token id" "${R[@]}" --input-ids "$T/neg.npy" --out "$T/x"
+expect_error "unknown builtin" "${R[@]}" --model builtin:huge --input "$T/doc.txt" --out "$T/x"
+expect_error "missing model dir" "${R[@]}" --model "$T/none" --input "$T/doc.txt" --out "$T/x"
+expect_error "window 0" "${R[@]}" --input "$T/doc.txt" --window 0 --out "$T/x"
+expect_error "window count" "${R[@]}" --input "$T/doc.txt" --window 8,8,8 --out "$T/x"
+expect_error "bad fusion" "${R[@]}" --input "$T/doc.txt" --fusion weighted:7 --out "$T/x"
+expect_error "bad global ratio" "${R[@]}" --input "$T/doc.txt" --global-ratio 2 --out "$T/x"
+expect_error "bad progress" run --threads 1 --input "$T/doc.txt" --progress sometimes --out "$T/x"
+expect_error "unknown flag" "${R[@]}" --input "$T/doc.txt" --frobnicate --out "$T/x"
+expect_error "mkmodel bad dtype" mkmodel --out "$T/m2" --dtype f64
+expect_error "mkmodel bad preset" mkmodel --out "$T/m2" --preset giant
+
+cp -r "$T/m" "$T/badjson" && printf '{"hidden_size": 64,' >"$T/badjson/config.json"
+expect_error "malformed config.json" "${R[@]}" --model "$T/badjson" --input "$T/doc.txt" --out "$T/x"
+cp -r "$T/m" "$T/heads" && "$PY" - "$T/heads/config.json" <<'PYEOF'
+import json, sys
+c = json.load(open(sys.argv[1])); c["num_key_value_heads"] = 3; json.dump(c, open(sys.argv[1], "w"))
+PYEOF
+expect_error "kv heads not dividing heads" "${R[@]}" --model "$T/heads" --input "$T/doc.txt" --out "$T/x"
+cp -r "$T/m" "$T/trunc" && truncate -s -100 "$T/trunc/model.safetensors"
+expect_error "truncated safetensors" "${R[@]}" --model "$T/trunc" --input "$T/doc.txt" --out "$T/x"
+cp -r "$T/m" "$T/huge" && printf '\xff\xff\xff\xff\xff\xff\xff\x7f' | dd of="$T/huge/model.safetensors" bs=1 conv=notrunc status=none
+expect_error "header length 2^63" "${R[@]}" --model "$T/huge" --input "$T/doc.txt" --out "$T/x"
+cp -r "$T/m" "$T/missing" && "$PY" - "$T/missing/model.safetensors" <<'PYEOF'
+import json, struct, sys
+p = sys.argv[1]; b = open(p, "rb").read(); n = struct.unpack("<Q", b[:8])[0]
+h = json.loads(b[8:8 + n]); del h["model.norm.weight"]
+hb = json.dumps(h).encode(); hb += b" " * (-len(hb) % 8)
+open(p, "wb").write(struct.pack("<Q", len(hb)) + hb + b[8 + n:])
+PYEOF
+expect_error "missing tensor" "${R[@]}" --model "$T/missing" --input "$T/doc.txt" --out "$T/x"
+cp -r "$T/m" "$T/shape" && "$PY" - "$T/shape/config.json" <<'PYEOF'
+import json, sys
+c = json.load(open(sys.argv[1])); c["intermediate_size"] = 96; json.dump(c, open(sys.argv[1], "w"))
+PYEOF
+expect_error "weights of the wrong shape" "${R[@]}" --model "$T/shape" --input "$T/doc.txt" --out "$T/x"
+
+echo "$passed passed, $failed failed"
+[[ $failed -eq 0 && $passed -gt 0 ]]
