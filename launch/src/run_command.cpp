@@ -3,6 +3,7 @@
 // This step implements the prefill: tokens -> final-norm hidden states, report.json,
 // tokens.npy, globals.npy and (--dump-hidden) hidden.npy. Questions against the cached
 // context (--query / --generate) need the KV cache and are not here yet.
+#include <cblas.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -24,6 +25,7 @@
 #include "longctx/comm/communicator.h"
 #include "longctx/core/npy.h"
 #include "longctx/model/builtin.h"
+#include "longctx/worker/decode.h"
 #include "longctx/worker/forward.h"
 
 namespace longctx::cli {
@@ -45,6 +47,8 @@ struct RunFlags {
   std::optional<std::string> fusion;
   std::string progress = "auto";
   int threads = 0;
+  std::string query;      // appended after the document, every token global
+  int64_t generate = 0;   // tokens decoded greedily after the document (and the query)
 };
 
 // As in `longctx attention`: every rank agrees on failure; the lowest failing rank reports it.
@@ -143,6 +147,7 @@ Status RunRun(const RunFlags& f) {
       return InvalidArgument("--progress must be auto, on or off, got '{}'", f.progress);
     }
     if (f.threads < 0) return InvalidArgument("--threads must be >= 0");
+    if (f.generate < 0) return InvalidArgument("--generate must be >= 0, got {}", f.generate);
     ASSIGN_OR_RETURN(model::Model loaded, model::OpenModel(f.model, f.seed));
     opened.emplace(std::move(loaded));
     model::Model& m = *opened;
@@ -216,10 +221,64 @@ Status RunRun(const RunFlags& f) {
                  layers, n, secs, eta);
     }
   };
+  const bool decode = !f.query.empty() || f.generate > 0;
+  std::vector<worker::LayerKv> cache;
   st = worker::ForwardShard(c, m.config, weights.view, plan.bounds, own, globals, exec,
-                            hidden.data(), &fs, progress);
+                            hidden.data(), &fs, progress, decode ? &cache : nullptr);
   RETURN_IF_ERROR(Agree(c, st));
   const double prefill_s = Since(t0);
+
+  // 3b. The question and the generated tokens, against the cached document (last rank owns
+  // them; every rank takes part in each step's attention).
+  std::vector<int32_t> appended;         // query then generated tokens (every rank)
+  std::vector<int64_t> appended_globals; // their positions that are global
+  std::vector<float> appended_hidden;    // [appended, D] on the last rank
+  std::string generated_text;
+  double decode_s = 0.0;
+  if (decode) {
+    t0 = Clock::now();
+    worker::Decoder dec(c, m.config, weights.view, plan.bounds, globals, std::move(cache), exec);
+    const bool last = me == dec.last_rank();
+    std::vector<float> row(static_cast<size_t>(D));
+    std::vector<int32_t> seq_tail;  // the tokens before the next one (bytes), for the class rule
+    int32_t next = -1;
+    auto step = [&](int32_t token, bool is_global) -> Status {
+      if (is_global) appended_globals.push_back(dec.next_position());
+      RETURN_IF_ERROR(dec.Step(token, is_global, last ? row.data() : nullptr, &next));
+      appended.push_back(token);
+      seq_tail.push_back(token);
+      if (last) appended_hidden.insert(appended_hidden.end(), row.begin(), row.end());
+      return Status::Ok();
+    };
+    st = [&]() -> Status {
+      for (unsigned char ch : f.query) RETURN_IF_ERROR(step(int32_t(ch), true));
+      if (f.generate > 0 && f.query.empty()) {
+        // The first token follows the document's last token: its owner has the hidden state.
+        int64_t best = -1;
+        if (rows > 0 && plan.end(me) == n) {
+          std::vector<float> logits(static_cast<size_t>(m.config.vocab_size));
+          cblas_sgemv(CblasRowMajor, CblasNoTrans, int(m.config.vocab_size), int(D), 1.0f,
+                      weights.view.lm_head, int(D), hidden.data() + (rows - 1) * D, 1, 0.0f,
+                      logits.data(), 1);
+          best = int64_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
+        }
+        RETURN_IF_ERROR(c.AllReduce(&best, 1, comm::ReduceType::kI64, comm::ReduceOp::kMax,
+                                    comm::DeadlineIn(comm::DefaultTimeout())));
+        next = int32_t(best);
+      }
+      for (int64_t i = 0; i < f.generate; ++i) {
+        const int32_t token = next;
+        generated_text.push_back(char(token));
+        RETURN_IF_ERROR(step(token, worker::GeneratedTokenIsGlobal(token, seq_tail)));
+      }
+      return Status::Ok();
+    }();
+    RETURN_IF_ERROR(Agree(c, st));
+    decode_s = Since(t0);
+  }
+  const int64_t n_total = n + int64_t(appended.size());
+  std::vector<int64_t> all_globals = globals;
+  all_globals.insert(all_globals.end(), appended_globals.begin(), appended_globals.end());
 
   // 4. Outputs: tokens/globals from rank 0; hidden rows written by every rank.
   t0 = Clock::now();
@@ -241,16 +300,30 @@ Status RunRun(const RunFlags& f) {
     RETURN_IF_ERROR(c.AllGatherV(comm::HostBuffer(own.data(), own.size() * sizeof(int32_t)),
                                  comm::HostBuffer(gathered.data(), gathered.size() * sizeof(int32_t)),
                                  counts, comm::DeadlineIn(comm::DefaultTimeout())));
-    if (me == 0) all_ids = std::move(gathered);
+    if (me == 0) {
+      all_ids = std::move(gathered);
+      all_ids.insert(all_ids.end(), appended.begin(), appended.end());
+    }
   }
   if (me == 0) {
-    st = WriteNpy(dir + "tokens.npy", DType::kI32, {n}, all_ids.data());
-    if (st.ok()) st = WriteNpy(dir + "globals.npy", DType::kI64, {int64_t(globals.size())}, globals.data());
-    if (st.ok() && f.dump_hidden) st = CreateNpyForRows(dir + "hidden.npy", DType::kF32, {n, D});
+    st = WriteNpy(dir + "tokens.npy", DType::kI32, {n_total}, all_ids.data());
+    if (st.ok()) {
+      st = WriteNpy(dir + "globals.npy", DType::kI64, {int64_t(all_globals.size())},
+                    all_globals.data());
+    }
+    if (st.ok() && f.dump_hidden) st = CreateNpyForRows(dir + "hidden.npy", DType::kF32, {n_total, D});
+    if (st.ok() && decode) {
+      std::ofstream gen(dir + "generated.txt", std::ios::binary);
+      gen << generated_text;
+      if (!gen) st = InvalidArgument("{}generated.txt: cannot write", dir);
+    }
   }
   RETURN_IF_ERROR(Agree(c, st));
   if (f.dump_hidden) {
     st = WriteNpyRows(dir + "hidden.npy", s, rows, hidden.data());
+    if (st.ok() && me == P - 1 && !appended.empty()) {
+      st = WriteNpyRows(dir + "hidden.npy", n, int64_t(appended.size()), appended_hidden.data());
+    }
     Status agreed = Agree(c, st);
     if (agreed.ok() && me == 0) agreed = CommitNpyRows(dir + "hidden.npy");
     if (!agreed.ok()) {
@@ -289,14 +362,18 @@ Status RunRun(const RunFlags& f) {
         "{{\n  \"model\": \"{}\",\n  \"tokens\": {},\n  \"ranks\": {},\n  \"globals\": {},\n"
         "  \"layers\": {},\n  \"windows\": [{}],\n  \"fusion\": \"{}\",\n"
         "  \"shards\": [{}],\n"
-        "  \"seconds\": {{\"load\": {:.6f}, \"prefill\": {:.6f}, \"write\": {:.6f}, "
-        "\"total\": {:.6f}}},\n  \"tokens_per_second\": {:.1f},\n"
-        "  \"decode_ms_per_token\": null,\n"
+        "  \"seconds\": {{\"load\": {:.6f}, \"prefill\": {:.6f}, \"decode\": {:.6f}, "
+        "\"write\": {:.6f}, \"total\": {:.6f}}},\n  \"tokens_per_second\": {:.1f},\n"
+        "  \"query_tokens\": {},\n  \"generated_tokens\": {},\n"
+        "  \"decode_ms_per_token\": {},\n"
         "  \"kv_bytes\": {{\"device\": null, \"host\": null, \"remote\": null}},\n"
         "  \"per_rank\": [\n{}\n  ]\n}}\n",
-        f.model, n, P, globals.size(), L, fmt::join(windows, ", "), m.config.hybrid.fusion,
-        fmt::join(plan.bounds, ", "), load_s, prefill_s, write_s, total_s,
-        double(n) / std::max(prefill_s, 1e-9), per_rank);
+        f.model, n_total, P, all_globals.size(), L, fmt::join(windows, ", "),
+        m.config.hybrid.fusion, fmt::join(plan.bounds, ", "), load_s, prefill_s, decode_s,
+        write_s, total_s, double(n) / std::max(prefill_s, 1e-9), f.query.size(), f.generate,
+        appended.empty() ? std::string("null")
+                         : fmt::format("{:.3f}", 1e3 * decode_s / double(appended.size())),
+        per_rank);
     std::ofstream out(dir + "report.json");
     out << report;
     if (!out) return InvalidArgument("{}report.json: cannot write", dir);
@@ -328,6 +405,9 @@ Runner AddRunCommand(CLI::App& app) {
   app.add_option("--fusion", f->fusion, "union | weighted:A");
   app.add_option("--progress", f->progress, "auto | on | off")->capture_default_str();
   app.add_option("--threads", f->threads, "threads per rank (0 = all cores)")->capture_default_str();
+  app.add_option("--query", f->query, "a question appended after the document (global tokens)");
+  app.add_option("--generate", f->generate, "tokens to decode greedily after it")
+      ->capture_default_str();
   return [f] { return RunRun(*f); };
 }
 

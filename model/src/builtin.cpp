@@ -40,7 +40,9 @@ uint64_t Fnv1a64(std::string_view s) {
 double NormalIsh(uint64_t* state) {
   const uint64_t r = SplitMix64(state);
   double sum = 0.0;
-  for (int i = 0; i < 4; ++i) sum += (static_cast<double>((r >> (16 * i)) & 0xffffu) + 0.5) / 65536.0;
+  for (int i = 0; i < 4; ++i) {
+    sum += (static_cast<double>((r >> (16 * i)) & 0xffffu) + 0.5) / 65536.0;
+  }
   return (sum - 2.0) * 1.7320508075688772;  // sqrt(12 / 4)
 }
 

@@ -120,7 +120,9 @@ def reference_hidden(model_dir, ids, globals_, windows, fusion):
         g = h @ w[p + "mlp.gate_proj.weight"].T
         u = h @ w[p + "mlp.up_proj.weight"].T
         x = x + (torch.nn.functional.silu(g) * u) @ w[p + "mlp.down_proj.weight"].T
-    return rms_norm(x, w["model.norm.weight"], eps).numpy()
+    hidden = rms_norm(x, w["model.norm.weight"], eps)
+    head = w["lm_head.weight"] if "lm_head.weight" in w else w["model.embed_tokens.weight"]
+    return hidden.numpy(), (hidden @ head.T).numpy()
 
 
 def row_err(a, b):
@@ -143,6 +145,12 @@ def main():
         ("tiny", "f32", [], None, "union"),
         ("tiny", "bf16", ["--window", "17", "--global-max", "12"], None, "union"),
         ("small", "f16", ["--fusion", "weighted:0.7", "--window", "9,40,9,40"], None, "weighted:0.7"),
+        # A question against the cached document, then greedy generation: must equal one
+        # forward pass over document + question + answer with the same globals.
+        ("tiny", "f32", ["--query", "Who pays, and when?", "--generate", "24", "--window", "33"],
+         None, "union"),
+        ("small", "bf16", ["--generate", "16", "--fusion", "weighted:0.6", "--window", "5,70,5,70"],
+         None, "weighted:0.6"),
     ]
     with tempfile.TemporaryDirectory(prefix="longctx_model_ref_") as tmp:
         doc = os.path.join(tmp, "doc.txt")
@@ -170,13 +178,28 @@ def main():
                 report = json.load(open(os.path.join(outs[1], "report.json")))
                 h1 = np.load(os.path.join(outs[1], "hidden.npy"))
                 h3 = np.load(os.path.join(outs[3], "hidden.npy"))
-                assert report["tokens"] == len(DOC.encode()) == len(ids), "token count"
+                n_doc = len(DOC.encode())
+                assert report["tokens"] == len(ids) == h1.shape[0], "token count"
                 assert np.array_equal(np.load(os.path.join(outs[3], "globals.npy")), globals_)
-                ref = reference_hidden(mdir, ids, globals_, report["windows"], fusion)
+                assert np.array_equal(np.load(os.path.join(outs[3], "tokens.npy")), ids), \
+                    "3 ranks generated other tokens than 1"
+                ref, logits = reference_hidden(mdir, ids, globals_, report["windows"], fusion)
                 e_ref, e_ranks = row_err(h1, ref), row_err(h3, h1)
                 ok = e_ref <= TOL and e_ranks <= TOL
-                print("%s: %s vs float64 reference %.2e, 3 ranks vs 1 %.2e (windows %s, %d globals)"
-                      % ("ok" if ok else "FAIL", name, e_ref, e_ranks, report["windows"], len(globals_)))
+                # Greedy decoding: each generated token is the argmax after the one before it.
+                first_gen = n_doc + report["query_tokens"]
+                for t in range(first_gen, len(ids)):
+                    if int(np.argmax(logits[t - 1])) != int(ids[t]):
+                        print("  generated token %d is %d, the reference's argmax is %d"
+                              % (t, ids[t], int(np.argmax(logits[t - 1]))))
+                        ok = False
+                if len(ids) > n_doc:
+                    q = report["query_tokens"]
+                    assert all(p in set(globals_.tolist()) for p in range(n_doc, n_doc + q)), \
+                        "query tokens must be global"
+                print("%s: %s vs float64 reference %.2e, 3 ranks vs 1 %.2e (windows %s, %d globals, "
+                      "%d tokens of which %d appended)" % ("ok" if ok else "FAIL", name, e_ref, e_ranks,
+                      report["windows"], len(globals_), len(ids), len(ids) - n_doc))
                 passed += ok
                 failed += not ok
             except Exception as e:  # noqa: BLE001 - report and count every failure

@@ -202,6 +202,44 @@ TEST_F(Safetensors, ReadsSpecLayoutAndWritesTheSameBytes) {
   EXPECT_EQ(ReadFile("ours.safetensors"), bytes);
 }
 
+// The byte vectors of the reference Rust library's own serialization tests
+// (safetensors/src/tensor.rs: test_serialization, test_serialization_forced_alignement,
+// test_empty): our writer must produce them exactly, and our reader must read them.
+TEST_F(Safetensors, MatchesTheReferenceLibraryTestVectors) {
+  const std::string six_floats = Floats({0, 1, 2, 3, 4, 5});
+  struct Case {
+    std::string name;
+    std::vector<int64_t> shape;
+    std::string expected;
+  };
+  const Case cases[] = {
+      {"attn.0", {1, 2, 3},
+       LE64(64) + R"({"attn.0":{"dtype":"F32","shape":[1,2,3],"data_offsets":[0,24]}})" +
+           six_floats},
+      {"attn0", {1, 1, 2, 3},
+       LE64(72) + R"({"attn0":{"dtype":"F32","shape":[1,1,2,3],"data_offsets":[0,24]}})" +
+           std::string(7, ' ') + six_floats},
+  };
+  for (const Case& c : cases) {
+    TensorRef t{c.name, DType::kF32, c.shape,
+                reinterpret_cast<const std::byte*>(six_floats.data()), six_floats.size()};
+    ASSERT_TRUE(WriteSafetensors(Path("v.safetensors"), std::span<const TensorRef>(&t, 1)).ok());
+    EXPECT_EQ(ReadFile("v.safetensors"), c.expected) << c.name;
+    auto file = SafetensorsFile::Open(Path("v.safetensors"));
+    ASSERT_TRUE(file.ok()) << file.status().ToString();
+    EXPECT_EQ(ToFloat32(*file->Get(c.name)), (std::vector<float>{0, 1, 2, 3, 4, 5}));
+  }
+  ASSERT_TRUE(WriteSafetensors(Path("empty.safetensors"), {}).ok());
+  EXPECT_EQ(ReadFile("empty.safetensors"), LE64(8) + "{}      ");
+  ASSERT_TRUE(WriteSafetensors(Path("empty.safetensors"), {}, {{"framework", "pt"}}).ok());
+  EXPECT_EQ(ReadFile("empty.safetensors"),
+            LE64(40) + R"({"__metadata__":{"framework":"pt"}})" + std::string(5, ' '));
+  auto empty = SafetensorsFile::Open(Path("empty.safetensors"));
+  ASSERT_TRUE(empty.ok()) << empty.status().ToString();
+  EXPECT_TRUE(empty->Names().empty());
+  EXPECT_EQ(empty->metadata().at("framework"), "pt");
+}
+
 TEST_F(Safetensors, ShardedIndex) {
   const OwnedTensor a = MakeTensor("model.embed_tokens.weight", DType::kF32, {2, 2}, {1, 2, 3, 4});
   const OwnedTensor b = MakeTensor("model.norm.weight", DType::kBF16, {2}, {1, 1});
@@ -278,7 +316,8 @@ TEST_F(Safetensors, EmptyDirectoryIsNotFound) {
   ASSERT_FALSE(w.ok());
   EXPECT_EQ(w.status().code(), StatusCode::kNotFound);
   EXPECT_EQ(w.status().message(),
-            dir_.string() + ": neither model.safetensors nor model.safetensors.index.json is there");
+            dir_.string() +
+                ": neither model.safetensors nor model.safetensors.index.json is there");
   auto nodir = ModelWeights::OpenDir(Path("no-such-dir"));
   EXPECT_EQ(nodir.status().code(), StatusCode::kNotFound);
 }

@@ -120,7 +120,8 @@ void ApplyRope(float* x, int64_t rows, int64_t heads, int64_t hd, const RopeTabl
 Status ForwardShard(comm::Communicator& comm, const model::ModelConfig& c, const Weights& w,
                     const std::vector<int64_t>& bounds, std::span<const int32_t> ids,
                     std::span<const int64_t> globals, const attention::ExecOptions& exec,
-                    float* hidden_out, ForwardStats* stats_out, const LayerProgress& progress) {
+                    float* hidden_out, ForwardStats* stats_out, const LayerProgress& progress,
+                    std::vector<LayerKv>* kv_cache) {
   const int me = comm.rank();
   if (int64_t(bounds.size()) != comm.size() + 1) {
     return InvalidArgument("forward: {} shard bounds for {} ranks", bounds.size(), comm.size());
@@ -142,6 +143,7 @@ Status ForwardShard(comm::Communicator& comm, const model::ModelConfig& c, const
     }
   }
   ForwardStats st;
+  if (kv_cache) kv_cache->clear();
   auto t0 = Clock::now();
   std::vector<float> x(size_t(rows * D)), h(size_t(rows * D)), q(size_t(rows * H * hd)),
       k(size_t(rows * Hkv * hd)), v(k.size()), o(q.size()), lse(size_t(rows * H)),
@@ -179,6 +181,7 @@ Status ForwardShard(comm::Communicator& comm, const model::ModelConfig& c, const
                         .WithContext(fmt::format("layer {}", l)));
     st.attention_seconds += Since(t0);
     st.last_layer = ds;
+    if (kv_cache) kv_cache->push_back(LayerKv{k, v});
     for (const PhaseTraffic* p : {&ds.halo, &ds.global_kv, &ds.global_q, &ds.partials}) {
       st.comm_bytes_sent += p->sent;
       st.comm_bytes_received += p->received;

@@ -22,8 +22,8 @@
 
 namespace longctx::model {
 
-// Headers longer than this are refused before anything is allocated (bytes; the Rust
-// safetensors library uses the same bound).
+// Headers longer than this are refused before anything is allocated (bytes; the reference
+// Rust library's bound is 100,000,000).
 inline constexpr uint64_t kMaxSafetensorsHeaderBytes = uint64_t{100} << 20;
 
 // A view of one tensor. When returned by a reader, `data` points into the file's mapping (or
@@ -55,7 +55,8 @@ std::string_view SafetensorsDTypeName(DType t);
 //     kept aside; every other entry has a known dtype string, a shape of non-negative integers
 //     and data_offsets [begin, end] with begin <= end <= data section size;
 //   - shape product x dtype size == end - begin (computed with overflow checks);
-//   - no two non-empty tensors overlap (gaps are allowed).
+//   - no two non-empty tensors overlap. Unlike the reference library, gaps between tensors and
+//     bytes after the last one are tolerated (they cannot alias a tensor).
 // The first problem found is reported, naming the file and the tensor. Codes: a missing file is
 // kNotFound; a file shorter than its header claims (header or offsets past the end) is
 // kDataLoss; anything else malformed is kInvalidArgument. Tensors of dtypes other than
@@ -150,13 +151,14 @@ class ModelWeights {
 };
 
 // Writes a .safetensors file readable by the Python safetensors library and by transformers
-// (give metadata {"format": "pt"} for the latter): the header is compact JSON padded with
-// spaces to a multiple of 8 bytes, "__metadata__" first, tensors laid out contiguously in the
-// order that library uses (I64, F32, I32, BF16, F16, then by name), so each tensor's data is
-// aligned to its element size and the bytes equal safetensors.save_file's. Atomic: writes
-// "<path>.tmp.<pid>", fsyncs, renames; a failed write leaves no file behind. Refuses
-// (kInvalidArgument) duplicate or empty names, "__metadata__" as a tensor name, and data whose
-// size is not numel x dtype size. Accepted dtypes: F32, F16, BF16, I32, I64.
+// (give metadata {"format": "pt"} for the latter): compact JSON header padded with spaces to a
+// multiple of 8 bytes, "__metadata__" first, tensors contiguous in the reference library's
+// order (I64, F32, I32, BF16, F16, then by name) so each starts aligned to its element size.
+// The bytes equal the reference library's output (checked against its own test vectors) when
+// metadata has at most one key (it orders several by hash; we sort them).
+// Atomic: writes "<path>.tmp.<pid>", fsyncs, renames; a failed write leaves no file behind.
+// Refuses (kInvalidArgument) duplicate or empty names, "__metadata__" as a tensor name, and data
+// whose size is not numel x dtype size. Accepted dtypes: F32, F16, BF16, I32, I64.
 Status WriteSafetensors(const std::string& path, std::span<const TensorRef> tensors,
                         const std::map<std::string, std::string>& metadata = {});
 

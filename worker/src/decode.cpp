@@ -1,0 +1,231 @@
+#include "longctx/worker/decode.h"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "longctx/attention/lse_merge.h"
+
+namespace longctx::worker {
+namespace {
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+void RmsNormRow(const float* x, int64_t dim, const float* w, double eps, float* y) {
+  float ss = 0.0f;
+  for (int64_t i = 0; i < dim; ++i) ss += x[i] * x[i];
+  const float inv = 1.0f / std::sqrt(ss / float(dim) + float(eps));
+  for (int64_t i = 0; i < dim; ++i) y[i] = w[i] * (x[i] * inv);
+}
+
+// y[out] = W[out, in] x[in]
+void MatVec(const float* w, int64_t out, int64_t in, const float* x, float* y) {
+  cblas_sgemv(CblasRowMajor, CblasNoTrans, int(out), int(in), 1.0f, w, int(in), x, 1, 0.0f, y, 1);
+}
+
+}  // namespace
+
+bool GeneratedTokenIsGlobal(int32_t token, const std::vector<int32_t>& prev) {
+  if (token == '.' || token == '!' || token == '?') return true;
+  if (token == '\n' && !prev.empty() && prev.back() == '\n') return true;
+  // The last byte of 。(E3 80 82), ！(EF BC 81), ？(EF BC 9F).
+  if (prev.size() >= 2) {
+    const int32_t a = prev[prev.size() - 2], b = prev.back();
+    if (a == 0xE3 && b == 0x80 && token == 0x82) return true;
+    if (a == 0xEF && b == 0xBC && (token == 0x81 || token == 0x9F)) return true;
+  }
+  return false;
+}
+
+Decoder::Decoder(comm::Communicator& comm, const model::ModelConfig& config,
+                 const Weights& weights, std::vector<int64_t> bounds,
+                 std::span<const int64_t> globals, std::vector<LayerKv> cache,
+                 const attention::ExecOptions& exec)
+    : comm_(comm), config_(config), weights_(weights), bounds_(std::move(bounds)), exec_(exec),
+      cache_(std::move(cache)) {
+  const int me = comm_.rank();
+  pos0_ = bounds_[size_t(me)];
+  const int64_t rows = bounds_[size_t(me) + 1] - pos0_;
+  global_row_.assign(size_t(rows), 0);
+  for (int64_t g : globals) {
+    if (g >= pos0_ && g < pos0_ + rows) global_row_[size_t(g - pos0_)] = 1;
+  }
+  if (cache_.size() != size_t(config_.num_hidden_layers)) {
+    cache_.assign(size_t(config_.num_hidden_layers), LayerKv{});  // e.g. an empty shard
+  }
+  next_pos_ = bounds_.back();
+}
+
+Status Decoder::Step(int32_t token, bool is_global, float* hidden_out, int32_t* next_token) {
+  const model::ModelConfig& c = config_;
+  const int P = comm_.size(), me = comm_.rank(), last = last_rank();
+  const int64_t D = c.hidden_size, H = c.num_attention_heads, Hkv = c.num_key_value_heads,
+                hd = c.head_dim, I = c.intermediate_size, kvd = Hkv * hd;
+  const int64_t p = next_pos_;
+  if (token < 0 || token >= c.vocab_size) {
+    return OutOfRange("token id {} is outside the vocabulary [0, {})", token, c.vocab_size);
+  }
+  const auto deadline = comm::DeadlineIn(comm::DefaultTimeout());
+  const bool weighted = c.hybrid.fusion_weighted;
+  const int states = weighted ? 2 : 1;                  // union: 1; weighted: window, global
+  const size_t state_floats = size_t(H * (hd + 1));     // one (O, L) for every head
+
+  std::vector<float> x(static_cast<size_t>(D)), h(x.size()), q(static_cast<size_t>(H * hd)),
+      kv(static_cast<size_t>(2 * kvd)), o(q.size()), tmp(static_cast<size_t>(std::max(D, I))),
+      g(static_cast<size_t>(I)), u(g.size());
+  if (me == last) std::memcpy(x.data(), weights_.embed + int64_t(token) * D, sizeof(float) * D);
+  const RopeTable rope = MakeRopeTable(1, hd, p, c.rope_theta);
+
+  std::vector<size_t> q_counts(static_cast<size_t>(P), 0);
+  q_counts[size_t(last)] = q.size() * sizeof(float);
+  std::vector<size_t> part_counts(static_cast<size_t>(P), states * state_floats * sizeof(float));
+  std::vector<float> mine(states * state_floats), parts(size_t(P) * states * state_floats);
+  std::vector<float> keys_k, keys_v;  // the keys this rank's partial reads, gathered
+
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const LayerWeights& L = weights_.layers[size_t(l)];
+    LayerKv& cache = cache_[size_t(l)];
+    if (me == last) {
+      RmsNormRow(x.data(), D, L.attn_norm, c.rms_norm_eps, h.data());
+      MatVec(L.wq, H * hd, D, h.data(), q.data());
+      MatVec(L.wk, kvd, D, h.data(), kv.data());
+      MatVec(L.wv, kvd, D, h.data(), kv.data() + kvd);
+      ApplyRope(q.data(), 1, H, hd, rope);
+      ApplyRope(kv.data(), 1, Hkv, hd, rope);
+      cache.k.insert(cache.k.end(), kv.begin(), kv.begin() + kvd);
+      cache.v.insert(cache.v.end(), kv.begin() + kvd, kv.end());
+    }
+    // The query to every rank.
+    std::vector<float> q_all(q.size());
+    RETURN_IF_ERROR(comm_.AllGatherV(
+        comm::HostBuffer(q.data(), me == last ? q.size() * sizeof(float) : 0),
+        comm::HostBuffer(q_all.data(), q_all.size() * sizeof(float)), q_counts, deadline));
+    if (me != last) received_ += q_all.size() * sizeof(float);
+    else sent_ += q_all.size() * sizeof(float) * size_t(P - 1);
+
+    // This rank's partials over the keys the query may see.
+    const int64_t rows = int64_t(cache.k.size()) / std::max<int64_t>(kvd, 1);
+    const int64_t W = c.Window(l);
+    const attention::AttentionSpec spec = LayerSpec(c, l);
+    auto partial = [&](const std::vector<int64_t>& rows_idx, bool all_rows, float* out_o,
+                       float* out_l) -> Status {
+      const int64_t m = all_rows ? rows : int64_t(rows_idx.size());
+      if (m == 0) {
+        std::fill_n(out_o, H * hd, 0.0f);
+        std::fill_n(out_l, H, kNegInf);
+        return Status::Ok();
+      }
+      const float *kp = cache.k.data(), *vp = cache.v.data();
+      if (!all_rows) {
+        keys_k.resize(size_t(m * kvd));
+        keys_v.resize(size_t(m * kvd));
+        for (int64_t i = 0; i < m; ++i) {
+          std::memcpy(keys_k.data() + i * kvd, cache.k.data() + rows_idx[size_t(i)] * kvd, sizeof(float) * kvd);
+          std::memcpy(keys_v.data() + i * kvd, cache.v.data() + rows_idx[size_t(i)] * kvd, sizeof(float) * kvd);
+        }
+        kp = keys_k.data();
+        vp = keys_v.data();
+      }
+      // Every key given is visible (all are at or before p): place them at positions 0..m-1
+      // and the query at m-1, so the causal mask keeps them all.
+      const int64_t qpos = m - 1;
+      attention::DensePartialArgs a;
+      a.q = attention::TokenView::Dense(q_all.data(), DType::kF32, 1, H, hd);
+      a.k = attention::TokenView::Dense(kp, DType::kF32, m, Hkv, hd);
+      a.v = attention::TokenView::Dense(vp, DType::kF32, m, Hkv, hd);
+      a.q_pos = std::span<const int64_t>(&qpos, 1);
+      a.kv_pos0 = 0;
+      a.out = out_o;
+      a.lse = out_l;
+      return attention::DensePartialPass(a, spec, exec_);
+    };
+    // Window keys (p-W, p], global keys, and for a global query every key.
+    std::vector<int64_t> win_rows, glob_rows, union_rows;
+    if (!is_global) {
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t pos = pos0_ + r;
+        const bool in_win = pos > p - W && pos <= p;
+        const bool is_global_key =
+            r < int64_t(global_row_.size()) ? global_row_[size_t(r)] != 0 : false;
+        if (in_win) win_rows.push_back(r);
+        if (is_global_key) glob_rows.push_back(r);
+        if (in_win || is_global_key) union_rows.push_back(r);
+      }
+    } else {
+      for (int64_t r = 0; r < rows; ++r) {
+        if (pos0_ + r > p - W) win_rows.push_back(r);  // the window part (weighted fusion)
+      }
+    }
+    float* m_o = mine.data();
+    float* m_l = mine.data() + H * hd;
+    if (!weighted) {
+      RETURN_IF_ERROR(partial(union_rows, is_global, m_o, m_l));
+    } else {
+      RETURN_IF_ERROR(partial(win_rows, false, m_o, m_l));
+      RETURN_IF_ERROR(partial(glob_rows, is_global, m_o + state_floats, m_l + state_floats));
+    }
+    RETURN_IF_ERROR(comm_.AllGatherV(comm::HostBuffer(mine.data(), mine.size() * sizeof(float)),
+                                     comm::HostBuffer(parts.data(), parts.size() * sizeof(float)),
+                                     part_counts, deadline));
+    sent_ += mine.size() * sizeof(float) * size_t(P - 1);
+    received_ += (parts.size() - mine.size()) * sizeof(float);
+
+    if (me == last) {
+      // Merge in rank order, per state; then fuse.
+      std::vector<float> acc(states * state_floats);
+      for (int st = 0; st < states; ++st) {
+        float* ao = acc.data() + st * state_floats;
+        float* al = ao + H * hd;
+        std::fill_n(ao, H * hd, 0.0f);
+        std::fill_n(al, H, kNegInf);
+        for (int r = 0; r < P; ++r) {
+          const float* po = parts.data() + (size_t(r) * states + st) * state_floats;
+          attention::MergeStates(ao, al, po, po + H * hd, H, hd);
+        }
+      }
+      if (!weighted) {
+        std::copy_n(acc.data(), H * hd, o.data());
+      } else {
+        const float a = float(c.hybrid.fusion_alpha);
+        const float* ow = acc.data();
+        const float* og = acc.data() + state_floats;
+        const float* lg = og + H * hd;
+        for (int64_t hh = 0; hh < H; ++hh) {
+          const bool has_global = lg[hh] != kNegInf;
+          for (int64_t e = 0; e < hd; ++e) {
+            const float w = ow[hh * hd + e];
+            o[size_t(hh * hd + e)] = has_global ? a * w + (1.0f - a) * og[hh * hd + e] : w;
+          }
+        }
+      }
+      MatVec(L.wo, D, H * hd, o.data(), tmp.data());
+      for (int64_t i = 0; i < D; ++i) x[size_t(i)] += tmp[size_t(i)];
+      RmsNormRow(x.data(), D, L.mlp_norm, c.rms_norm_eps, h.data());
+      MatVec(L.w_gate, I, D, h.data(), g.data());
+      MatVec(L.w_up, I, D, h.data(), u.data());
+      for (int64_t i = 0; i < I; ++i) g[size_t(i)] = g[size_t(i)] / (1.0f + std::exp(-g[size_t(i)])) * u[size_t(i)];
+      MatVec(L.w_down, D, I, g.data(), tmp.data());
+      for (int64_t i = 0; i < D; ++i) x[size_t(i)] += tmp[size_t(i)];
+    }
+  }
+  if (me == last) global_row_.push_back(is_global ? 1 : 0);
+
+  // Greedy next token on the last rank, told to every rank.
+  int64_t best = -1;
+  if (me == last) {
+    RmsNormRow(x.data(), D, weights_.final_norm, c.rms_norm_eps, h.data());
+    if (hidden_out) std::copy_n(h.data(), D, hidden_out);
+    std::vector<float> logits(size_t(c.vocab_size));
+    MatVec(weights_.lm_head, c.vocab_size, D, h.data(), logits.data());
+    best = int64_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
+  }
+  RETURN_IF_ERROR(comm_.AllReduce(&best, 1, comm::ReduceType::kI64, comm::ReduceOp::kMax, deadline));
+  *next_token = int32_t(best);
+  ++next_pos_;
+  return Status::Ok();
+}
+
+}  // namespace longctx::worker
