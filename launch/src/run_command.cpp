@@ -235,6 +235,7 @@ Status RunRun(const RunFlags& f) {
   std::vector<float> appended_hidden;    // [appended, D] on the last rank
   std::string generated_text;
   double decode_s = 0.0;
+  uint64_t kv_cache_bytes = 0;  // held for decoding (the device tier: no other tier exists yet)
   if (decode) {
     t0 = Clock::now();
     worker::Decoder dec(c, m.config, weights.view, plan.bounds, globals, std::move(cache), exec);
@@ -275,6 +276,7 @@ Status RunRun(const RunFlags& f) {
     }();
     RETURN_IF_ERROR(Agree(c, st));
     decode_s = Since(t0);
+    kv_cache_bytes = dec.cache_bytes();
   }
   const int64_t n_total = n + int64_t(appended.size());
   std::vector<int64_t> all_globals = globals;
@@ -335,10 +337,10 @@ Status RunRun(const RunFlags& f) {
 
   // 5. report.json: per-rank figures gathered to rank 0.
   struct RankFigures {
-    int64_t rows, peak_rss, sent, received;
+    int64_t rows, peak_rss, sent, received, kv_bytes;
     double attention_s, dense_s;
   } mine{rows, PeakRssBytes(), int64_t(fs.comm_bytes_sent), int64_t(fs.comm_bytes_received),
-         fs.attention_seconds, fs.dense_seconds};
+         int64_t(kv_cache_bytes), fs.attention_seconds, fs.dense_seconds};
   std::vector<RankFigures> all(static_cast<size_t>(P));
   std::vector<size_t> fig_counts(static_cast<size_t>(P), sizeof(RankFigures));
   RETURN_IF_ERROR(c.AllGatherV(comm::HostBuffer(&mine, sizeof mine),
@@ -352,10 +354,12 @@ Status RunRun(const RunFlags& f) {
       per_rank += fmt::format(
           "{}    {{\"rank\": {}, \"tokens\": [{}, {}], \"peak_rss_bytes\": {}, "
           "\"comm_bytes_sent\": {}, \"comm_bytes_received\": {}, \"attention_seconds\": {:.6f}, "
-          "\"dense_seconds\": {:.6f}}}",
+          "\"dense_seconds\": {:.6f}, \"kv_cache_bytes\": {}}}",
           r ? ",\n" : "", r, plan.begin(r), plan.end(r), x.peak_rss, x.sent, x.received,
-          x.attention_s, x.dense_s);
+          x.attention_s, x.dense_s, x.kv_bytes);
     }
+    int64_t kv_total = 0;
+    for (const auto& x : all) kv_total += x.kv_bytes;
     std::vector<int64_t> windows;
     for (int64_t l = 0; l < L; ++l) windows.push_back(m.config.Window(l));
     const std::string report = fmt::format(
@@ -366,14 +370,14 @@ Status RunRun(const RunFlags& f) {
         "\"write\": {:.6f}, \"total\": {:.6f}}},\n  \"tokens_per_second\": {:.1f},\n"
         "  \"query_tokens\": {},\n  \"generated_tokens\": {},\n"
         "  \"decode_ms_per_token\": {},\n"
-        "  \"kv_bytes\": {{\"device\": null, \"host\": null, \"remote\": null}},\n"
+        "  \"kv_bytes\": {{\"device\": {}, \"host\": 0, \"remote\": 0}},\n"
         "  \"per_rank\": [\n{}\n  ]\n}}\n",
         f.model, n_total, P, all_globals.size(), L, fmt::join(windows, ", "),
         m.config.hybrid.fusion, fmt::join(plan.bounds, ", "), load_s, prefill_s, decode_s,
         write_s, total_s, double(n) / std::max(prefill_s, 1e-9), f.query.size(), f.generate,
         appended.empty() ? std::string("null")
                          : fmt::format("{:.3f}", 1e3 * decode_s / double(appended.size())),
-        per_rank);
+        kv_total, per_rank);
     std::ofstream out(dir + "report.json");
     out << report;
     if (!out) return InvalidArgument("{}report.json: cannot write", dir);

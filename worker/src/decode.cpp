@@ -59,6 +59,12 @@ Decoder::Decoder(comm::Communicator& comm, const model::ModelConfig& config,
   next_pos_ = bounds_.back();
 }
 
+uint64_t Decoder::cache_bytes() const {
+  uint64_t b = 0;
+  for (const LayerKv& l : cache_) b += (l.k.size() + l.v.size()) * sizeof(float);
+  return b;
+}
+
 Status Decoder::Step(int32_t token, bool is_global, float* hidden_out, int32_t* next_token) {
   const model::ModelConfig& c = config_;
   const int P = comm_.size(), me = comm_.rank(), last = last_rank();

@@ -32,6 +32,9 @@ class Decoder {
   // (may be null elsewhere).
   Status Step(int32_t token, bool is_global, float* hidden_out, int32_t* next_token);
 
+  // Bytes of K/V this rank holds for decoding (every layer, its rows and the appended ones).
+  uint64_t cache_bytes() const;
+
   // Bytes this rank sent and received in Step calls.
   uint64_t bytes_sent() const { return sent_; }
   uint64_t bytes_received() const { return received_; }
