@@ -10,7 +10,7 @@ projection, RMSNorm, SwiGLU MLP, final RMSNorm. It takes the token ids and globa
 run wrote (tokens.npy, globals.npy); global selection has its own unit tests.
 
 Checks, per case: hidden.npy of `longctx run` (1 process) vs the reference, and of
-`mpirun -np 3 longctx run` vs the 1-process run, each within 1e-4 relative (per row, inf-norm).
+`mpirun -np 4 longctx run` vs the 1-process run, each within 1e-4 relative (per row, inf-norm).
 
 Usage: test_model_reference.py --longctx build/launch/longctx
 Prints "N passed, M failed" last; exit 0 only if all pass.
@@ -163,7 +163,7 @@ def main():
                 subprocess.run([binary, "mkmodel", "--out", mdir, "--preset", preset, "--dtype",
                                 dtype, "--seed", "7"], check=True, capture_output=True, timeout=120)
                 outs = {}
-                for ranks in (1, 3):
+                for ranks in (1, 4):
                     out = os.path.join(tmp, "out_%s_%s_%d" % (preset, dtype, ranks))
                     cmd = [binary, "run", "--model", mdir, "--input", doc, "--out", out,
                            "--dump-hidden", "--threads", "1", "--progress", "off"] + flags
@@ -177,12 +177,12 @@ def main():
                 globals_ = np.load(os.path.join(outs[1], "globals.npy"))
                 report = json.load(open(os.path.join(outs[1], "report.json")))
                 h1 = np.load(os.path.join(outs[1], "hidden.npy"))
-                h3 = np.load(os.path.join(outs[3], "hidden.npy"))
+                h3 = np.load(os.path.join(outs[4], "hidden.npy"))
                 n_doc = len(DOC.encode())
                 assert report["tokens"] == len(ids) == h1.shape[0], "token count"
-                assert np.array_equal(np.load(os.path.join(outs[3], "globals.npy")), globals_)
-                assert np.array_equal(np.load(os.path.join(outs[3], "tokens.npy")), ids), \
-                    "3 ranks generated other tokens than 1"
+                assert np.array_equal(np.load(os.path.join(outs[4], "globals.npy")), globals_)
+                assert np.array_equal(np.load(os.path.join(outs[4], "tokens.npy")), ids), \
+                    "4 ranks generated other tokens than 1"
                 ref, logits = reference_hidden(mdir, ids, globals_, report["windows"], fusion)
                 e_ref, e_ranks = row_err(h1, ref), row_err(h3, h1)
                 ok = e_ref <= TOL and e_ranks <= TOL
@@ -197,7 +197,7 @@ def main():
                     q = report["query_tokens"]
                     assert all(p in set(globals_.tolist()) for p in range(n_doc, n_doc + q)), \
                         "query tokens must be global"
-                print("%s: %s vs float64 reference %.2e, 3 ranks vs 1 %.2e (windows %s, %d globals, "
+                print("%s: %s vs float64 reference %.2e, 4 ranks vs 1 %.2e (windows %s, %d globals, "
                       "%d tokens of which %d appended)" % ("ok" if ok else "FAIL", name, e_ref, e_ranks,
                       report["windows"], len(globals_), len(ids), len(ids) - n_doc))
                 passed += ok
