@@ -1,6 +1,8 @@
 // Backend-independent parts of the Communicator contract: the default timeout and WaitAll.
 #include "longctx/comm/communicator.h"
 
+#include <fmt/format.h>
+
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
@@ -34,6 +36,18 @@ Status WaitAll(std::span<RequestPtr> requests, Deadline deadline) {
     if (!status.ok() && first.ok()) first = std::move(status);
   }
   return first;
+}
+
+Status AgreeOnStatus(Communicator& comm, const Status& local) {
+  int64_t lowest = local.ok() ? comm.size() : comm.rank();
+  const Status st = comm.AllReduce(&lowest, 1, ReduceType::kI64, ReduceOp::kMin,
+                                   DeadlineIn(DefaultTimeout()));
+  if (!st.ok()) return st;
+  if (lowest == comm.size()) return Status::Ok();
+  if (lowest == comm.rank()) {
+    return comm.size() > 1 ? local.WithContext(fmt::format("rank {}", comm.rank())) : local;
+  }
+  return Status(StatusCode::kFailedPrecondition, "");
 }
 
 }  // namespace longctx::comm

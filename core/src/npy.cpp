@@ -1,5 +1,7 @@
 #include "longctx/core/npy.h"
 
+#include "longctx/core/file.h"
+
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -28,46 +30,7 @@ constexpr int64_t kMaxHeaderBytes = int64_t{1} << 20;  // refuse dict text longe
 constexpr int64_t kArrayAlign = 64;  // numpy pads magic + length + dict to a multiple (bytes)
 constexpr int64_t kGrowthAxisMaxDigits = 21;  // numpy's spare spaces for growing shape[0]
 
-// Owns a file descriptor.
-class Fd {
- public:
-  explicit Fd(int fd) : fd_(fd) {}
-  Fd(Fd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
-  Fd& operator=(Fd&&) = delete;
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  ~Fd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  int get() const { return fd_; }
-  // Closes now and reports the error close() gives (it can surface a deferred write error).
-  int Close() {
-    const int rc = ::close(fd_);
-    fd_ = -1;
-    return rc;
-  }
-
- private:
-  int fd_;
-};
-
-// Maps an errno from a file operation to the project's canonical codes.
-Status ErrnoStatus(int err, std::string message) {
-  StatusCode code = StatusCode::kFailedPrecondition;
-  switch (err) {
-    case ENOENT:
-    case ENOTDIR: code = StatusCode::kNotFound; break;
-    case ENOSPC:
-    case EDQUOT:
-    case EFBIG:
-    case EMFILE:
-    case ENFILE:
-    case ENOMEM: code = StatusCode::kResourceExhausted; break;
-    case EIO: code = StatusCode::kDataLoss; break;
-    default: break;
-  }
-  return Status(code, fmt::format("{}: {}", message, std::strerror(err)));
-}
+using Fd = UniqueFd;
 
 // Bytes as a one-line, bounded excerpt for error messages ("\x93NUMPZ", "{'descr'...").
 std::string Excerpt(std::string_view s, size_t max_chars = 40) {

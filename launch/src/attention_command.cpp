@@ -230,20 +230,6 @@ Status RunSingle(const AttentionFlags& f, const Resolved& r) {
 
 // ---- mpirun -np P longctx attention ---------------------------------------------------------
 
-// Makes every rank agree on failure: returns OK when all ranks are OK; otherwise the lowest
-// failing rank gets its own Status back (to print) and every other rank an empty-message error
-// (exit non-zero without repeating the line).
-Status Agree(comm::Communicator& c, const Status& local) {
-  int64_t lowest = local.ok() ? c.size() : c.rank();
-  const Status st = c.AllReduce(&lowest, 1, comm::ReduceType::kI64, comm::ReduceOp::kMin,
-                                comm::DeadlineIn(comm::DefaultTimeout()));
-  if (!st.ok()) return st;
-  if (lowest == c.size()) return Status::Ok();
-  if (lowest == c.rank()) {
-    return local.WithContext(c.size() > 1 ? fmt::format("rank {}", c.rank()) : std::string("?"));
-  }
-  return Status(StatusCode::kFailedPrecondition, "");
-}
 
 // Reads this rank's rows [s, e) of a [n, heads, d] float array.
 Result<NpyArray> ReadShard(const std::string& path, std::string_view name, int64_t s, int64_t e) {
@@ -287,7 +273,7 @@ Status RunDistributed(const AttentionFlags& f, const Resolved& r, comm::Communic
     ASSIGN_OR_RETURN(plan, attention::MakeShardPlan(n, globals, spec, P));
     return Status::Ok();
   }();
-  RETURN_IF_ERROR(Agree(c, st));
+  RETURN_IF_ERROR(comm::AgreeOnStatus(c, st));
   const int64_t n = qh.shape[0], H = qh.shape[1], Hkv = kh.shape[1], d = qh.shape[2];
   const int64_t s = plan.begin(me), e = plan.end(me);
 
@@ -304,7 +290,7 @@ Status RunDistributed(const AttentionFlags& f, const Resolved& r, comm::Communic
     const auto kv = attention::TokenView::Dense(&kNoElements, kh.dtype, n, Hkv, kh.shape[2]);
     return attention::ValidateAttentionInputs(qv, kv, kv, globals, spec);
   }();
-  RETURN_IF_ERROR(Agree(c, st));
+  RETURN_IF_ERROR(comm::AgreeOnStatus(c, st));
 
   const int64_t rows = e - s;
   std::vector<float> out(size_t(rows * H * d)), lse(size_t(rows * H));
@@ -323,7 +309,7 @@ Status RunDistributed(const AttentionFlags& f, const Resolved& r, comm::Communic
   }
   st = worker::DistributedAttention(c, plan, globals, spec, shard, out.data(), lse.data(), exec,
                                     &stats);
-  RETURN_IF_ERROR(Agree(c, st));
+  RETURN_IF_ERROR(comm::AgreeOnStatus(c, st));
 
   // One output file, written by every rank at its rows, renamed into place when complete.
   const auto deadline = [] { return comm::DeadlineIn(comm::DefaultTimeout()); };
@@ -332,15 +318,15 @@ Status RunDistributed(const AttentionFlags& f, const Resolved& r, comm::Communic
     st = CreateNpyForRows(f.out, DType::kF32, {n, H, d});
     if (st.ok() && !f.lse.empty()) st = CreateNpyForRows(f.lse, DType::kF32, {n, H});
   }
-  RETURN_IF_ERROR(Agree(c, st));
+  RETURN_IF_ERROR(comm::AgreeOnStatus(c, st));
   st = WriteNpyRows(f.out, s, rows, out.data());
   if (st.ok() && !f.lse.empty()) st = WriteNpyRows(f.lse, s, rows, lse.data());
-  Status agreed = Agree(c, st);
+  Status agreed = comm::AgreeOnStatus(c, st);
   if (agreed.ok() && me == 0) {
     st = CommitNpyRows(f.out);
     if (st.ok() && !f.lse.empty()) st = CommitNpyRows(f.lse);
   }
-  if (agreed.ok()) agreed = Agree(c, st);
+  if (agreed.ok()) agreed = comm::AgreeOnStatus(c, st);
   if (!agreed.ok()) {
     if (me == 0) {
       AbortNpyRows(f.out);

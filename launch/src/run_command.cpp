@@ -51,18 +51,6 @@ struct RunFlags {
   int64_t generate = 0;   // tokens decoded greedily after the document (and the query)
 };
 
-// As in `longctx attention`: every rank agrees on failure; the lowest failing rank reports it.
-Status Agree(comm::Communicator& c, const Status& local) {
-  int64_t lowest = local.ok() ? c.size() : c.rank();
-  const Status st = c.AllReduce(&lowest, 1, comm::ReduceType::kI64, comm::ReduceOp::kMin,
-                                comm::DeadlineIn(comm::DefaultTimeout()));
-  if (!st.ok()) return st;
-  if (lowest == c.size()) return Status::Ok();
-  if (lowest == c.rank()) {
-    return c.size() > 1 ? local.WithContext(fmt::format("rank {}", c.rank())) : local;
-  }
-  return Status(StatusCode::kFailedPrecondition, "");
-}
 
 Result<std::vector<int64_t>> ParseWindows(const std::string& text) {
   std::vector<int64_t> w;
@@ -177,7 +165,7 @@ Status RunRun(const RunFlags& f) {
     ASSIGN_OR_RETURN(globals, attention::SelectGlobals(classes, sel));
     return Status::Ok();
   }();
-  RETURN_IF_ERROR(Agree(c, st));
+  RETURN_IF_ERROR(comm::AgreeOnStatus(c, st));
   const model::Model& m = *opened;
   const double load_s = Since(t0);
   const int64_t n = int64_t(ids.size()), D = m.config.hidden_size, L = m.config.num_hidden_layers;
@@ -225,7 +213,7 @@ Status RunRun(const RunFlags& f) {
   std::vector<worker::LayerKv> cache;
   st = worker::ForwardShard(c, m.config, weights.view, plan.bounds, own, globals, exec,
                             hidden.data(), &fs, progress, decode ? &cache : nullptr);
-  RETURN_IF_ERROR(Agree(c, st));
+  RETURN_IF_ERROR(comm::AgreeOnStatus(c, st));
   const double prefill_s = Since(t0);
 
   // 3b. The question and the generated tokens, against the cached document (last rank owns
@@ -274,7 +262,7 @@ Status RunRun(const RunFlags& f) {
       }
       return Status::Ok();
     }();
-    RETURN_IF_ERROR(Agree(c, st));
+    RETURN_IF_ERROR(comm::AgreeOnStatus(c, st));
     decode_s = Since(t0);
     kv_cache_bytes = dec.cache_bytes();
   }
@@ -290,7 +278,7 @@ Status RunRun(const RunFlags& f) {
     std::filesystem::create_directories(f.out, ec);
     if (ec) st = InvalidArgument("{}: cannot create the output directory: {}", f.out, ec.message());
   }
-  RETURN_IF_ERROR(Agree(c, st));
+  RETURN_IF_ERROR(comm::AgreeOnStatus(c, st));
   const std::string dir = f.out + "/";
   // tokens.npy: gathered from the shards (int32, n * 4 bytes on rank 0 only).
   std::vector<size_t> counts(static_cast<size_t>(P));
@@ -320,13 +308,13 @@ Status RunRun(const RunFlags& f) {
       if (!gen) st = InvalidArgument("{}generated.txt: cannot write", dir);
     }
   }
-  RETURN_IF_ERROR(Agree(c, st));
+  RETURN_IF_ERROR(comm::AgreeOnStatus(c, st));
   if (f.dump_hidden) {
     st = WriteNpyRows(dir + "hidden.npy", s, rows, hidden.data());
     if (st.ok() && me == P - 1 && !appended.empty()) {
       st = WriteNpyRows(dir + "hidden.npy", n, int64_t(appended.size()), appended_hidden.data());
     }
-    Status agreed = Agree(c, st);
+    Status agreed = comm::AgreeOnStatus(c, st);
     if (agreed.ok() && me == 0) agreed = CommitNpyRows(dir + "hidden.npy");
     if (!agreed.ok()) {
       if (me == 0) AbortNpyRows(dir + "hidden.npy");

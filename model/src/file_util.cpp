@@ -13,41 +13,6 @@
 
 namespace longctx::model::internal {
 
-Fd& Fd::operator=(Fd&& other) noexcept {
-  if (this != &other) {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = std::exchange(other.fd_, -1);
-  }
-  return *this;
-}
-
-Fd::~Fd() {
-  if (fd_ >= 0) ::close(fd_);
-}
-
-int Fd::Close() {
-  const int rc = ::close(fd_);
-  fd_ = -1;
-  return rc;
-}
-
-Status ErrnoStatus(int err, std::string_view message) {
-  StatusCode code = StatusCode::kFailedPrecondition;
-  switch (err) {
-    case ENOENT:
-    case ENOTDIR: code = StatusCode::kNotFound; break;
-    case ENOSPC:
-    case EDQUOT:
-    case EFBIG:
-    case EMFILE:
-    case ENFILE:
-    case ENOMEM: code = StatusCode::kResourceExhausted; break;
-    case EIO: code = StatusCode::kDataLoss; break;
-    default: break;
-  }
-  return Status(code, fmt::format("{}: {}", message, std::strerror(err)));
-}
-
 Result<std::string> ReadSmallFile(const std::string& path, uint64_t max_bytes) {
   // O_NONBLOCK so that opening a FIFO by mistake cannot hang; no effect on regular files.
   Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));

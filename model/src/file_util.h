@@ -8,30 +8,14 @@
 #include <string_view>
 #include <utility>
 
+#include "longctx/core/file.h"
 #include "longctx/core/status.h"
 
 namespace longctx::model::internal {
 
-// Owns a file descriptor; closes it on destruction.
-class Fd {
- public:
-  explicit Fd(int fd = -1) : fd_(fd) {}
-  Fd(Fd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
-  Fd& operator=(Fd&& other) noexcept;
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  ~Fd();
-  int get() const { return fd_; }
-  // Closes now and returns close()'s result (it can report a deferred write error).
-  int Close();
-
- private:
-  int fd_;
-};
-
-// Maps an errno to the canonical codes: ENOENT/ENOTDIR -> kNotFound, no space/too many files ->
-// kResourceExhausted, EIO -> kDataLoss, else kFailedPrecondition. Message: "<message>: <strerror>".
-Status ErrnoStatus(int err, std::string_view message);
+// The descriptor RAII and errno mapping are core's (longctx/core/file.h).
+using Fd = ::longctx::UniqueFd;
+using ::longctx::ErrnoStatus;
 
 // Reads a whole regular file of at most `max_bytes` bytes (kInvalidArgument when larger).
 Result<std::string> ReadSmallFile(const std::string& path, uint64_t max_bytes);

@@ -118,4 +118,10 @@ Result<std::shared_ptr<Communicator>> WorldCommunicator(std::string_view prefer 
 // True when the environment shows a parallel launcher (see WorldCommunicator).
 bool LaunchedByMpi();
 
+// Makes every rank agree on a step's outcome (a collective: every rank calls it). Returns OK when
+// every rank's `local` is OK. Otherwise the lowest failing rank gets its own Status back, prefixed
+// "rank R: " when there are several ranks, to report; every other rank gets an error with an
+// empty message (to exit non-zero without repeating the line).
+Status AgreeOnStatus(Communicator& comm, const Status& local);
+
 }  // namespace longctx::comm
