@@ -11,34 +11,18 @@
 #include <nlohmann/json.hpp>
 
 #include "file_util.h"
+#include "json_util.h"
 
 namespace longctx::model {
 namespace {
 
 using json = nlohmann::json;
+using internal::JsonErrorText;
+using internal::Repr;
 
 constexpr int64_t kMaxDim = int64_t{1} << 26;     // bound on every size, so products fit int64
 constexpr uint64_t kMaxConfigBytes = 16u << 20;   // config.json larger than this is refused
 constexpr int64_t kMistralDefaultSlidingWindow = 4096;
-
-// A JSON value as a short one-line excerpt for error messages.
-std::string Repr(const json& v) {
-  std::string s = v.dump(-1, ' ', false, json::error_handler_t::replace);
-  if (s.size() > 60) s = s.substr(0, 57) + "...";
-  return s;
-}
-
-// Strips nlohmann's "[json.exception.parse_error.101] " prefix.
-std::string JsonErrorText(const json::exception& e) {
-  std::string_view what = e.what();
-  if (!what.empty() && what.front() == '[') {
-    const size_t close = what.find("] ");
-    if (close != std::string_view::npos) what.remove_prefix(close + 2);
-  }
-  std::string s(what);
-  if (s.size() > 300) s = s.substr(0, 297) + "...";
-  return s;
-}
 
 // Reads typed keys of one JSON object, naming `prefix + key` and the file in every error.
 class KeyReader {

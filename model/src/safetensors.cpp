@@ -17,6 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include "file_util.h"
+#include "json_util.h"
 
 namespace longctx::model {
 
@@ -26,6 +27,8 @@ static_assert(std::endian::native == std::endian::little,
 namespace {
 
 using json = nlohmann::json;
+using internal::JsonErrorText;
+using internal::Repr;
 using internal::ErrnoStatus;
 using internal::Fd;
 
@@ -56,23 +59,6 @@ const DTypeInfo* FindDType(std::string_view name) {
     if (d.name == name) return &d;
   }
   return nullptr;
-}
-
-std::string Repr(const json& v) {
-  std::string s = v.dump(-1, ' ', false, json::error_handler_t::replace);
-  if (s.size() > 60) s = s.substr(0, 57) + "...";
-  return s;
-}
-
-std::string JsonErrorText(const json::exception& e) {
-  std::string_view what = e.what();
-  if (!what.empty() && what.front() == '[') {
-    const size_t close = what.find("] ");
-    if (close != std::string_view::npos) what.remove_prefix(close + 2);
-  }
-  std::string s(what);
-  if (s.size() > 300) s = s.substr(0, 297) + "...";
-  return s;
 }
 
 std::string ShapeText(const std::vector<int64_t>& shape) {
