@@ -167,6 +167,7 @@ Status DistributedAttention(comm::Communicator& comm, const attention::ShardPlan
     const int64_t a = first_global[size_t(r)];
     const size_t cnt = size_t(first_global[size_t(r) + 1] - a);
     const std::byte* src = gathered.data() + offset;
+    if (cnt == 0) continue;  // (and no memcpy from a null, empty buffer)
     std::memcpy(gk.data() + size_t(a) * kv_row, src, cnt * kv_row);
     std::memcpy(gv.data() + size_t(a) * kv_row, src + cnt * kv_row, cnt * kv_row);
     std::memcpy(gq.data() + size_t(a) * q_row, src + 2 * cnt * kv_row, cnt * q_row);
