@@ -120,7 +120,8 @@ Status RunRun(const RunFlags& f) {
   comm::Communicator& c = *world;
   const int P = c.size(), me = c.rank();
   const bool tty = isatty(fileno(stderr));
-  const bool show_progress = me == 0 && (f.progress == "on" || (f.progress == "auto" && tty));
+  // auto: a bar on a terminal, plain lines otherwise; on: the same; off: nothing.
+  const bool show_progress = me == 0 && f.progress != "off";
   const bool bar = show_progress && tty;
 
   // 1. Model, overrides, tokens and globals: every rank computes the same, so nothing is sent.
