@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
 # Installs, with apt-get, the Debian 12 packages longctx builds, tests and runs with — only
 # those missing, so a machine that has them all is left untouched (and needs no network).
-# Used by launch/quickstart.sh and tests/run.sh. Needs root (or sudo) when something is missing.
+# Usage: install-deps.sh [run|all]   (run: build and run only, for launch/quickstart.sh;
+# all, the default: also the test suite's, for tests/run.sh). Needs root (or sudo) when
+# something is missing.
 set -euo pipefail
 
+# What building and running needs (launch/quickstart.sh) ...
 PACKAGES=(
-  build-essential cmake ninja-build pkg-config git
-  libgtest-dev libgmock-dev
+  build-essential cmake ninja-build pkg-config
   libopenblas-dev libfmt-dev libspdlog-dev libcli11-dev nlohmann-json3-dev
   openmpi-bin libopenmpi-dev            # the MPI communicator (comm/)
-  python3 python3-numpy python3-torch   # independent float64 reference in tests, bench peers
 )
+# ... and what the test suite adds (tests/run.sh): GoogleTest, and python3-torch/numpy as the
+# independent float64 references of the tests and the bench peers.
+if [[ "${1:-all}" != "run" ]]; then
+  PACKAGES+=(git libgtest-dev libgmock-dev python3 python3-numpy python3-torch)
+fi
 
 missing=()
 for p in "${PACKAGES[@]}"; do

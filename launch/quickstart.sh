@@ -11,8 +11,8 @@ BUILD_DIR="${BUILD_DIR:-$ROOT/build}"
 DOC_TOKENS="${DOC_TOKENS:-1048576}"
 RANKS="${RANKS:-4}"
 
-"$ROOT/launch/install-deps.sh"
-cmake -S "$ROOT" -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release
+"$ROOT/launch/install-deps.sh" run
+cmake -S "$ROOT" -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release -DLONGCTX_BUILD_TESTS=OFF
 cmake --build "$BUILD_DIR" -j "$(nproc)" --target longctx
 LONGCTX="$BUILD_DIR/launch/longctx"
 WORK="${WORK:-$BUILD_DIR/quickstart}"
