@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -23,6 +24,7 @@
 #include "longctx/attention/global_selection.h"
 #include "longctx/attention/shard_plan.h"
 #include "longctx/comm/communicator.h"
+#include "longctx/comm/placement.h"
 #include "longctx/core/npy.h"
 #include "longctx/model/builtin.h"
 #include "longctx/worker/decode.h"
@@ -328,8 +330,12 @@ Status RunRun(const RunFlags& f) {
   struct RankFigures {
     int64_t rows, peak_rss, sent, received, kv_bytes;
     double attention_s, dense_s;
+    int32_t local_rank, local_size, launcher;
+    char host[64];
   } mine{rows, PeakRssBytes(), int64_t(fs.comm_bytes_sent), int64_t(fs.comm_bytes_received),
-         int64_t(kv_cache_bytes), fs.attention_seconds, fs.dense_seconds};
+         int64_t(kv_cache_bytes), fs.attention_seconds, fs.dense_seconds, c.local_rank(),
+         c.local_size(), int32_t(comm::DetectLauncher(comm::ProcessEnvironment())), {}};
+  gethostname(mine.host, sizeof(mine.host) - 1);
   std::vector<RankFigures> all(static_cast<size_t>(P));
   std::vector<size_t> fig_counts(static_cast<size_t>(P), sizeof(RankFigures));
   RETURN_IF_ERROR(c.AllGatherV(comm::HostBuffer(&mine, sizeof mine),
@@ -343,9 +349,11 @@ Status RunRun(const RunFlags& f) {
       per_rank += fmt::format(
           "{}    {{\"rank\": {}, \"tokens\": [{}, {}], \"peak_rss_bytes\": {}, "
           "\"comm_bytes_sent\": {}, \"comm_bytes_received\": {}, \"attention_seconds\": {:.6f}, "
-          "\"dense_seconds\": {:.6f}, \"kv_cache_bytes\": {}}}",
+          "\"dense_seconds\": {:.6f}, \"kv_cache_bytes\": {}, \"host\": \"{}\", "
+          "\"local_rank\": {}, \"local_size\": {}, \"launcher\": \"{}\"}}",
           r ? ",\n" : "", r, plan.begin(r), plan.end(r), x.peak_rss, x.sent, x.received,
-          x.attention_s, x.dense_s, x.kv_bytes);
+          x.attention_s, x.dense_s, x.kv_bytes, std::string(x.host, strnlen(x.host, sizeof x.host)),
+          x.local_rank, x.local_size, comm::LauncherName(comm::Launcher(x.launcher)));
     }
     int64_t kv_total = 0;
     for (const auto& x : all) kv_total += x.kv_bytes;
