@@ -16,6 +16,8 @@ PACKAGES=(
 # independent float64 references of the tests and the bench peers.
 if [[ "${1:-all}" != "run" ]]; then
   PACKAGES+=(git libgtest-dev libgmock-dev python3 python3-numpy python3-torch)
+  # A real single-node Slurm cluster for the `slurm` tests (started and stopped by the test).
+  PACKAGES+=(slurmctld slurmd slurm-client munge libpmix-dev)
 fi
 
 missing=()

@@ -300,13 +300,7 @@ Status RunDistributed(const AttentionFlags& f, const Resolved& r, comm::Communic
                              attention::TokenView::Dense(k.data.data(), k.dtype, rows, Hkv, d),
                              attention::TokenView::Dense(v.data.data(), v.dtype, rows, Hkv, d)};
   worker::DistributedStats stats;
-  if (const char* fault = std::getenv("LONGCTX_TEST_KILL_RANK")) {
-    // Fault injection for tests: this rank dies mid-run, after the others are waiting on it.
-    if (std::atoi(fault) == me) {
-      (void)c.Barrier(comm::DeadlineIn(comm::DefaultTimeout()));
-      std::raise(SIGKILL);
-    }
-  }
+  MaybeKillForTest(c);
   st = worker::DistributedAttention(c, plan, globals, spec, shard, out.data(), lse.data(), exec,
                                     &stats);
   RETURN_IF_ERROR(comm::AgreeOnStatus(c, st));
@@ -383,6 +377,13 @@ Status RunAttention(const AttentionFlags& f) {
 }
 
 }  // namespace
+
+void MaybeKillForTest(comm::Communicator& c) {
+  const char* fault = std::getenv("LONGCTX_TEST_KILL_RANK");
+  if (fault == nullptr || *fault == '\0') return;
+  (void)c.Barrier(comm::DeadlineIn(comm::DefaultTimeout()));
+  if (std::atoi(fault) == c.rank()) std::raise(SIGKILL);
+}
 
 Runner AddAttentionCommand(CLI::App& app) {
   auto f = std::make_shared<AttentionFlags>();

@@ -7,6 +7,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "longctx/comm/communicator.h"
 #include "longctx/core/status.h"
 
 namespace longctx::cli {
@@ -14,6 +15,11 @@ namespace longctx::cli {
 using Runner = std::function<Status()>;
 
 Runner AddAttentionCommand(CLI::App& app);
+
+// Test hook: when LONGCTX_TEST_KILL_RANK names this rank, it waits until every rank has reached
+// this point and then dies by SIGKILL, as a crashed or OOM-killed process would. Used by the
+// mpirun and Slurm tests to check that a dead rank ends the job, visibly and quickly.
+void MaybeKillForTest(comm::Communicator& comm);
 Runner AddBenchCommand(CLI::App& app);
 Runner AddRunCommand(CLI::App& app);
 Runner AddMkmodelCommand(CLI::App& app);

@@ -212,6 +212,7 @@ Status RunRun(const RunFlags& f) {
                  layers, n, secs, eta);
     }
   };
+  MaybeKillForTest(c);
   const bool decode = !f.query.empty() || f.generate > 0;
   std::vector<worker::LayerKv> cache;
   st = worker::ForwardShard(c, m.config, weights.view, plan.bounds, own, globals, exec,

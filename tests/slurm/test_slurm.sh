@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# A real single-node Slurm cluster in a temporary directory (munge with a fresh key, slurmctld
+# and slurmd on free loopback ports, proctrack/linuxproc, task/none, select/cons_tres, 8 CPUs
+# declared so 4 tasks fit on 2 cores): submits launch/slurm/longctx.sbatch with 4 tasks on a
+# sample document, waits with a deadline, checks the hidden states equal `mpirun -np 4`, checks
+# that a task killed by a signal fails the job visibly, then stops every daemon by its pid file
+# and removes the directory. Usage: test_slurm.sh path/to/longctx
+set -uo pipefail
+BIN="$(realpath "$1")"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+T="$(mktemp -d /tmp/longctx-slurm.XXXXXX)"
+chmod 755 "$T"
+passed=0
+failed=0
+ok() { passed=$((passed + 1)); echo "ok: $1"; }
+bad() { failed=$((failed + 1)); echo "FAIL: $1"; }
+
+stop_all() {
+  for pidf in "$T/slurmd.pid" "$T/slurmctld.pid" "$T/munged.pid"; do
+    [[ -f "$pidf" ]] || continue
+    local pid
+    pid=$(cat "$pidf")
+    kill "$pid" 2>/dev/null
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null
+  done
+  rm -rf "$T"
+}
+trap stop_all EXIT
+
+free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+HOST="$(hostname -s)"
+CTLD_PORT=$(free_port)
+SLURMD_PORT=$(free_port)
+while [[ "$SLURMD_PORT" == "$CTLD_PORT" ]]; do SLURMD_PORT=$(free_port); done
+
+# munge, with its own key, socket and files.
+dd if=/dev/urandom of="$T/munge.key" bs=1024 count=1 status=none
+chmod 400 "$T/munge.key"
+munged --key-file="$T/munge.key" --socket="$T/munge.sock" --pid-file="$T/munged.pid" \
+  --log-file="$T/munged.log" --seed-file="$T/munge.seed" -f
+for _ in $(seq 50); do [[ -S "$T/munge.sock" ]] && break; sleep 0.1; done
+if munge -S "$T/munge.sock" -n | unmunge -S "$T/munge.sock" >/dev/null 2>&1; then ok "munge"; else
+  bad "munge did not start: $(cat "$T/munged.log" 2>/dev/null)"; echo "$passed passed, $failed failed"; exit 1; fi
+
+mkdir -p "$T/state" "$T/spool"
+cat >"$T/slurm.conf" <<CONF
+ClusterName=longctx-test
+SlurmctldHost=$HOST
+SlurmctldPort=$CTLD_PORT
+SlurmdPort=$SLURMD_PORT
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+AuthInfo=socket=$T/munge.sock
+StateSaveLocation=$T/state
+SlurmdSpoolDir=$T/spool
+SlurmctldPidFile=$T/slurmctld.pid
+SlurmdPidFile=$T/slurmd.pid
+SlurmctldLogFile=$T/slurmctld.log
+SlurmdLogFile=$T/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+MpiDefault=pmix
+ReturnToService=2
+SlurmdParameters=config_overrides
+NodeName=$HOST CPUs=8 RealMemory=16000 State=UNKNOWN
+PartitionName=test Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+CONF
+export SLURM_CONF="$T/slurm.conf"
+slurmctld -f "$SLURM_CONF"
+slurmd -f "$SLURM_CONF"
+up=0
+for _ in $(seq 120); do
+  if sinfo -h -o %t 2>/dev/null | grep -qE '^idle'; then up=1; break; fi
+  sleep 0.5
+done
+if [[ $up -eq 1 ]]; then ok "slurmctld + slurmd up, node idle"; else
+  bad "cluster did not come up: $(sinfo 2>&1 | tail -2) $(tail -3 "$T/slurmctld.log" "$T/slurmd.log" 2>/dev/null)"
+  echo "$passed passed, $failed failed"; exit 1; fi
+
+# The job: the sbatch template, 4 tasks, on a sample document; the same with mpirun.
+"$ROOT/launch/make_document.sh" 20000 "$T/doc.txt"
+cd "$T"
+if timeout 300 sbatch --wait --ntasks=4 --ntasks-per-node=4 --cpus-per-task=1 --output="$T/job.out" \
+    --export=ALL,LONGCTX="$BIN" "$ROOT/launch/slurm/longctx.sbatch" \
+    --input "$T/doc.txt" --out "$T/slurm_run" --dump-hidden --query "Who pays?" --generate 8 \
+    >"$T/sbatch.txt" 2>&1 && [[ -f "$T/slurm_run/hidden.npy" ]]; then
+  ok "sbatch longctx.sbatch (4 tasks): $(grep -E '^run:' "$T/job.out")"
+else
+  bad "sbatch job failed: $(cat "$T/sbatch.txt") $(tail -5 "$T/job.out" 2>/dev/null)"
+fi
+grep -q '"launcher": "srun"' "$T/slurm_run/report.json" 2>/dev/null && grep -q '"ranks": 4' "$T/slurm_run/report.json" \
+  && ok "4 ranks under srun --mpi=pmix" || bad "report.json: $(head -c 400 "$T/slurm_run/report.json" 2>/dev/null)"
+timeout 300 mpirun -np 4 --oversubscribe --allow-run-as-root --mca btl self,vader,tcp \
+  --mca btl_tcp_if_include lo --mca oob_tcp_if_include lo --mca pml ob1 \
+  "$BIN" run --input "$T/doc.txt" --out "$T/mpirun_run" --dump-hidden --query "Who pays?" \
+  --generate 8 --threads 1 --progress off >/dev/null 2>&1
+if cmp -s "$T/slurm_run/hidden.npy" "$T/mpirun_run/hidden.npy" && \
+   cmp -s "$T/slurm_run/tokens.npy" "$T/mpirun_run/tokens.npy"; then
+  ok "Slurm result equals mpirun (bitwise, same shards)"
+else
+  bad "Slurm and mpirun results differ"
+fi
+
+# A task killed by Slurm's signal fails the job visibly.
+start=$(date +%s)
+timeout 120 sbatch --wait --ntasks=3 --cpus-per-task=1 --output="$T/dead.out" \
+  --export=ALL,LONGCTX="$BIN",LONGCTX_TEST_KILL_RANK=1 "$ROOT/launch/slurm/longctx.sbatch" \
+  --input "$T/doc.txt" --out "$T/dead_run" >"$T/dead.txt" 2>&1
+rc=$?
+if [[ $rc -ne 0 && ! -f "$T/dead_run/report.json" ]]; then
+  ok "killed task fails the job: sbatch rc=$rc after $(( $(date +%s) - start ))s: $(grep -iE 'error|killed|signal' "$T/dead.out" | head -1)"
+else
+  bad "killed task: sbatch rc=$rc $(cat "$T/dead.txt") $(tail -3 "$T/dead.out")"
+fi
+echo "$passed passed, $failed failed"
+[[ $failed -eq 0 && $passed -gt 0 ]]
