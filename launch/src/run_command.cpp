@@ -25,6 +25,7 @@
 #include "longctx/attention/shard_plan.h"
 #include "longctx/comm/communicator.h"
 #include "longctx/comm/placement.h"
+#include "longctx/core/log.h"
 #include "longctx/core/npy.h"
 #include "longctx/model/builtin.h"
 #include "longctx/worker/decode.h"
@@ -121,6 +122,15 @@ Status RunRun(const RunFlags& f) {
   ASSIGN_OR_RETURN(std::shared_ptr<comm::Communicator> world, comm::WorldCommunicator("auto"));
   comm::Communicator& c = *world;
   const int P = c.size(), me = c.rank();
+  {
+    // Where this rank runs (LONGCTX_LOG=info shows it at start; report.json records it).
+    char host[64] = {};
+    gethostname(host, sizeof(host) - 1);
+    const comm::DeviceChoice cpu;  // CPU build: no device to choose
+    LONGCTX_LOG_INFO("{}", comm::DescribePlacement(me, P, host, c.local_rank(), c.local_size(),
+                                                   comm::DetectLauncher(comm::ProcessEnvironment()),
+                                                   cpu));
+  }
   const bool tty = isatty(fileno(stderr));
   // auto: a bar on a terminal, plain lines otherwise; on: the same; off: nothing.
   const bool show_progress = me == 0 && f.progress != "off";
