@@ -85,6 +85,8 @@ Status DistributedAttention(comm::Communicator& comm, const attention::ShardPlan
   const size_t q_row = size_t(H * d) * DTypeSize(q.dtype);
   const auto deadline = comm::DeadlineIn(comm::DefaultTimeout());
 
+  DistributedWorkspace local_ws;
+  DistributedWorkspace& ws = options.workspace ? *options.workspace : local_ws;
   DistributedStats st;
   st.rank = me;
   st.rows = rows;
@@ -95,13 +97,14 @@ Status DistributedAttention(comm::Communicator& comm, const attention::ShardPlan
   // Halo rows land in two small buffers, [k0, s) and [e, k1) (< W rows each); the own rows
   // are never copied wholesale.
   const auto [k0, k1] = plan.KeyRange(me);
-  std::vector<std::byte> left_k, left_v, right_k, right_v;
-  if (rows > 0) {
-    left_k.resize(size_t(s - k0) * kv_row);
-    left_v.resize(left_k.size());
-    right_k.resize(size_t(k1 - e) * kv_row);
-    right_v.resize(right_k.size());
-  }
+  auto& left_k = ws.left_k;
+  auto& left_v = ws.left_v;
+  auto& right_k = ws.right_k;
+  auto& right_v = ws.right_v;
+  left_k.resize(rows > 0 ? size_t(s - k0) * kv_row : 0);
+  left_v.resize(left_k.size());
+  right_k.resize(rows > 0 ? size_t(k1 - e) * kv_row : 0);
+  right_v.resize(right_k.size());
   std::vector<comm::RequestPtr> halo;
   for (int r = 0; r < P; ++r) {
     if (r == me) continue;
@@ -150,7 +153,10 @@ Status DistributedAttention(comm::Communicator& comm, const attention::ShardPlan
   }
   first_global[size_t(P)] = g;
   const int64_t mine = gi1 - gi0;
-  std::vector<std::byte> block(size_t(mine) * global_row), gathered(size_t(g) * global_row);
+  auto& block = ws.block;
+  auto& gathered = ws.gathered;
+  block.resize(size_t(mine) * global_row);
+  gathered.resize(size_t(g) * global_row);
   for (int64_t i = 0; i < mine; ++i) {
     const int64_t t = globals[size_t(gi0 + i)] - s;
     std::memcpy(block.data() + size_t(i) * kv_row, k.Row(t), kv_row);
@@ -161,7 +167,12 @@ Status DistributedAttention(comm::Communicator& comm, const attention::ShardPlan
                                   comm::HostBuffer(gathered.data(), gathered.size()), counts,
                                   deadline));
   // Unpack into position-ordered K, V and Q of all g globals.
-  std::vector<std::byte> gk(size_t(g) * kv_row), gv(gk.size()), gq(size_t(g) * q_row);
+  auto& gk = ws.gk;
+  auto& gv = ws.gv;
+  auto& gq = ws.gq;
+  gk.resize(size_t(g) * kv_row);
+  gv.resize(gk.size());
+  gq.resize(size_t(g) * q_row);
   size_t offset = 0;
   for (int r = 0; r < P; ++r) {
     const int64_t a = first_global[size_t(r)];
@@ -213,7 +224,8 @@ Status DistributedAttention(comm::Communicator& comm, const attention::ShardPlan
   t0 = Clock::now();
   // Edge queries [a, b): their keys, assembled from the halo buffers and the own rows
   // (at most 3W rows).
-  std::vector<std::byte> edge_k, edge_v;
+  auto& edge_k = ws.edge_k;
+  auto& edge_v = ws.edge_v;
   auto edge_pass = [&](int64_t a, int64_t b) -> Status {
     if (a >= b) return Status::Ok();
     const int64_t lo = std::max(k0, a - spec.window + 1);
@@ -238,7 +250,8 @@ Status DistributedAttention(comm::Communicator& comm, const attention::ShardPlan
 
   // ---- 4. global queries: my partial (O, L) of every global query that sees my keys -------
   const int64_t vis0 = FirstVisibleGlobal(plan, globals, me);
-  std::vector<float> part(size_t(g - vis0) * H * (d + 1));  // [g-vis0][H][d] O, then [g-vis0][H] L
+  auto& part = ws.part;  // [g-vis0][H][d] O, then [g-vis0][H] L
+  part.resize(size_t(g - vis0) * H * (d + 1));
   float* part_o = part.data();
   float* part_l = part.data() + size_t(g - vis0) * H * d;
   if (g - vis0 > 0 && !options.exchange_only) {
@@ -257,7 +270,10 @@ Status DistributedAttention(comm::Communicator& comm, const attention::ShardPlan
   // Send each owner the rows of its globals; receive, from every rank whose keys my globals see,
   // the partials of my globals. Messages are [cnt][H][d] O followed by [cnt][H] L.
   t0 = Clock::now();
-  std::vector<std::vector<float>> send_bufs(static_cast<size_t>(P)), recv_bufs(static_cast<size_t>(P));
+  auto& send_bufs = ws.send_bufs;
+  auto& recv_bufs = ws.recv_bufs;
+  send_bufs.resize(static_cast<size_t>(P));
+  recv_bufs.resize(static_cast<size_t>(P));
   std::vector<comm::RequestPtr> reqs;
   for (int r = 0; r < P; ++r) {
     if (r == me) continue;
@@ -295,7 +311,10 @@ Status DistributedAttention(comm::Communicator& comm, const attention::ShardPlan
   t0 = Clock::now();
   if (mine > 0) {
     constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-    std::vector<float> o_all(size_t(mine) * H * d, 0.0f), l_all(size_t(mine) * H, kNegInf);
+    auto& o_all = ws.o_all;
+    auto& l_all = ws.l_all;
+    o_all.assign(size_t(mine) * H * d, 0.0f);
+    l_all.assign(size_t(mine) * H, kNegInf);
     for (int r = 0; r < P; ++r) {
       const int64_t rvis = FirstVisibleGlobal(plan, globals, r);
       const int64_t rlo = std::max(gi0, rvis), rcnt = gi1 - rlo;
@@ -311,7 +330,10 @@ Status DistributedAttention(comm::Communicator& comm, const attention::ShardPlan
       attention::MergeStates(o_all.data() + size_t(rlo - gi0) * H * d,
                              l_all.data() + size_t(rlo - gi0) * H, po, pl, rcnt * H, d);
     }
-    std::vector<float> o_win(o_all.size()), l_win(l_all.size());
+    auto& o_win = ws.o_win;
+    auto& l_win = ws.l_win;
+    o_win.resize(o_all.size());
+    l_win.resize(l_all.size());
     for (int64_t i = 0; i < mine; ++i) {
       const int64_t t = globals[size_t(gi0 + i)] - s;
       std::copy_n(out + t * H * d, H * d, o_win.data() + i * H * d);

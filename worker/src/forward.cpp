@@ -152,6 +152,7 @@ Status ForwardShard(comm::Communicator& comm, const model::ModelConfig& c, const
     std::memcpy(x.data() + r * D, w.embed + int64_t(ids[size_t(r)]) * D, sizeof(float) * D);
   }
   const RopeTable rope = MakeRopeTable(rows, hd, s, c.rope_theta);
+  DistributedWorkspace workspace;  // reused by every layer
   st.dense_seconds += Since(t0);
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const LayerWeights& L = w.layers[size_t(l)];
@@ -176,8 +177,10 @@ Status ForwardShard(comm::Communicator& comm, const model::ModelConfig& c, const
                        attention::TokenView::Dense(k.data(), DType::kF32, rows, Hkv, hd),
                        attention::TokenView::Dense(v.data(), DType::kF32, rows, Hkv, hd)};
     DistributedStats ds;
+    DistributedOptions dopt;
+    dopt.workspace = &workspace;
     RETURN_IF_ERROR(DistributedAttention(comm, plan, globals, spec, shard, o.data(), lse.data(),
-                                         exec, &ds)
+                                         exec, &ds, dopt)
                         .WithContext(fmt::format("layer {}", l)));
     st.attention_seconds += Since(t0);
     st.last_layer = ds;

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "longctx/attention/hybrid_attention.h"
 #include "longctx/attention/shard_plan.h"
@@ -40,10 +41,21 @@ struct ShardTensors {
   attention::TokenView q, k, v;
 };
 
+// Buffers of one call, kept by the caller across calls (layers, benchmark repetitions) so that
+// a call allocates and zero-fills nothing once sizes are stable. Contents are scratch.
+struct DistributedWorkspace {
+  std::vector<std::byte> left_k, left_v, right_k, right_v;  // halo rows
+  std::vector<std::byte> block, gathered, gk, gv, gq;        // global K/V/Q
+  std::vector<std::byte> edge_k, edge_v;                     // keys of the edge queries
+  std::vector<float> part, o_all, l_all, o_win, l_win;       // global-query partials
+  std::vector<std::vector<float>> send_bufs, recv_bufs;      // partials per peer
+};
+
 struct DistributedOptions {
   // Benchmarks only: do every exchange with its real sizes but skip the attention kernels
   // (out/lse are then left unspecified), to time the communication alone.
   bool exchange_only = false;
+  DistributedWorkspace* workspace = nullptr;  // optional; a local one otherwise
 };
 
 // out: [rows, H, d] float32, lse: [rows, H] float32 for this rank's rows. Every rank of `comm`
