@@ -1,8 +1,7 @@
 // `longctx run`: the main job — a document through the hybrid-attention transformer, sharded
-// over the ranks of the job (mpirun / srun), with globals chosen from its structure.
-// This step implements the prefill: tokens -> final-norm hidden states, report.json,
-// tokens.npy, globals.npy and (--dump-hidden) hidden.npy. Questions against the cached
-// context (--query / --generate) need the KV cache and are not here yet.
+// over the ranks of the job (mpirun / srun), with globals chosen from its structure: prefill,
+// then (--query / --generate) a question and greedy generation against the cached context.
+// Writes report.json, tokens.npy, globals.npy, generated.txt and (--dump-hidden) hidden.npy.
 #include <cblas.h>
 #include <sys/resource.h>
 #include <unistd.h>
