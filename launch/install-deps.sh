@@ -9,7 +9,7 @@ set -euo pipefail
 # What building and running needs (launch/quickstart.sh) ...
 PACKAGES=(
   build-essential cmake ninja-build pkg-config
-  libopenblas-dev libfmt-dev libspdlog-dev libcli11-dev nlohmann-json3-dev
+  libopenblas-dev libfmt-dev libspdlog-dev libcli11-dev nlohmann-json3-dev libxxhash-dev
   openmpi-bin libopenmpi-dev            # the MPI communicator (comm/)
 )
 # ... and what the test suite adds (tests/run.sh): GoogleTest, and python3-torch/numpy as the
