@@ -2,7 +2,6 @@
 // over the ranks of the job (mpirun / srun), with globals chosen from its structure: prefill,
 // then (--query / --generate) a question and greedy generation against the cached context.
 // Writes report.json, tokens.npy, globals.npy, generated.txt and (--dump-hidden) hidden.npy.
-#include <cblas.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -258,11 +257,7 @@ Status RunRun(const RunFlags& f) {
         // The first token follows the document's last token: its owner has the hidden state.
         int64_t best = -1;
         if (rows > 0 && plan.end(me) == n) {
-          std::vector<float> logits(static_cast<size_t>(m.config.vocab_size));
-          cblas_sgemv(CblasRowMajor, CblasNoTrans, int(m.config.vocab_size), int(D), 1.0f,
-                      weights.view.lm_head, int(D), hidden.data() + (rows - 1) * D, 1, 0.0f,
-                      logits.data(), 1);
-          best = int64_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
+          best = worker::GreedyToken(m.config, weights.view, hidden.data() + (rows - 1) * D);
         }
         RETURN_IF_ERROR(c.AllReduce(&best, 1, comm::ReduceType::kI64, comm::ReduceOp::kMax,
                                     comm::DeadlineIn(comm::DefaultTimeout())));

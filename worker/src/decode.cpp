@@ -1,12 +1,11 @@
 #include "longctx/worker/decode.h"
 
-#include <cblas.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
 
+#include "layers.h"
 #include "longctx/attention/lse_merge.h"
 
 namespace longctx::worker {
@@ -14,16 +13,11 @@ namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-void RmsNormRow(const float* x, int64_t dim, const float* w, double eps, float* y) {
-  float ss = 0.0f;
-  for (int64_t i = 0; i < dim; ++i) ss += x[i] * x[i];
-  const float inv = 1.0f / std::sqrt(ss / float(dim) + float(eps));
-  for (int64_t i = 0; i < dim; ++i) y[i] = w[i] * (x[i] * inv);
-}
+using internal::MatVec;
 
-// y[out] = W[out, in] x[in]
-void MatVec(const float* w, int64_t out, int64_t in, const float* x, float* y) {
-  cblas_sgemv(CblasRowMajor, CblasNoTrans, int(out), int(in), 1.0f, w, int(in), x, 1, 0.0f, y, 1);
+// One token's RMSNorm.
+void RmsNormRow(const float* x, int64_t dim, const float* w, double eps, float* y) {
+  internal::RmsNorm(x, 1, dim, w, eps, y);
 }
 
 }  // namespace
@@ -212,7 +206,7 @@ Status Decoder::Step(int32_t token, bool is_global, float* hidden_out, int32_t* 
       RmsNormRow(x.data(), D, L.mlp_norm, c.rms_norm_eps, h.data());
       MatVec(L.w_gate, I, D, h.data(), g.data());
       MatVec(L.w_up, I, D, h.data(), u.data());
-      for (int64_t i = 0; i < I; ++i) g[size_t(i)] = g[size_t(i)] / (1.0f + std::exp(-g[size_t(i)])) * u[size_t(i)];
+      internal::SwiGlu(g.data(), u.data(), I);
       MatVec(L.w_down, D, I, g.data(), tmp.data());
       for (int64_t i = 0; i < D; ++i) x[size_t(i)] += tmp[size_t(i)];
     }
@@ -224,9 +218,7 @@ Status Decoder::Step(int32_t token, bool is_global, float* hidden_out, int32_t* 
   if (me == last) {
     RmsNormRow(x.data(), D, weights_.final_norm, c.rms_norm_eps, h.data());
     if (hidden_out) std::copy_n(h.data(), D, hidden_out);
-    std::vector<float> logits(size_t(c.vocab_size));
-    MatVec(weights_.lm_head, c.vocab_size, D, h.data(), logits.data());
-    best = int64_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    best = GreedyToken(c, weights_, h.data());
   }
   RETURN_IF_ERROR(comm_.AllReduce(&best, 1, comm::ReduceType::kI64, comm::ReduceOp::kMax, deadline));
   *next_token = int32_t(best);

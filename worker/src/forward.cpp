@@ -1,8 +1,7 @@
 #include "longctx/worker/forward.h"
 
+#include "layers.h"
 #include "longctx/model/llama_names.h"
-
-#include <cblas.h>
 
 #include <algorithm>
 #include <chrono>
@@ -17,24 +16,8 @@ double Since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-// y[rows, out] = x[rows, in] * W^T, W [out, in] row-major (the HF Linear layout).
-void Linear(const float* x, int64_t rows, int64_t in, const float* w, int64_t out, float* y) {
-  if (rows == 0) return;
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(rows), int(out), int(in), 1.0f, x,
-              int(in), w, int(in), 0.0f, y, int(out));
-}
-
-// y = x * rsqrt(mean(x^2) + eps) * w, per row (fp32 like HF's LlamaRMSNorm).
-void RmsNorm(const float* x, int64_t rows, int64_t dim, const float* w, double eps, float* y) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* xr = x + r * dim;
-    float* yr = y + r * dim;
-    float ss = 0.0f;
-    for (int64_t i = 0; i < dim; ++i) ss += xr[i] * xr[i];
-    const float inv = 1.0f / std::sqrt(ss / float(dim) + float(eps));
-    for (int64_t i = 0; i < dim; ++i) yr[i] = w[i] * (xr[i] * inv);
-  }
-}
+using internal::Linear;
+using internal::RmsNorm;
 
 }  // namespace
 
@@ -69,6 +52,13 @@ Result<Fp32Weights> ToFp32Weights(const model::Model& m) {
   ASSIGN_OR_RETURN(out.view.final_norm, load(model::kFinalNormName));
   ASSIGN_OR_RETURN(out.view.lm_head, load(model::OutputEmbeddingName(c)));
   return out;
+}
+
+int32_t GreedyToken(const model::ModelConfig& config, const Weights& weights,
+                    const float* hidden) {
+  std::vector<float> logits(static_cast<size_t>(config.vocab_size));
+  internal::MatVec(weights.lm_head, config.vocab_size, config.hidden_size, hidden, logits.data());
+  return int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
 }
 
 void SetGemmThreads(int threads) { openblas_set_num_threads(std::max(1, threads)); }
@@ -196,10 +186,7 @@ Status ForwardShard(comm::Communicator& comm, const model::ModelConfig& c, const
     RmsNorm(x.data(), rows, D, L.mlp_norm, c.rms_norm_eps, h.data());
     Linear(h.data(), rows, D, L.w_gate, I, g.data());
     Linear(h.data(), rows, D, L.w_up, I, u.data());
-    for (int64_t i = 0; i < rows * I; ++i) {
-      const float a = g[size_t(i)];
-      g[size_t(i)] = a / (1.0f + std::exp(-a)) * u[size_t(i)];  // SiLU(gate) * up
-    }
+    internal::SwiGlu(g.data(), u.data(), rows * I);
     Linear(g.data(), rows, I, L.w_down, D, tmp.data());
     for (int64_t i = 0; i < rows * D; ++i) x[size_t(i)] += tmp[size_t(i)];
     st.dense_seconds += Since(t0);

@@ -72,6 +72,10 @@ Status ForwardShard(comm::Communicator& comm, const model::ModelConfig& config,
                     const attention::ExecOptions& exec, float* hidden_out, ForwardStats* stats,
                     const LayerProgress& progress = {}, std::vector<LayerKv>* kv_cache = nullptr);
 
+// The greedy next token after a final-norm hidden state [hidden]: argmax of lm_head * hidden,
+// the lowest id on ties.
+int32_t GreedyToken(const model::ModelConfig& config, const Weights& weights, const float* hidden);
+
 // Threads OpenBLAS may use for the GEMMs of this process. Set it to the rank's thread budget:
 // left alone, OpenBLAS starts one thread per core in every rank, and ranks that share a node
 // oversubscribe its cores.
