@@ -3,10 +3,8 @@
 // command can be tried (and checked with --check) without any other tool.
 #include <algorithm>
 #include <chrono>
-#include <csignal>
 #include <cmath>
 #include <cstdlib>
-#include <tuple>
 #include <cstdio>
 #include <filesystem>
 #include <random>
@@ -41,16 +39,23 @@ struct AttentionFlags {
   uint64_t seed = 1;
 };
 
+// Q/K/V arrays are [n, heads, head_dim] float32 or float16.
+Status CheckTokenArray(const std::vector<int64_t>& shape, DType dtype, const std::string& path,
+                       std::string_view name) {
+  if (shape.size() != 3) {
+    return InvalidArgument("{}: {} must have 3 dimensions [n, heads, head_dim], got {}", path,
+                           name, shape.size());
+  }
+  if (dtype != DType::kF32 && dtype != DType::kF16) {
+    return InvalidArgument("{}: {} must be float32 or float16, got {}", path, name,
+                           DTypeName(dtype));
+  }
+  return Status::Ok();
+}
+
 Result<attention::TokenView> ViewOf(const NpyArray& a, const std::string& path,
                                     std::string_view name) {
-  if (a.shape.size() != 3) {
-    return InvalidArgument("{}: {} must have 3 dimensions [n, heads, head_dim], got {}", path,
-                           name, a.shape.size());
-  }
-  if (a.dtype != DType::kF32 && a.dtype != DType::kF16) {
-    return InvalidArgument("{}: {} must be float32 or float16, got {}", path, name,
-                           DTypeName(a.dtype));
-  }
+  RETURN_IF_ERROR(CheckTokenArray(a.shape, a.dtype, path, name));
   return attention::TokenView::Dense(a.data.data(), a.dtype, a.shape[0], a.shape[1], a.shape[2]);
 }
 
@@ -234,14 +239,7 @@ Status RunSingle(const AttentionFlags& f, const Resolved& r) {
 // Reads this rank's rows [s, e) of a [n, heads, d] float array.
 Result<NpyArray> ReadShard(const std::string& path, std::string_view name, int64_t s, int64_t e) {
   ASSIGN_OR_RETURN(NpyArray a, ReadNpyRows(path, s, e));
-  if (a.shape.size() != 3) {
-    return InvalidArgument("{}: {} must have 3 dimensions [n, heads, head_dim], got {}", path,
-                           name, a.shape.size());
-  }
-  if (a.dtype != DType::kF32 && a.dtype != DType::kF16) {
-    return InvalidArgument("{}: {} must be float32 or float16, got {}", path, name,
-                           DTypeName(a.dtype));
-  }
+  RETURN_IF_ERROR(CheckTokenArray(a.shape, a.dtype, path, name));
   RETURN_IF_ERROR(CheckFinite(a, path));
   return a;
 }
@@ -257,13 +255,9 @@ Status RunDistributed(const AttentionFlags& f, const Resolved& r, comm::Communic
     ASSIGN_OR_RETURN(qh, ReadNpyHeader(f.q));
     ASSIGN_OR_RETURN(kh, ReadNpyHeader(f.k));
     ASSIGN_OR_RETURN(vh, ReadNpyHeader(f.v));
-    for (const auto& [h, path, name] : {std::tuple{&qh, &f.q, "q"}, std::tuple{&kh, &f.k, "k"},
-                                        std::tuple{&vh, &f.v, "v"}}) {
-      if (h->shape.size() != 3) {
-        return InvalidArgument("{}: {} must have 3 dimensions [n, heads, head_dim], got {}", *path,
-                               name, h->shape.size());
-      }
-    }
+    RETURN_IF_ERROR(CheckTokenArray(qh.shape, qh.dtype, f.q, "q"));
+    RETURN_IF_ERROR(CheckTokenArray(kh.shape, kh.dtype, f.k, "k"));
+    RETURN_IF_ERROR(CheckTokenArray(vh.shape, vh.dtype, f.v, "v"));
     if (kh.shape != vh.shape || kh.dtype != vh.dtype) {
       return InvalidArgument("{} and {}: k and v must have the same shape and dtype", f.k, f.v);
     }
@@ -377,13 +371,6 @@ Status RunAttention(const AttentionFlags& f) {
 }
 
 }  // namespace
-
-void MaybeKillForTest(comm::Communicator& c) {
-  const char* fault = std::getenv("LONGCTX_TEST_KILL_RANK");
-  if (fault == nullptr || *fault == '\0') return;
-  (void)c.Barrier(comm::DeadlineIn(comm::DefaultTimeout()));
-  if (std::atoi(fault) == c.rank()) std::raise(SIGKILL);
-}
 
 Runner AddAttentionCommand(CLI::App& app) {
   auto f = std::make_shared<AttentionFlags>();
