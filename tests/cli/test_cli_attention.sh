@@ -6,24 +6,8 @@ set -uo pipefail
 BIN="$1"
 T="$(mktemp -d)"
 trap 'rm -rf "$T"' EXIT
-passed=0
-failed=0
-ok() { passed=$((passed + 1)); echo "ok: $1"; }
-bad() { failed=$((failed + 1)); echo "FAIL: $1"; }
-
-# expect_error NAME ARGS... : non-zero exit, exactly one line on stderr, starting "longctx".
-expect_error() {
-  local name="$1"; shift
-  "$BIN" "$@" >"$T/stdout" 2>"$T/stderr"
-  local rc=$?
-  local lines
-  lines=$(wc -l <"$T/stderr")
-  if [[ $rc -ne 0 && $rc -lt 128 && $lines -eq 1 ]] && grep -q '^longctx' "$T/stderr"; then
-    ok "$name: rc=$rc: $(cat "$T/stderr")"
-  else
-    bad "$name: rc=$rc, $lines stderr lines: $(head -c 600 "$T/stderr")"
-  fi
-}
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # The .npy header of a file as text, e.g. "{'descr': '<f4', 'fortran_order': False, 'shape': (300, 4, 32), }"
 npy_header() { head -c 128 "$1" | tail -c +11 | tr -d '\0' | head -1; }

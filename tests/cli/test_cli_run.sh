@@ -8,22 +8,8 @@ BIN="$1"
 T="$(mktemp -d)"
 trap 'rm -rf "$T"' EXIT
 PY=/usr/bin/python3
-passed=0
-failed=0
-ok() { passed=$((passed + 1)); echo "ok: $1"; }
-bad() { failed=$((failed + 1)); echo "FAIL: $1"; }
-expect_error() {
-  local name="$1"; shift
-  "$BIN" "$@" >"$T/stdout" 2>"$T/stderr"
-  local rc=$?
-  local lines
-  lines=$(wc -l <"$T/stderr")
-  if [[ $rc -ne 0 && $rc -lt 128 && $lines -eq 1 ]] && grep -q '^longctx' "$T/stderr"; then
-    ok "$name: rc=$rc: $(cat "$T/stderr")"
-  else
-    bad "$name: rc=$rc, $lines stderr lines: $(head -c 800 "$T/stderr")"
-  fi
-}
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 printf 'First clause: the buyer pays. Second, the seller ships!\n\nNotes; see above? Yes.' >"$T/doc.txt"
 "$BIN" mkmodel --out "$T/m" --preset tiny --dtype bf16 --seed 3 >/dev/null && ok "mkmodel" || bad "mkmodel"

@@ -12,10 +12,8 @@ trap 'rm -rf "$T"' EXIT
 MPIRUN=(timeout 300 mpirun --oversubscribe --allow-run-as-root --mca btl self,vader,tcp
         --mca btl_tcp_if_include lo --mca oob_tcp_if_include lo --mca pml ob1)
 PY=/usr/bin/python3
-passed=0
-failed=0
-ok() { passed=$((passed + 1)); echo "ok: $1"; }
-bad() { failed=$((failed + 1)); echo "FAIL: $1"; }
+# shellcheck source=../cli/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../cli/lib.sh"
 
 # compare A.npy B.npy TOL -> prints the max per-row relative error; fails above TOL
 compare() {

@@ -10,10 +10,8 @@ BIN="$(realpath "$1")"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 T="$(mktemp -d /tmp/longctx-slurm.XXXXXX)"
 chmod 755 "$T"
-passed=0
-failed=0
-ok() { passed=$((passed + 1)); echo "ok: $1"; }
-bad() { failed=$((failed + 1)); echo "FAIL: $1"; }
+# shellcheck source=../cli/lib.sh
+source "$ROOT/tests/cli/lib.sh"
 
 stop_all() {
   for pidf in "$T/slurmd.pid" "$T/slurmctld.pid" "$T/munged.pid"; do
