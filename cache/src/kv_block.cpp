@@ -147,6 +147,10 @@ Result<std::vector<std::byte>> EncodeBlock(const BlockKey& key, const BlockShape
   return out;
 }
 
+Status VerifyBlock(std::span<const std::byte> in, const BlockKey& key) {
+  return DecodeBlock(in, key, nullptr, nullptr, nullptr);
+}
+
 Status DecodeBlock(std::span<const std::byte> in, const BlockKey& key, BlockShape* shape,
                    std::vector<float>* k, std::vector<float>* v) {
   const std::string name = key.ToString();
@@ -173,6 +177,10 @@ Status DecodeBlock(std::span<const std::byte> in, const BlockKey& key, BlockShap
   const Codec codec = Codec(h.codec);
   if (s.tokens < 0 || s.kv_heads < 1 || s.head_dim < 1 || EncodedBytes(s, codec) != in.size()) {
     return DataLoss("KV block {}: size {} does not match its header", name, in.size());
+  }
+  if (k == nullptr || v == nullptr) {  // VerifyBlock: header, size and checksum only
+    if (shape) *shape = s;
+    return Status::Ok();
   }
   const size_t n = size_t(s.tokens) * size_t(s.row());
   k->resize(n);

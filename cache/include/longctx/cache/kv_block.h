@@ -47,6 +47,10 @@ Result<std::vector<std::byte>> EncodeBlock(const BlockKey& key, const BlockShape
 Status DecodeBlock(std::span<const std::byte> encoded, const BlockKey& key, BlockShape* shape,
                    std::vector<float>* k, std::vector<float>* v);
 
+// The checks of DecodeBlock without decoding: checksum, magic, version, key and size. What a
+// store runs on a block it reads before handing it on (or falling back to another replica).
+Status VerifyBlock(std::span<const std::byte> encoded, const BlockKey& key);
+
 // Bytes of an encoded block with this shape and codec (header, scales, payload, checksum).
 size_t EncodedBytes(const BlockShape& shape, Codec codec);
 
