@@ -74,6 +74,18 @@ Status Internal(fmt::format_string<Args...> f, Args&&... args) {
   return Status(StatusCode::kInternal, fmt::format(f, std::forward<Args>(args)...));
 }
 template <typename... Args>
+Status Unavailable(fmt::format_string<Args...> f, Args&&... args) {
+  return Status(StatusCode::kUnavailable, fmt::format(f, std::forward<Args>(args)...));
+}
+template <typename... Args>
+Status DeadlineExceeded(fmt::format_string<Args...> f, Args&&... args) {
+  return Status(StatusCode::kDeadlineExceeded, fmt::format(f, std::forward<Args>(args)...));
+}
+template <typename... Args>
+Status ResourceExhausted(fmt::format_string<Args...> f, Args&&... args) {
+  return Status(StatusCode::kResourceExhausted, fmt::format(f, std::forward<Args>(args)...));
+}
+template <typename... Args>
 Status FailedPrecondition(fmt::format_string<Args...> f, Args&&... args) {
   return Status(StatusCode::kFailedPrecondition, fmt::format(f, std::forward<Args>(args)...));
 }
