@@ -662,9 +662,11 @@ class TieredCache final : public TieredKvCache {
     }
     victim->busy = true;
     const BlockKey key = Key(*victim);
+    const BlockShape shape = Shape(*victim);
+    // A sealed block's device arrays are immutable, and nothing frees them while it is busy.
+    const std::span<const float> k(victim->k), v(victim->v);
     lock.unlock();
-    Result<std::vector<std::byte>> enc =
-        EncodeBlock(key, Shape(*victim), opt_.codec, victim->k, victim->v);
+    Result<std::vector<std::byte>> enc = EncodeBlock(key, shape, opt_.codec, k, v);
     lock.lock();
     Status s = enc.ok() ? Place(lock, victim, std::move(enc).value()) : enc.status();
     victim->busy = false;

@@ -466,6 +466,50 @@ TEST(TieredKvCache, CorruptRemoteBlockIsDataLossNamingTheBlock) {
   CheckScan(c, o.codec, g, ref, 1, 0, g.rows, &calls);
 }
 
+// A remote tier whose store process "dies" after `healthy_puts` puts: every later call is
+// kUnavailable (what the UCX store returns for a lost peer).
+class DyingRemoteTier final : public RemoteTier {
+ public:
+  explicit DyingRemoteTier(int healthy_puts) : left_(healthy_puts), inner_(uint64_t{1} << 30) {}
+  Status Put(const BlockKey& key, std::span<const std::byte> encoded) override {
+    if (left_.fetch_sub(1) <= 0) return Unavailable("store process gone (put {})", key.ToString());
+    return inner_.Put(key, encoded);
+  }
+  Result<std::vector<std::byte>> Get(const BlockKey& key) override {
+    if (left_.load() <= 0) return Unavailable("store process gone: {} has no holder", key.ToString());
+    return inner_.Get(key);
+  }
+  Status Erase(const BlockKey& key) override { return inner_.Erase(key); }
+  RemoteTierStats Stats() const override { return inner_.Stats(); }
+
+ private:
+  std::atomic<int> left_;
+  MemoryRemoteTier inner_;
+};
+
+TEST(TieredKvCache, LostRemoteTierIsAnErrorNamingTheBlockNeverAHang) {
+  const Geometry g;
+  const Reference ref = MakeReference(g, 19);
+  KvCacheOptions o;
+  o.block_tokens = g.block_tokens;
+  o.device_budget = TinyDeviceBudget(g);
+  o.host_budget = 2 * g.encoded_block_bytes(o.codec);
+  auto remote = std::make_shared<DyingRemoteTier>(5);
+  auto cache = TieredKvCache::Create(o, g.layers, g.kv_heads, g.head_dim, 3, remote);
+  ASSERT_TRUE(cache.ok());
+  TieredKvCache* c = cache->get();
+  ASSERT_TRUE(c->SetPersistent(kPersistent, kWindow).ok());
+  const auto t0 = Clock::now();
+  Status s = AppendRange(c, g, ref, 0, g.rows);
+  EXPECT_EQ(s.code(), StatusCode::kUnavailable) << s.ToString();
+  EXPECT_NE(s.message().find("seq 3 layer"), std::string::npos) << s.ToString();
+  EXPECT_LT(std::chrono::duration<double>(Clock::now() - t0).count(), 20.0);
+  // Layer 0's blocks in the dead store cannot be read back: an error naming one, not garbage.
+  s = c->Scan(0, 0, c->rows(0), [](int64_t, int64_t, const float*, const float*) { return Status::Ok(); });
+  EXPECT_EQ(s.code(), StatusCode::kUnavailable) << s.ToString();
+  EXPECT_NE(s.message().find("seq 3 layer 0 block"), std::string::npos) << s.ToString();
+}
+
 // An impossible budget ends the call that needs it, quickly, naming the flag to raise.
 void ExpectExhausted(const KvCacheOptions& o, std::shared_ptr<RemoteTier> remote, int64_t window,
                      const char* flag) {
