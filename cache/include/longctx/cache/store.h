@@ -1,0 +1,107 @@
+// The distributed KV store over UCX (DESIGN.md §3): pool servers lend registered host memory,
+// and a client (a RemoteTier) places encoded blocks in them with one-sided puts and gets.
+//
+//   PoolServer  — one per process that lends memory (a rank with --kv pool bytes, or a
+//                 `longctx store` process): a pool registered once, a first-fit allocator,
+//                 active-message handlers for allocate/free/stats, a bootstrap TCP listener, and
+//                 a progress thread (UCX emulates RMA over tcp and shared memory in software, so
+//                 the target must keep progressing or a put never completes).
+//   StoreClient — a RemoteTier over several pools: placement by free capacity, `replicas` 1 or
+//                 2 on different pools (= different processes, never the client's own), a Put
+//                 acknowledged only when every replica is written and flushed, a Get that
+//                 verifies the block and falls back to the other replica, dead pools detected
+//                 (UCX peer errors over tcp; the bootstrap socket's hangup on any transport).
+//   JoinStore   — the collective that wires a job's ranks (and `longctx store` processes) up.
+//
+// Wire protocol and bootstrap: docs/kvstore.md. Blocks a client stored die with it: a pool frees
+// a client's allocations when its bootstrap connection closes.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "longctx/cache/remote_tier.h"
+#include "longctx/comm/communicator.h"
+#include "longctx/comm/ucx/socket.h"
+#include "longctx/comm/ucx/ucx.h"
+#include "longctx/core/status.h"
+
+namespace longctx::cache {
+
+struct PoolServerOptions {
+  uint64_t pool_bytes = 0;             // > 0: the registered pool lent to clients
+  std::string listen = "127.0.0.1:0";  // bootstrap HOST:PORT (port 0: any free port)
+};
+
+struct PoolServerStats {
+  uint64_t capacity_bytes = 0;
+  uint64_t used_bytes = 0;    // allocated to clients (64-byte aligned sizes)
+  uint64_t allocations = 0;
+  uint64_t clients = 0;       // connected bootstrap sessions
+};
+
+class PoolServer {
+ public:
+  // Registers the pool, binds the listener and starts the progress thread. On return the
+  // server answers hellos at address().
+  static Result<std::unique_ptr<PoolServer>> Start(std::shared_ptr<comm::ucx::Context> ctx,
+                                                   const PoolServerOptions& options);
+  virtual ~PoolServer() = default;  // stops the thread; clients then see the pool fail
+  virtual const comm::ucx::HostPort& address() const = 0;
+  virtual uint64_t pool_id() const = 0;  // random, unique per server (placement's "process")
+  virtual PoolServerStats Stats() const = 0;
+};
+
+struct StoreClientOptions {
+  std::vector<std::string> pools;  // bootstrap HOST:PORT of every pool this client may use
+  int replicas = 1;                // 1 or 2, on different pools
+  uint64_t exclude_pool_id = 0;    // the caller's own pool (skipped if listed)
+  std::chrono::milliseconds timeout = comm::DefaultTimeout();  // per call
+};
+
+// What a client knows of one pool (for reports and tests).
+struct PoolView {
+  std::string address;  // HOST:PORT
+  uint64_t pool_id = 0;
+  bool alive = false;
+  uint64_t capacity_bytes = 0;
+  uint64_t free_bytes = 0;  // as of the pool's last reply
+};
+
+class StoreClient : public RemoteTier {
+ public:
+  // Connects to every pool (hello, UCX endpoint, rkey). A listed pool that cannot be reached is
+  // an error naming it; so is `replicas` above the number of distinct pools.
+  static Result<std::shared_ptr<StoreClient>> Connect(std::shared_ptr<comm::ucx::Context> ctx,
+                                                      const StoreClientOptions& options);
+
+  virtual std::vector<PoolView> Pools() const = 0;
+  // The pools holding `key`'s replicas, primary first (HOST:PORT); empty when not stored.
+  virtual std::vector<std::string> ReplicaPools(const BlockKey& key) const = 0;
+  // Re-reads every pool's stats over active messages (refreshing Pools()' free bytes).
+  virtual Status RefreshPools() = 0;
+  // Test hook: flips one byte of replica `replica` of `key` in the remote pool (a get, a flip
+  // and a put over RMA), so a corrupt remote copy can be tested without a pool-side hook.
+  virtual Status CorruptForTest(const BlockKey& key, int replica, size_t byte) = 0;
+  // Keeps `server` alive as long as this client (JoinStore: the rank's own pool).
+  virtual void AdoptServer(std::unique_ptr<PoolServer> server) = 0;
+};
+
+struct StoreJoinOptions {
+  uint64_t pool_bytes = 0;          // this rank's pool for other ranks' blocks (0: none)
+  std::vector<std::string> stores;  // "host:port" of `longctx store` processes
+  int replicas = 1;
+  std::string bind_host = "127.0.0.1";  // where this rank's pool listens
+};
+
+// Collective over comm (every rank calls it): starts this rank's pool server when pool_bytes > 0,
+// exchanges the pools' addresses with AllGatherV, connects to every pool but its own. Every rank
+// returns an error when any rank fails (AgreeOnStatus). The returned tier owns the rank's pool:
+// destroy it only after the other ranks are done with it (e.g. after a Barrier).
+Result<std::shared_ptr<RemoteTier>> JoinStore(comm::Communicator& comm,
+                                              const StoreJoinOptions& options);
+
+}  // namespace longctx::cache

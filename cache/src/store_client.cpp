@@ -1,0 +1,477 @@
+// StoreClient (store.h): a RemoteTier over UCX pools — placement by free capacity, replicas on
+// different pools, puts acknowledged after a flush, verified gets with replica fallback, and
+// dead pools detected and reported.
+#include <algorithm>
+#include <map>
+#include <mutex>
+#include <set>
+#include <unordered_map>
+
+#include "longctx/cache/store.h"
+#include "longctx/core/log.h"
+#include "store_wire.h"
+
+namespace longctx::cache {
+
+namespace {
+
+using comm::Deadline;
+using comm::ucx::AmMessage;
+using comm::ucx::Endpoint;
+using comm::ucx::HostPort;
+using comm::ucx::RemoteKey;
+using comm::ucx::RmaOp;
+using comm::ucx::Worker;
+
+struct KeyHash {
+  size_t operator()(const BlockKey& k) const {
+    uint64_t h = k.sequence * 0x9E3779B97F4A7C15ull;
+    h ^= (uint64_t{k.layer} + 0x632BE59BD9B4E019ull + (h << 6) + (h >> 2));
+    h ^= (k.block + 0x85EBCA77C2B2AE63ull + (h << 6) + (h >> 2));
+    return static_cast<size_t>(h);
+  }
+};
+
+struct PoolConn {
+  HostPort address;
+  std::string name;  // "store 127.0.0.1:7000", for messages
+  UniqueFd socket;   // the bootstrap session: closing it makes the pool free our blocks
+  uint64_t pool_id = 0, client_id = 0, base = 0, capacity = 0, free_bytes = 0;
+  std::unique_ptr<Endpoint> ep;
+  std::unique_ptr<RemoteKey> rkey;  // after ep: destroyed first
+  bool dead = false;
+  std::string death;  // why, once dead
+};
+
+struct Replica {
+  size_t pool = 0;      // index into pools_
+  uint64_t offset = 0;  // from the pool's base
+};
+struct Entry {
+  uint64_t bytes = 0;
+  std::vector<Replica> replicas;  // primary first
+};
+
+struct ReplyMessage {
+  wire::Reply header{};
+  std::string message;
+};
+
+class StoreClientImpl final : public StoreClient {
+ public:
+  StoreClientImpl(std::shared_ptr<comm::ucx::Context> ctx, const StoreClientOptions& options)
+      : ctx_(std::move(ctx)), options_(options) {}
+
+  Status Init();
+
+  Status Put(const BlockKey& key, std::span<const std::byte> encoded) override;
+  Result<std::vector<std::byte>> Get(const BlockKey& key) override;
+  Status Erase(const BlockKey& key) override;
+  RemoteTierStats Stats() const override;
+
+  std::vector<PoolView> Pools() const override;
+  std::vector<std::string> ReplicaPools(const BlockKey& key) const override;
+  Status RefreshPools() override;
+  Status CorruptForTest(const BlockKey& key, int replica, size_t byte) override;
+  void AdoptServer(std::unique_ptr<PoolServer> server) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    own_server_ = std::move(server);
+  }
+
+ private:
+  Status ConnectPool(const std::string& address, Deadline deadline);
+  bool Alive(PoolConn& pool);
+  void MarkDead(PoolConn& pool, const std::string& why);
+  std::function<bool()> AliveFn(std::vector<size_t> pools);
+  Result<ReplyMessage> Rpc(PoolConn& pool, wire::Op op, uint64_t arg0, uint64_t arg1,
+                           Deadline deadline);
+  void FreeReplicas(const std::vector<Replica>& replicas, uint64_t bytes, Deadline deadline);
+  Deadline NewDeadline() const { return comm::DeadlineIn(options_.timeout); }
+
+  std::unique_ptr<PoolServer> own_server_;  // first: destroyed last
+  std::shared_ptr<comm::ucx::Context> ctx_;
+  StoreClientOptions options_;
+  std::unique_ptr<Worker> worker_;
+  std::vector<std::unique_ptr<PoolConn>> pools_;  // destroyed before worker_
+
+  mutable std::mutex mu_;  // serialises every call (the worker is single-threaded)
+  uint64_t next_request_ = 1;
+  std::map<uint64_t, ReplyMessage> replies_;  // filled by the reply handler during progress
+  std::set<uint64_t> abandoned_;              // requests given up on: their replies are dropped
+  std::unordered_map<BlockKey, Entry, KeyHash> entries_;
+  uint64_t bytes_put_ = 0, bytes_got_ = 0, fallbacks_ = 0;
+};
+
+Status StoreClientImpl::Init() {
+  if (options_.replicas < 1 || options_.replicas > 2) {
+    return InvalidArgument("replicas must be 1 or 2, got {}", options_.replicas);
+  }
+  ASSIGN_OR_RETURN(worker_, Worker::Create(ctx_));
+  RETURN_IF_ERROR(worker_->SetAmHandler(wire::kAmReply, [this](const AmMessage& m) {
+    Result<wire::Reply> reply = wire::Read<wire::Reply>(m.header, "store reply");
+    if (!reply.ok() || reply->magic != wire::kAmMagic || reply->version != wire::kVersion) {
+      LONGCTX_LOG_WARN("store client: dropped a malformed reply");
+      return;
+    }
+    if (abandoned_.erase(reply->request_id) > 0) return;
+    ReplyMessage& slot = replies_[reply->request_id];
+    slot.header = *reply;
+    slot.message.assign(reinterpret_cast<const char*>(m.data.data()), m.data.size());
+  }));
+  const Deadline deadline = NewDeadline();
+  for (const std::string& address : options_.pools) RETURN_IF_ERROR(ConnectPool(address, deadline));
+  if (pools_.empty()) {
+    return InvalidArgument(
+        "the remote KV store has no pool to use (no other rank lends one and no store given)");
+  }
+  if (pools_.size() < static_cast<size_t>(options_.replicas)) {
+    return InvalidArgument("replicas={} needs {} pools in other processes; only {} available",
+                           options_.replicas, options_.replicas, pools_.size());
+  }
+  return Status::Ok();
+}
+
+Status StoreClientImpl::ConnectPool(const std::string& text, Deadline deadline) {
+  ASSIGN_OR_RETURN(HostPort address, comm::ucx::ParseHostPort(text, "store address"));
+  const std::string name = "store " + address.ToString();
+  auto fail = [&name](const Status& st) { return st.WithContext("connecting to " + name); };
+  Result<UniqueFd> socket = comm::ucx::TcpConnect(address, deadline);
+  if (!socket.ok()) return socket.status();  // already names the address
+  wire::ClientHello hello{};
+  hello.magic = wire::kHelloMagic;
+  hello.version = wire::kVersion;
+  hello.addr_len = static_cast<uint32_t>(worker_->address().size());
+  std::vector<std::byte> frame;
+  wire::Append(&frame, wire::AsBytes(hello));
+  wire::Append(&frame, worker_->address());
+  if (Status st = comm::ucx::SendFrame(socket->get(), frame, deadline); !st.ok()) return fail(st);
+  Result<std::vector<std::byte>> answer = comm::ucx::RecvFrame(socket->get(), 1 << 16, deadline);
+  if (!answer.ok()) return fail(answer.status());
+  Result<wire::PoolHello> h = wire::Read<wire::PoolHello>(*answer, "pool hello");
+  if (!h.ok()) return fail(h.status());
+  if (h->magic != wire::kHelloMagic) return fail(DataLoss("not a longctx store (bad magic)"));
+  if (h->version != wire::kVersion) {
+    return fail(FailedPrecondition("protocol version {} (this build speaks {})", h->version,
+                                   wire::kVersion));
+  }
+  if (answer->size() != sizeof(wire::PoolHello) + size_t{h->addr_len} + h->rkey_len) {
+    return fail(DataLoss("a malformed hello ({} bytes)", answer->size()));
+  }
+  if (h->pool_id == options_.exclude_pool_id) {
+    LONGCTX_LOG_INFO("store client: {} is this process's own pool; not used", name);
+    return Status::Ok();
+  }
+  for (const auto& p : pools_) {
+    if (p->pool_id == h->pool_id) {
+      LONGCTX_LOG_INFO("store client: {} is {} again; not used twice", name, p->name);
+      return Status::Ok();
+    }
+  }
+  const std::span<const std::byte> rest = std::span<const std::byte>(*answer).subspan(
+      sizeof(wire::PoolHello));
+  auto pool = std::make_unique<PoolConn>();
+  pool->address = address;
+  pool->name = name;
+  pool->socket = std::move(*socket);
+  pool->pool_id = h->pool_id;
+  pool->client_id = h->client_id;
+  pool->base = h->pool_base;
+  pool->capacity = pool->free_bytes = h->pool_bytes;
+  Result<std::unique_ptr<Endpoint>> ep =
+      Endpoint::Connect(*worker_, rest.subspan(0, h->addr_len), name);
+  if (!ep.ok()) return fail(ep.status());
+  pool->ep = std::move(*ep);
+  Result<std::unique_ptr<RemoteKey>> rkey =
+      pool->ep->UnpackRkey(rest.subspan(h->addr_len, h->rkey_len), h->pool_base, h->pool_bytes);
+  if (!rkey.ok()) return fail(rkey.status());
+  pool->rkey = std::move(*rkey);
+  // One stats round trip proves both directions of the control path before any block moves.
+  Result<ReplyMessage> stats = Rpc(*pool, wire::Op::kStats, 0, 0, deadline);
+  if (!stats.ok()) return fail(stats.status());
+  LONGCTX_LOG_INFO("store client: connected to {} ({} bytes, {} free, peer errors {})", name,
+                   pool->capacity, pool->free_bytes,
+                   pool->ep->peer_error_handling() ? "on" : "by socket");
+  pools_.push_back(std::move(pool));
+  return Status::Ok();
+}
+
+void StoreClientImpl::MarkDead(PoolConn& pool, const std::string& why) {
+  if (pool.dead) return;
+  pool.dead = true;
+  pool.death = why;
+  pool.ep->MarkFailed(UCS_ERR_CONNECTION_RESET);
+  // Closing the session makes a live-but-stuck pool free what we stored there.
+  pool.socket = UniqueFd();
+  LONGCTX_LOG_WARN("store client: {} is gone: {}", pool.name, why);
+}
+
+bool StoreClientImpl::Alive(PoolConn& pool) {
+  if (pool.dead) return false;
+  if (!pool.ep->alive()) {
+    MarkDead(pool, pool.ep->FailureStatus().message());
+  } else if (comm::ucx::PeerClosed(pool.socket.get())) {
+    MarkDead(pool, "the store process closed its connection (exited or was killed)");
+  }
+  return !pool.dead;
+}
+
+std::function<bool()> StoreClientImpl::AliveFn(std::vector<size_t> pools) {
+  return [this, pools]() {
+    bool all = true;
+    for (size_t i : pools) all = Alive(*pools_[i]) && all;
+    return all;
+  };
+}
+
+Result<ReplyMessage> StoreClientImpl::Rpc(PoolConn& pool, wire::Op op, uint64_t arg0,
+                                          uint64_t arg1, Deadline deadline) {
+  if (!Alive(pool)) return Unavailable("{} is gone: {}", pool.name, pool.death);
+  wire::Request req{};
+  req.magic = wire::kAmMagic;
+  req.version = wire::kVersion;
+  req.op = static_cast<uint16_t>(op);
+  req.request_id = next_request_++;
+  req.client_id = pool.client_id;
+  req.arg0 = arg0;
+  req.arg1 = arg1;
+  auto alive = [this, &pool]() { return Alive(pool); };
+  Status sent = pool.ep->SendAm(wire::kAmRequest, wire::AsBytes(req), {}, false, deadline, alive);
+  if (!sent.ok()) {
+    MarkDead(pool, sent.message());
+    return sent;
+  }
+  unsigned idle = 0;
+  while (true) {
+    auto it = replies_.find(req.request_id);
+    if (it != replies_.end()) {
+      ReplyMessage reply = std::move(it->second);
+      replies_.erase(it);
+      pool.free_bytes = reply.header.free_bytes;
+      pool.capacity = reply.header.capacity_bytes;
+      if (reply.header.status != 0) {
+        return Status(static_cast<StatusCode>(reply.header.status),
+                      fmt::format("{}: {}", pool.name, reply.message));
+      }
+      return reply;
+    }
+    if (worker_->Progress() != 0) {
+      idle = 0;
+      continue;
+    }
+    if (!alive()) return Unavailable("{} is gone: {}", pool.name, pool.death);
+    if (comm::Clock::now() >= deadline) {
+      abandoned_.insert(req.request_id);
+      const std::string why = "no reply to a control message before the deadline";
+      MarkDead(pool, why);
+      return DeadlineExceeded("{}: {}", pool.name, why);
+    }
+    if (++idle > 256) worker_->WaitForEvents(1);
+  }
+}
+
+void StoreClientImpl::FreeReplicas(const std::vector<Replica>& replicas, uint64_t bytes,
+                                   Deadline deadline) {
+  for (const Replica& r : replicas) {
+    PoolConn& pool = *pools_[r.pool];
+    if (pool.dead) continue;  // its memory went with it
+    Result<ReplyMessage> freed = Rpc(pool, wire::Op::kFree, r.offset, bytes, deadline);
+    if (!freed.ok()) LONGCTX_LOG_WARN("store client: free: {}", freed.status().message());
+  }
+}
+
+Status StoreClientImpl::Put(const BlockKey& key, std::span<const std::byte> encoded) {
+  if (encoded.empty()) return InvalidArgument("remote tier: {}: an empty block", key.ToString());
+  std::lock_guard<std::mutex> lock(mu_);
+  const Deadline deadline = NewDeadline();
+  const size_t want = static_cast<size_t>(options_.replicas);
+  std::vector<size_t> order;
+  for (size_t i = 0; i < pools_.size(); ++i) {
+    if (Alive(*pools_[i])) order.push_back(i);
+  }
+  if (order.size() < want) {
+    return Unavailable("remote tier: cannot store {}: {} replica(s) needed, {} of {} pools alive",
+                       key.ToString(), want, order.size(), pools_.size());
+  }
+  // Placement by free capacity: the emptiest pools first (stable on ties: pool order).
+  std::stable_sort(order.begin(), order.end(), [this](size_t a, size_t b) {
+    return pools_[a]->free_bytes > pools_[b]->free_bytes;
+  });
+  std::vector<Replica> placed;
+  Status last;
+  bool exhausted = false;
+  for (size_t i : order) {
+    if (placed.size() == want) break;
+    Result<ReplyMessage> r = Rpc(*pools_[i], wire::Op::kAlloc, encoded.size(), 0, deadline);
+    if (r.ok()) {
+      placed.push_back(Replica{i, r->header.offset});
+    } else {
+      exhausted = exhausted || r.status().code() == StatusCode::kResourceExhausted;
+      last = r.status();
+    }
+  }
+  if (placed.size() < want) {
+    FreeReplicas(placed, encoded.size(), deadline);
+    return Status(exhausted ? StatusCode::kResourceExhausted : StatusCode::kUnavailable,
+                  fmt::format("remote tier: no room for {} ({} bytes, {} replica(s)): {}",
+                              key.ToString(), encoded.size(), want, last.message()));
+  }
+  // Every replica written together, then flushed: acknowledged only when all are in place.
+  std::vector<ucs_status_ptr_t> requests;
+  std::vector<size_t> involved;
+  Status posted;
+  for (const Replica& r : placed) {
+    PoolConn& pool = *pools_[r.pool];
+    involved.push_back(r.pool);
+    const RmaOp op{const_cast<std::byte*>(encoded.data()), encoded.size(), r.offset};
+    posted = pool.ep->PostPuts(*pool.rkey, {&op, 1}, &requests);
+    if (!posted.ok()) break;
+  }
+  Status written = worker_->WaitAll(requests, deadline, "put of " + key.ToString(),
+                                    AliveFn(involved));
+  if (written.ok()) written = posted;
+  if (!written.ok()) {
+    for (size_t i : involved) {
+      if (written.code() == StatusCode::kDeadlineExceeded) MarkDead(*pools_[i], written.message());
+      (void)Alive(*pools_[i]);
+    }
+    FreeReplicas(placed, encoded.size(), deadline);
+    return written.WithContext("remote tier: " + key.ToString());
+  }
+  auto it = entries_.find(key);
+  if (it != entries_.end()) FreeReplicas(it->second.replicas, it->second.bytes, deadline);
+  entries_[key] = Entry{encoded.size(), std::move(placed)};
+  bytes_put_ += encoded.size() * want;
+  return Status::Ok();
+}
+
+Result<std::vector<std::byte>> StoreClientImpl::Get(const BlockKey& key) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = entries_.find(key);
+  if (it == entries_.end()) {
+    return Unavailable("remote tier: block {} is not stored (no holder)", key.ToString());
+  }
+  const Entry& entry = it->second;
+  const Deadline deadline = NewDeadline();
+  std::vector<std::string> failures;
+  bool corrupt = false;
+  for (size_t i = 0; i < entry.replicas.size(); ++i) {
+    const Replica& r = entry.replicas[i];
+    PoolConn& pool = *pools_[r.pool];
+    const std::string where = fmt::format("replica {} on {}", i + 1, pool.name);
+    if (!Alive(pool)) {
+      failures.push_back(fmt::format("{}: lost ({})", where, pool.death));
+      continue;
+    }
+    std::vector<std::byte> block(entry.bytes);
+    const RmaOp op{block.data(), block.size(), r.offset};
+    Status st = pool.ep->GetAll(*pool.rkey, {&op, 1}, deadline, [this, &pool] {
+      return Alive(pool);
+    });
+    if (!st.ok()) {
+      if (st.code() == StatusCode::kDeadlineExceeded) MarkDead(pool, st.message());
+      failures.push_back(fmt::format("{}: {}", where, st.message()));
+      continue;
+    }
+    st = VerifyBlock(block, key);
+    if (!st.ok()) {
+      corrupt = true;
+      failures.push_back(fmt::format("{}: {}", where, st.message()));
+      continue;
+    }
+    if (i > 0) ++fallbacks_;
+    bytes_got_ += block.size();
+    if (!failures.empty()) {
+      LONGCTX_LOG_WARN("remote tier: {} served by replica {} after: {}", key.ToString(), i + 1,
+                       fmt::join(failures, "; "));
+    }
+    return block;
+  }
+  return Status(corrupt ? StatusCode::kDataLoss : StatusCode::kUnavailable,
+                fmt::format("remote tier: no good copy of {}: {}", key.ToString(),
+                            fmt::join(failures, "; ")));
+}
+
+Status StoreClientImpl::Erase(const BlockKey& key) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = entries_.find(key);
+  if (it == entries_.end()) return NotFound("remote tier: block {} is not stored", key.ToString());
+  FreeReplicas(it->second.replicas, it->second.bytes, NewDeadline());
+  entries_.erase(it);
+  return Status::Ok();
+}
+
+RemoteTierStats StoreClientImpl::Stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  RemoteTierStats s;
+  for (const auto& p : pools_) {
+    if (!p->dead) s.capacity_bytes += p->capacity;
+  }
+  for (const auto& [key, entry] : entries_) {
+    s.used_bytes += entry.bytes * entry.replicas.size();
+  }
+  s.blocks = entries_.size();
+  s.bytes_put = bytes_put_;
+  s.bytes_got = bytes_got_;
+  s.replica_fallbacks = fallbacks_;
+  return s;
+}
+
+std::vector<PoolView> StoreClientImpl::Pools() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<PoolView> views;
+  for (const auto& p : pools_) {
+    views.push_back(PoolView{p->address.ToString(), p->pool_id, !p->dead, p->capacity,
+                             p->free_bytes});
+  }
+  return views;
+}
+
+std::vector<std::string> StoreClientImpl::ReplicaPools(const BlockKey& key) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<std::string> out;
+  auto it = entries_.find(key);
+  if (it == entries_.end()) return out;
+  for (const Replica& r : it->second.replicas) out.push_back(pools_[r.pool]->address.ToString());
+  return out;
+}
+
+Status StoreClientImpl::RefreshPools() {
+  std::lock_guard<std::mutex> lock(mu_);
+  const Deadline deadline = NewDeadline();
+  Status first;
+  for (auto& p : pools_) {
+    if (p->dead) continue;
+    Result<ReplyMessage> r = Rpc(*p, wire::Op::kStats, 0, 0, deadline);
+    if (!r.ok() && first.ok()) first = r.status();
+  }
+  return first;
+}
+
+Status StoreClientImpl::CorruptForTest(const BlockKey& key, int replica, size_t byte) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = entries_.find(key);
+  if (it == entries_.end()) return NotFound("{} is not stored", key.ToString());
+  if (replica < 0 || static_cast<size_t>(replica) >= it->second.replicas.size() ||
+      byte >= it->second.bytes) {
+    return OutOfRange("{}: no replica {} byte {}", key.ToString(), replica, byte);
+  }
+  const Replica& r = it->second.replicas[static_cast<size_t>(replica)];
+  PoolConn& pool = *pools_[r.pool];
+  std::byte value{};
+  const RmaOp op{&value, 1, r.offset + byte};
+  const Deadline deadline = NewDeadline();
+  RETURN_IF_ERROR(pool.ep->GetAll(*pool.rkey, {&op, 1}, deadline));
+  value ^= std::byte{0x5a};
+  return pool.ep->PutAll(*pool.rkey, {&op, 1}, deadline);
+}
+
+}  // namespace
+
+Result<std::shared_ptr<StoreClient>> StoreClient::Connect(std::shared_ptr<comm::ucx::Context> ctx,
+                                                          const StoreClientOptions& options) {
+  auto client = std::make_shared<StoreClientImpl>(std::move(ctx), options);
+  RETURN_IF_ERROR(client->Init());
+  return std::shared_ptr<StoreClient>(std::move(client));
+}
+
+}  // namespace longctx::cache
