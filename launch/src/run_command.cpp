@@ -23,11 +23,11 @@
 #include "longctx/attention/shard_plan.h"
 #include "longctx/comm/communicator.h"
 #include "longctx/comm/placement.h"
+#include "longctx/core/byte_size.h"
 #include "longctx/core/log.h"
 #include "longctx/core/npy.h"
 #include "longctx/model/builtin.h"
-#include "longctx/worker/decode.h"
-#include "longctx/worker/forward.h"
+#include "longctx/worker/engine.h"
 
 namespace longctx::cli {
 namespace {
@@ -50,6 +50,10 @@ struct RunFlags {
   int threads = 0;
   std::string query;      // appended after the document, every token global
   int64_t generate = 0;   // tokens decoded greedily after the document (and the query)
+  // KV tiers of the decode cache (DESIGN.md §3).
+  std::string kv_device_budget, kv_host_budget, kv_remote_budget;  // sizes; empty = unlimited
+  std::string kv_codec = "f32";
+  int32_t kv_block_tokens = 64;
 };
 
 
@@ -115,6 +119,26 @@ int64_t PeakRssBytes() {
   return int64_t(ru.ru_maxrss) * 1024;  // Linux reports KiB
 }
 
+// The KV tiers from the flags (sizes as ParseByteSize reads them; empty = unlimited).
+Result<cache::KvCacheOptions> KvOptions(const RunFlags& f) {
+  cache::KvCacheOptions kv;
+  ASSIGN_OR_RETURN(kv.codec, cache::ParseCodec(f.kv_codec));
+  if (f.kv_block_tokens < 1) {
+    return InvalidArgument("--kv-block-tokens must be >= 1, got {}", f.kv_block_tokens);
+  }
+  kv.block_tokens = f.kv_block_tokens;
+  if (!f.kv_device_budget.empty()) {
+    ASSIGN_OR_RETURN(kv.device_budget, ParseByteSize(f.kv_device_budget, "--kv-device-budget"));
+  }
+  if (!f.kv_host_budget.empty()) {
+    ASSIGN_OR_RETURN(kv.host_budget, ParseByteSize(f.kv_host_budget, "--kv-host-budget"));
+  }
+  if (!f.kv_remote_budget.empty()) {
+    ASSIGN_OR_RETURN(kv.remote_budget, ParseByteSize(f.kv_remote_budget, "--kv-remote-budget"));
+  }
+  return kv;
+}
+
 Status RunRun(const RunFlags& f) {
   const auto t_start = Clock::now();
   ASSIGN_OR_RETURN(std::shared_ptr<comm::Communicator> world, comm::WorldCommunicator("auto"));
@@ -133,77 +157,50 @@ Status RunRun(const RunFlags& f) {
   // auto: a bar on a terminal, plain lines otherwise; on: the same; off: nothing.
   const bool show_progress = me == 0 && f.progress != "off";
   const bool bar = show_progress && tty;
+  const bool decode = !f.query.empty() || f.generate > 0;
 
-  // 1. Model, overrides, tokens and globals: every rank computes the same, so nothing is sent.
+  // 1. Flags, tokens and the engine (model + overrides): every rank computes the same.
   auto t0 = Clock::now();
-  std::optional<model::Model> opened;
-  worker::Fp32Weights weights;
+  worker::EngineOptions eo;
   std::vector<int32_t> ids;
   std::vector<attention::TokenClass> classes;
-  std::vector<int64_t> globals;
   Status st = [&]() -> Status {
     if (f.progress != "auto" && f.progress != "on" && f.progress != "off") {
       return InvalidArgument("--progress must be auto, on or off, got '{}'", f.progress);
     }
-    if (f.threads < 0) return InvalidArgument("--threads must be >= 0");
     if (f.generate < 0) return InvalidArgument("--generate must be >= 0, got {}", f.generate);
-    ASSIGN_OR_RETURN(model::Model loaded, model::OpenModel(f.model, f.seed));
-    opened.emplace(std::move(loaded));
-    model::Model& m = *opened;
-    model::HybridOverrides ov;
+    eo.model = f.model;
+    eo.seed = f.seed;
+    eo.threads = f.threads;
+    eo.keep_kv = decode;
     if (!f.window.empty()) {
       ASSIGN_OR_RETURN(std::vector<int64_t> w, ParseWindows(f.window));
-      ov.window = std::move(w);
+      eo.overrides.window = std::move(w);
     }
-    ov.global_ratio = f.global_ratio;
-    ov.global_max = f.global_max;
-    ov.sinks = f.sinks;
-    ov.fusion = f.fusion;
-    RETURN_IF_ERROR(model::ApplyOverrides(ov, &m.config));
-    ASSIGN_OR_RETURN(weights, worker::ToFp32Weights(m));
-    RETURN_IF_ERROR(ReadTokens(f, &ids, &classes));
-    for (size_t i = 0; i < ids.size(); ++i) {
-      if (ids[i] >= m.config.vocab_size) {
-        return OutOfRange("{}: token id {} at position {} is outside the model's vocabulary "
-                          "[0, {})", f.input_ids.empty() ? f.input : f.input_ids, ids[i], i,
-                          m.config.vocab_size);
-      }
-    }
-    attention::SelectionConfig sel;
-    sel.global_ratio = m.config.hybrid.global_ratio;
-    sel.global_max = m.config.hybrid.global_max.value_or(-1);
-    sel.sinks = m.config.hybrid.sinks;
-    ASSIGN_OR_RETURN(globals, attention::SelectGlobals(classes, sel));
-    return Status::Ok();
+    eo.overrides.global_ratio = f.global_ratio;
+    eo.overrides.global_max = f.global_max;
+    eo.overrides.sinks = f.sinks;
+    eo.overrides.fusion = f.fusion;
+    ASSIGN_OR_RETURN(eo.kv, KvOptions(f));
+    return ReadTokens(f, &ids, &classes);
   }();
   RETURN_IF_ERROR(comm::AgreeOnStatus(c, st));
-  const model::Model& m = *opened;
-  const double load_s = Since(t0);
-  const int64_t n = int64_t(ids.size()), D = m.config.hidden_size, L = m.config.num_hidden_layers;
-
-  // 2. Shards balanced for the widest layer's window (every layer keeps the same rows).
-  int64_t widest = 1;
-  for (int64_t l = 0; l < L; ++l) widest = std::max(widest, m.config.Window(l));
-  attention::AttentionSpec plan_spec = worker::LayerSpec(m.config, 0);
-  plan_spec.window = widest;
-  ASSIGN_OR_RETURN(attention::ShardPlan plan, attention::MakeShardPlan(n, globals, plan_spec, P));
-  const int64_t s = plan.begin(me), rows = plan.rows(me);
-  std::vector<int32_t> own(ids.begin() + s, ids.begin() + s + rows);
-  ids.clear();
-  ids.shrink_to_fit();  // keep only this rank's rows from here on
-  classes.clear();
-  classes.shrink_to_fit();
-
-  // 3. Prefill.
-  if (me == 0) {
-    fmt::print(stderr, "longctx run: {} tokens, {} globals, {} layers, {} rank(s), model {}\n", n,
-               globals.size(), L, P, f.model);
+  ASSIGN_OR_RETURN(std::unique_ptr<worker::Engine> engine, worker::Engine::Open(c, eo));
+  const model::ModelConfig& config = engine->config();
+  for (size_t i = 0; i < ids.size(); ++i) {  // every rank reads the same ids: no need to agree
+    if (ids[i] >= config.vocab_size) {
+      return OutOfRange("{}: token id {} at position {} is outside the model's vocabulary [0, {})",
+                        f.input_ids.empty() ? f.input : f.input_ids, ids[i], i, config.vocab_size);
+    }
   }
-  ThreadPool pool(f.threads);
-  worker::SetGemmThreads(pool.size());
-  attention::ExecOptions exec{&pool, attention::Isa::kAuto};
-  std::vector<float> hidden(size_t(rows * D));
-  worker::ForwardStats fs;
+  const double load_s = Since(t0);
+  const int64_t n = int64_t(ids.size()), D = config.hidden_size, L = config.num_hidden_layers;
+
+  // 2. Prefill (the engine shards the document and keeps this rank's KV cache when decoding).
+  if (show_progress) {
+    fmt::print(stderr, "longctx run: {} tokens, {} layers, {} rank(s), model {}\n", n, L, P,
+               f.model);
+  }
   t0 = Clock::now();
   auto progress = [&](int64_t layer, int64_t layers) {
     if (!show_progress) return;
@@ -221,62 +218,38 @@ Status RunRun(const RunFlags& f) {
     }
   };
   MaybeKillForTest(c);
-  const bool decode = !f.query.empty() || f.generate > 0;
-  std::vector<worker::LayerKv> cache;
-  st = worker::ForwardShard(c, m.config, weights.view, plan.bounds, own, globals, exec,
-                            hidden.data(), &fs, progress, decode ? &cache : nullptr);
-  RETURN_IF_ERROR(comm::AgreeOnStatus(c, st));
-  const double prefill_s = Since(t0);
+  const std::string doc_id = "run";
+  worker::DocumentInfo doc;
+  std::vector<float> hidden;
+  RETURN_IF_ERROR(engine->Prefill(doc_id, ids, classes, progress, &doc, &hidden));
+  const double prefill_s = doc.prefill_seconds;
+  const std::vector<int64_t>& bounds = doc.bounds;
+  const std::vector<int64_t>& globals = doc.globals;
+  const int64_t s = bounds[size_t(me)], rows = bounds[size_t(me) + 1] - s;
+  std::vector<int32_t> own(ids.begin() + s, ids.begin() + s + rows);
+  ids.clear();
+  ids.shrink_to_fit();  // keep only this rank's rows from here on
+  classes.clear();
+  classes.shrink_to_fit();
+  if (show_progress) fmt::print(stderr, "longctx run: {} globals\n", globals.size());
 
-  // 3b. The question and the generated tokens, against the cached document (last rank owns
+  // 3. The question and the generated tokens, against the cached document (the last rank owns
   // them; every rank takes part in each step's attention).
-  std::vector<int32_t> appended;         // query then generated tokens (every rank)
-  std::vector<int64_t> appended_globals; // their positions that are global
-  std::vector<float> appended_hidden;    // [appended, D] on the last rank
-  std::string generated_text;
+  worker::AnswerResult answer;
   double decode_s = 0.0;
-  uint64_t kv_cache_bytes = 0;  // held for decoding (the device tier: no other tier exists yet)
   if (decode) {
-    t0 = Clock::now();
-    worker::Decoder dec(c, m.config, weights.view, plan.bounds, globals, std::move(cache), exec);
-    const bool last = me == dec.last_rank();
-    std::vector<float> row(static_cast<size_t>(D));
-    std::vector<int32_t> seq_tail;  // the tokens before the next one (bytes), for the class rule
-    int32_t next = -1;
-    auto step = [&](int32_t token, bool is_global) -> Status {
-      if (is_global) appended_globals.push_back(dec.next_position());
-      RETURN_IF_ERROR(dec.Step(token, is_global, last ? row.data() : nullptr, &next));
-      appended.push_back(token);
-      seq_tail.push_back(token);
-      if (last) appended_hidden.insert(appended_hidden.end(), row.begin(), row.end());
-      return Status::Ok();
-    };
-    st = [&]() -> Status {
-      for (unsigned char ch : f.query) RETURN_IF_ERROR(step(int32_t(ch), true));
-      if (f.generate > 0 && f.query.empty()) {
-        // The first token follows the document's last token: its owner has the hidden state.
-        int64_t best = -1;
-        if (rows > 0 && plan.end(me) == n) {
-          best = worker::GreedyToken(m.config, weights.view, hidden.data() + (rows - 1) * D);
-        }
-        RETURN_IF_ERROR(c.AllReduce(&best, 1, comm::ReduceType::kI64, comm::ReduceOp::kMax,
-                                    comm::DeadlineIn(comm::DefaultTimeout())));
-        next = int32_t(best);
-      }
-      for (int64_t i = 0; i < f.generate; ++i) {
-        const int32_t token = next;
-        generated_text.push_back(char(token));
-        RETURN_IF_ERROR(step(token, worker::GeneratedTokenIsGlobal(token, seq_tail)));
-      }
-      return Status::Ok();
-    }();
-    RETURN_IF_ERROR(comm::AgreeOnStatus(c, st));
-    decode_s = Since(t0);
-    kv_cache_bytes = dec.cache_bytes();
+    RETURN_IF_ERROR(engine->Answer(doc_id, f.query, f.generate, {}, &answer));
+    decode_s = answer.seconds;
   }
+  cache::KvCacheStats kv;
+  if (decode) {
+    ASSIGN_OR_RETURN(kv, engine->CacheStats(doc_id));
+  }
+  const std::vector<int32_t>& appended = answer.appended;
   const int64_t n_total = n + int64_t(appended.size());
   std::vector<int64_t> all_globals = globals;
-  all_globals.insert(all_globals.end(), appended_globals.begin(), appended_globals.end());
+  all_globals.insert(all_globals.end(), answer.appended_globals.begin(),
+                     answer.appended_globals.end());
 
   // 4. Outputs: tokens/globals from rank 0; hidden rows written by every rank.
   t0 = Clock::now();
@@ -290,7 +263,9 @@ Status RunRun(const RunFlags& f) {
   const std::string dir = f.out + "/";
   // tokens.npy: gathered from the shards (int32, n * 4 bytes on rank 0 only).
   std::vector<size_t> counts(static_cast<size_t>(P));
-  for (int r = 0; r < P; ++r) counts[size_t(r)] = size_t(plan.rows(r)) * sizeof(int32_t);
+  for (int r = 0; r < P; ++r) {
+    counts[size_t(r)] = size_t(bounds[size_t(r) + 1] - bounds[size_t(r)]) * sizeof(int32_t);
+  }
   std::vector<int32_t> all_ids(me == 0 ? size_t(n) : 0);
   {
     // AllGatherV delivers to every rank; only rank 0 keeps it (small: 4 bytes per token).
@@ -312,7 +287,7 @@ Status RunRun(const RunFlags& f) {
     if (st.ok() && f.dump_hidden) st = CreateNpyForRows(dir + "hidden.npy", DType::kF32, {n_total, D});
     if (st.ok() && decode) {
       std::ofstream gen(dir + "generated.txt", std::ios::binary);
-      gen << generated_text;
+      gen << answer.generated;
       if (!gen) st = InvalidArgument("{}generated.txt: cannot write", dir);
     }
   }
@@ -320,7 +295,8 @@ Status RunRun(const RunFlags& f) {
   if (f.dump_hidden) {
     st = WriteNpyRows(dir + "hidden.npy", s, rows, hidden.data());
     if (st.ok() && me == P - 1 && !appended.empty()) {
-      st = WriteNpyRows(dir + "hidden.npy", n, int64_t(appended.size()), appended_hidden.data());
+      st = WriteNpyRows(dir + "hidden.npy", n, int64_t(appended.size()),
+                        answer.appended_hidden.data());
     }
     Status agreed = comm::AgreeOnStatus(c, st);
     if (agreed.ok() && me == 0) agreed = CommitNpyRows(dir + "hidden.npy");
@@ -332,14 +308,18 @@ Status RunRun(const RunFlags& f) {
   const double write_s = Since(t0);
 
   // 5. report.json: per-rank figures gathered to rank 0.
+  const worker::ForwardStats& fs = doc.forward;
   struct RankFigures {
     int64_t rows, peak_rss, sent, received, kv_bytes;
     double attention_s, dense_s;
     int32_t local_rank, local_size, launcher;
     char host[64];
-  } mine{rows, PeakRssBytes(), int64_t(fs.comm_bytes_sent), int64_t(fs.comm_bytes_received),
-         int64_t(kv_cache_bytes), fs.attention_seconds, fs.dense_seconds, c.local_rank(),
-         c.local_size(), int32_t(comm::DetectLauncher(comm::ProcessEnvironment())), {}};
+    cache::KvCacheStats kv;
+  } mine{rows, PeakRssBytes(), int64_t(fs.comm_bytes_sent + answer.bytes_sent),
+         int64_t(fs.comm_bytes_received + answer.bytes_received),
+         int64_t(kv.device.bytes + kv.host.bytes + kv.remote.bytes), fs.attention_seconds,
+         fs.dense_seconds, c.local_rank(), c.local_size(),
+         int32_t(comm::DetectLauncher(comm::ProcessEnvironment())), {}, kv};
   gethostname(mine.host, sizeof(mine.host) - 1);
   std::vector<RankFigures> all(static_cast<size_t>(P));
   std::vector<size_t> fig_counts(static_cast<size_t>(P), sizeof(RankFigures));
@@ -348,22 +328,46 @@ Status RunRun(const RunFlags& f) {
                                fig_counts, comm::DeadlineIn(comm::DefaultTimeout())));
   if (me == 0) {
     const double total_s = Since(t_start);
+    auto tier = [](const cache::KvTierStats& t) {
+      return fmt::format("{{\"bytes\": {}, \"blocks\": {}, \"peak_bytes\": {}}}", t.bytes,
+                         t.blocks, t.peak_bytes);
+    };
     std::string per_rank;
+    cache::KvCacheStats sum;
     for (int r = 0; r < P; ++r) {
       const RankFigures& x = all[size_t(r)];
       per_rank += fmt::format(
           "{}    {{\"rank\": {}, \"tokens\": [{}, {}], \"peak_rss_bytes\": {}, "
           "\"comm_bytes_sent\": {}, \"comm_bytes_received\": {}, \"attention_seconds\": {:.6f}, "
           "\"dense_seconds\": {:.6f}, \"kv_cache_bytes\": {}, \"host\": \"{}\", "
-          "\"local_rank\": {}, \"local_size\": {}, \"launcher\": \"{}\"}}",
-          r ? ",\n" : "", r, plan.begin(r), plan.end(r), x.peak_rss, x.sent, x.received,
-          x.attention_s, x.dense_s, x.kv_bytes, std::string(x.host, strnlen(x.host, sizeof x.host)),
-          x.local_rank, x.local_size, comm::LauncherName(comm::Launcher(x.launcher)));
+          "\"local_rank\": {}, \"local_size\": {}, \"launcher\": \"{}\",\n"
+          "     \"kv\": {{\"device\": {}, \"host\": {}, \"remote\": {}, \"demotions\": {}, "
+          "\"loads\": {}, \"prefetch_hits\": {}, \"prefetch_misses\": {}, "
+          "\"stall_seconds\": {:.6f}}}}}",
+          r ? ",\n" : "", r, bounds[size_t(r)], bounds[size_t(r) + 1], x.peak_rss, x.sent,
+          x.received, x.attention_s, x.dense_s, x.kv_bytes,
+          std::string(x.host, strnlen(x.host, sizeof x.host)), x.local_rank, x.local_size,
+          comm::LauncherName(comm::Launcher(x.launcher)), tier(x.kv.device), tier(x.kv.host),
+          tier(x.kv.remote), x.kv.demotions, x.kv.loads, x.kv.prefetch_hits,
+          x.kv.prefetch_misses, x.kv.stall_seconds);
+      for (auto [a, b] : {std::pair{&sum.device, &x.kv.device}, std::pair{&sum.host, &x.kv.host},
+                          std::pair{&sum.remote, &x.kv.remote}}) {
+        a->bytes += b->bytes;
+        a->blocks += b->blocks;
+        a->peak_bytes = std::max(a->peak_bytes, b->peak_bytes);  // the most one rank held
+      }
+      sum.demotions += x.kv.demotions;
+      sum.loads += x.kv.loads;
+      sum.prefetch_hits += x.kv.prefetch_hits;
+      sum.prefetch_misses += x.kv.prefetch_misses;
+      sum.stall_seconds = std::max(sum.stall_seconds, x.kv.stall_seconds);
     }
-    int64_t kv_total = 0;
-    for (const auto& x : all) kv_total += x.kv_bytes;
     std::vector<int64_t> windows;
-    for (int64_t l = 0; l < L; ++l) windows.push_back(m.config.Window(l));
+    for (int64_t l = 0; l < L; ++l) windows.push_back(config.Window(l));
+    const cache::KvCacheOptions& ko = eo.kv;
+    auto budget = [](uint64_t b) {
+      return b == cache::kUnlimitedBudget ? std::string("null") : std::to_string(b);
+    };
     const std::string report = fmt::format(
         "{{\n  \"model\": \"{}\",\n  \"tokens\": {},\n  \"ranks\": {},\n  \"globals\": {},\n"
         "  \"layers\": {},\n  \"windows\": [{}],\n  \"fusion\": \"{}\",\n"
@@ -371,15 +375,25 @@ Status RunRun(const RunFlags& f) {
         "  \"seconds\": {{\"load\": {:.6f}, \"prefill\": {:.6f}, \"decode\": {:.6f}, "
         "\"write\": {:.6f}, \"total\": {:.6f}}},\n  \"tokens_per_second\": {:.1f},\n"
         "  \"query_tokens\": {},\n  \"generated_tokens\": {},\n"
-        "  \"decode_ms_per_token\": {},\n"
-        "  \"kv_bytes\": {{\"device\": {}, \"host\": 0, \"remote\": 0}},\n"
+        "  \"decode_ms_per_token\": {},\n  \"first_token_seconds\": {},\n"
+        "  \"kv_bytes\": {{\"device\": {}, \"host\": {}, \"remote\": {}}},\n"
+        "  \"kv\": {{\"codec\": \"{}\", \"block_tokens\": {}, \"budgets\": {{\"device\": {}, "
+        "\"host\": {}, \"remote\": {}}},\n"
+        "         \"device\": {}, \"host\": {}, \"remote\": {},\n"
+        "         \"demotions\": {}, \"loads\": {}, \"prefetch_hits\": {}, "
+        "\"prefetch_misses\": {}, \"max_stall_seconds\": {:.6f}}},\n"
         "  \"per_rank\": [\n{}\n  ]\n}}\n",
         f.model, n_total, P, all_globals.size(), L, fmt::join(windows, ", "),
-        m.config.hybrid.fusion, fmt::join(plan.bounds, ", "), load_s, prefill_s, decode_s,
-        write_s, total_s, double(n) / std::max(prefill_s, 1e-9), f.query.size(), f.generate,
+        config.hybrid.fusion, fmt::join(bounds, ", "), load_s, prefill_s, decode_s, write_s,
+        total_s, double(n) / std::max(prefill_s, 1e-9), f.query.size(), f.generate,
         appended.empty() ? std::string("null")
                          : fmt::format("{:.3f}", 1e3 * decode_s / double(appended.size())),
-        kv_total, per_rank);
+        f.generate > 0 ? fmt::format("{:.6f}", answer.first_token_seconds) : std::string("null"),
+        sum.device.bytes, sum.host.bytes, sum.remote.bytes, cache::CodecName(ko.codec),
+        ko.block_tokens, budget(ko.device_budget), budget(ko.host_budget),
+        budget(ko.remote_budget), tier(sum.device), tier(sum.host), tier(sum.remote),
+        sum.demotions, sum.loads, sum.prefetch_hits, sum.prefetch_misses, sum.stall_seconds,
+        per_rank);
     std::ofstream out(dir + "report.json");
     out << report;
     if (!out) return InvalidArgument("{}report.json: cannot write", dir);
@@ -413,6 +427,16 @@ Runner AddRunCommand(CLI::App& app) {
   app.add_option("--threads", f->threads, "threads per rank (0 = all cores)")->capture_default_str();
   app.add_option("--query", f->query, "a question appended after the document (global tokens)");
   app.add_option("--generate", f->generate, "tokens to decode greedily after it")
+      ->capture_default_str();
+  app.add_option("--kv-device-budget", f->kv_device_budget,
+                 "bytes of fp32 KV blocks kept in compute memory per rank (e.g. 8M; default: all)");
+  app.add_option("--kv-host-budget", f->kv_host_budget,
+                 "bytes of encoded KV blocks in this rank's host pool (default: unlimited)");
+  app.add_option("--kv-remote-budget", f->kv_remote_budget,
+                 "bytes of encoded KV blocks this rank may place in other processes' pools");
+  app.add_option("--kv-codec", f->kv_codec, "codec of demoted KV blocks: f32 | f16 | bf16 | int8")
+      ->capture_default_str();
+  app.add_option("--kv-block-tokens", f->kv_block_tokens, "tokens per KV block")
       ->capture_default_str();
   return [f] { return RunRun(*f); };
 }

@@ -36,27 +36,18 @@ bool GeneratedTokenIsGlobal(int32_t token, const std::vector<int32_t>& prev) {
 
 Decoder::Decoder(comm::Communicator& comm, const model::ModelConfig& config,
                  const Weights& weights, std::vector<int64_t> bounds,
-                 std::span<const int64_t> globals, std::vector<LayerKv> cache,
+                 std::span<const int64_t> globals, cache::TieredKvCache* cache,
                  const attention::ExecOptions& exec)
     : comm_(comm), config_(config), weights_(weights), bounds_(std::move(bounds)), exec_(exec),
-      cache_(std::move(cache)) {
+      cache_(cache) {
   const int me = comm_.rank();
   pos0_ = bounds_[size_t(me)];
-  const int64_t rows = bounds_[size_t(me) + 1] - pos0_;
+  const int64_t rows = cache_->rows(0);  // the document's rows (nothing appended yet)
   global_row_.assign(size_t(rows), 0);
   for (int64_t g : globals) {
     if (g >= pos0_ && g < pos0_ + rows) global_row_[size_t(g - pos0_)] = 1;
   }
-  if (cache_.size() != size_t(config_.num_hidden_layers)) {
-    cache_.assign(size_t(config_.num_hidden_layers), LayerKv{});  // e.g. an empty shard
-  }
   next_pos_ = bounds_.back();
-}
-
-uint64_t Decoder::cache_bytes() const {
-  uint64_t b = 0;
-  for (const LayerKv& l : cache_) b += (l.k.size() + l.v.size()) * sizeof(float);
-  return b;
 }
 
 Status Decoder::Step(int32_t token, bool is_global, float* hidden_out, int32_t* next_token) {
@@ -84,10 +75,17 @@ Status Decoder::Step(int32_t token, bool is_global, float* hidden_out, int32_t* 
   std::vector<size_t> part_counts(static_cast<size_t>(P), states * state_floats * sizeof(float));
   std::vector<float> mine(states * state_floats), parts(size_t(P) * states * state_floats);
   std::vector<float> keys_k, keys_v;  // the keys this rank's partial reads, gathered
+  std::vector<float> blk_o(static_cast<size_t>(H * hd)), blk_l(static_cast<size_t>(H));
 
+  // A global query reads every block: the first layer's start loading now, each next layer's
+  // while the current one computes.
+  if (is_global) cache_->Prefetch(0, 0, cache_->rows(0));
+  // A local failure (a lost KV block, a full tier) must not leave the other ranks waiting in the
+  // next collective: remember it, keep taking part, and agree on it at the end of the step.
+  Status failed;
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const LayerWeights& L = weights_.layers[size_t(l)];
-    LayerKv& cache = cache_[size_t(l)];
+    const int32_t layer = int32_t(l);
     if (me == last) {
       RmsNormRow(x.data(), D, L.attn_norm, c.rms_norm_eps, h.data());
       MatVec(L.wq, H * hd, D, h.data(), q.data());
@@ -95,8 +93,7 @@ Status Decoder::Step(int32_t token, bool is_global, float* hidden_out, int32_t* 
       MatVec(L.wv, kvd, D, h.data(), kv.data() + kvd);
       ApplyRope(q.data(), 1, H, hd, rope);
       ApplyRope(kv.data(), 1, Hkv, hd, rope);
-      cache.k.insert(cache.k.end(), kv.begin(), kv.begin() + kvd);
-      cache.v.insert(cache.v.end(), kv.begin() + kvd, kv.end());
+      if (failed.ok()) failed = cache_->Append(layer, kv.data(), kv.data() + kvd, 1);
     }
     // The query to every rank.
     std::vector<float> q_all(q.size());
@@ -107,30 +104,12 @@ Status Decoder::Step(int32_t token, bool is_global, float* hidden_out, int32_t* 
     else sent_ += q_all.size() * sizeof(float) * size_t(P - 1);
 
     // This rank's partials over the keys the query may see.
-    const int64_t rows = int64_t(cache.k.size()) / std::max<int64_t>(kvd, 1);
+    const int64_t rows = cache_->rows(layer);
     const int64_t W = c.Window(l);
     const attention::AttentionSpec spec = LayerSpec(c, l);
-    auto partial = [&](const std::vector<int64_t>& rows_idx, bool all_rows, float* out_o,
-                       float* out_l) -> Status {
-      const int64_t m = all_rows ? rows : int64_t(rows_idx.size());
-      if (m == 0) {
-        std::fill_n(out_o, H * hd, 0.0f);
-        std::fill_n(out_l, H, kNegInf);
-        return Status::Ok();
-      }
-      const float *kp = cache.k.data(), *vp = cache.v.data();
-      if (!all_rows) {
-        keys_k.resize(size_t(m * kvd));
-        keys_v.resize(size_t(m * kvd));
-        for (int64_t i = 0; i < m; ++i) {
-          std::memcpy(keys_k.data() + i * kvd, cache.k.data() + rows_idx[size_t(i)] * kvd, sizeof(float) * kvd);
-          std::memcpy(keys_v.data() + i * kvd, cache.v.data() + rows_idx[size_t(i)] * kvd, sizeof(float) * kvd);
-        }
-        kp = keys_k.data();
-        vp = keys_v.data();
-      }
-      // Every key given is visible (all are at or before p): place them at positions 0..m-1
-      // and the query at m-1, so the causal mask keeps them all.
+    // Partial over m keys all visible to the query: keys at positions 0..m-1, the query at m-1,
+    // so the causal mask keeps them all.
+    auto dense = [&](const float* kp, const float* vp, int64_t m, float* out_o, float* out_l) {
       const int64_t qpos = m - 1;
       attention::DensePartialArgs a;
       a.q = attention::TokenView::Dense(q_all.data(), DType::kF32, 1, H, hd);
@@ -141,6 +120,32 @@ Status Decoder::Step(int32_t token, bool is_global, float* hidden_out, int32_t* 
       a.out = out_o;
       a.lse = out_l;
       return attention::DensePartialPass(a, spec, exec_);
+    };
+    auto partial = [&](const std::vector<int64_t>& rows_idx, bool all_rows, float* out_o,
+                       float* out_l) -> Status {
+      std::fill_n(out_o, H * hd, 0.0f);
+      std::fill_n(out_l, H, kNegInf);
+      if (all_rows) {
+        // Block by block in row order, merged: the same blocks whatever the tiers hold.
+        const Status scanned = cache_->Scan(
+            layer, 0, rows,
+            [&](int64_t, int64_t count, const float* kp, const float* vp) -> Status {
+              RETURN_IF_ERROR(dense(kp, vp, count, blk_o.data(), blk_l.data()));
+              attention::MergeStates(out_o, out_l, blk_o.data(), blk_l.data(), H, hd);
+              return Status::Ok();
+            });
+        RETURN_IF_ERROR(scanned);
+        if (l + 1 < c.num_hidden_layers) {
+          cache_->Prefetch(layer + 1, 0, cache_->rows(layer + 1));
+        }
+        return Status::Ok();
+      }
+      const int64_t m = int64_t(rows_idx.size());
+      if (m == 0) return Status::Ok();
+      keys_k.resize(size_t(m * kvd));
+      keys_v.resize(size_t(m * kvd));
+      RETURN_IF_ERROR(cache_->Gather(layer, rows_idx, keys_k.data(), keys_v.data()));
+      return dense(keys_k.data(), keys_v.data(), m, out_o, out_l);
     };
     // Window keys (p-W, p], global keys, and for a global query every key.
     std::vector<int64_t> win_rows, glob_rows, union_rows;
@@ -162,10 +167,10 @@ Status Decoder::Step(int32_t token, bool is_global, float* hidden_out, int32_t* 
     float* m_o = mine.data();
     float* m_l = mine.data() + H * hd;
     if (!weighted) {
-      RETURN_IF_ERROR(partial(union_rows, is_global, m_o, m_l));
+      if (failed.ok()) failed = partial(union_rows, is_global, m_o, m_l);
     } else {
-      RETURN_IF_ERROR(partial(win_rows, false, m_o, m_l));
-      RETURN_IF_ERROR(partial(glob_rows, is_global, m_o + state_floats, m_l + state_floats));
+      if (failed.ok()) failed = partial(win_rows, false, m_o, m_l);
+      if (failed.ok()) failed = partial(glob_rows, is_global, m_o + state_floats, m_l + state_floats);
     }
     RETURN_IF_ERROR(comm_.AllGatherV(comm::HostBuffer(mine.data(), mine.size() * sizeof(float)),
                                      comm::HostBuffer(parts.data(), parts.size() * sizeof(float)),
@@ -211,7 +216,12 @@ Status Decoder::Step(int32_t token, bool is_global, float* hidden_out, int32_t* 
       for (int64_t i = 0; i < D; ++i) x[size_t(i)] += tmp[size_t(i)];
     }
   }
-  if (me == last) global_row_.push_back(is_global ? 1 : 0);
+  if (me == last) {
+    global_row_.push_back(is_global ? 1 : 0);
+    if (is_global) cache_->Pin(cache_->rows(0) - 1);  // a global row stays resident
+  }
+
+  RETURN_IF_ERROR(comm::AgreeOnStatus(comm_, failed));
 
   // Greedy next token on the last rank, told to every rank.
   int64_t best = -1;

@@ -12,6 +12,10 @@ namespace longctx::worker {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+// Rows per MLP chunk: the gate/up activations ([rows, intermediate] each) are the largest
+// buffers of a layer; chunking bounds them at kMlpRows x intermediate floats.
+constexpr int64_t kMlpRows = 4096;
 double Since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
@@ -111,7 +115,7 @@ Status ForwardShard(comm::Communicator& comm, const model::ModelConfig& c, const
                     const std::vector<int64_t>& bounds, std::span<const int32_t> ids,
                     std::span<const int64_t> globals, const attention::ExecOptions& exec,
                     float* hidden_out, ForwardStats* stats_out, const LayerProgress& progress,
-                    std::vector<LayerKv>* kv_cache) {
+                    cache::TieredKvCache* kv_cache) {
   const int me = comm.rank();
   if (int64_t(bounds.size()) != comm.size() + 1) {
     return InvalidArgument("forward: {} shard bounds for {} ranks", bounds.size(), comm.size());
@@ -133,11 +137,13 @@ Status ForwardShard(comm::Communicator& comm, const model::ModelConfig& c, const
     }
   }
   ForwardStats st;
-  if (kv_cache) kv_cache->clear();
+  if (kv_cache && kv_cache->rows(0) != 0) {
+    return InvalidArgument("forward: the KV cache given already holds {} rows", kv_cache->rows(0));
+  }
   auto t0 = Clock::now();
   std::vector<float> x(size_t(rows * D)), h(size_t(rows * D)), q(size_t(rows * H * hd)),
       k(size_t(rows * Hkv * hd)), v(k.size()), o(q.size()), lse(size_t(rows * H)),
-      g(size_t(rows * I)), u(size_t(rows * I)), tmp(size_t(rows * D));
+      g(size_t(std::min(rows, kMlpRows) * I)), u(g.size()), tmp(size_t(rows * D));
   for (int64_t r = 0; r < rows; ++r) {
     std::memcpy(x.data() + r * D, w.embed + int64_t(ids[size_t(r)]) * D, sizeof(float) * D);
   }
@@ -174,7 +180,12 @@ Status ForwardShard(comm::Communicator& comm, const model::ModelConfig& c, const
                         .WithContext(fmt::format("layer {}", l)));
     st.attention_seconds += Since(t0);
     st.last_layer = ds;
-    if (kv_cache) kv_cache->push_back(LayerKv{k, v});
+    if (kv_cache) {
+      // The layer's K/V into the cache; blocks outside the persistent set leave for the host
+      // and remote tiers in the background while the next layer computes.
+      RETURN_IF_ERROR(kv_cache->Append(int32_t(l), k.data(), v.data(), rows)
+                          .WithContext(fmt::format("KV cache, layer {}", l)));
+    }
     for (const PhaseTraffic* p : {&ds.halo, &ds.global_kv, &ds.global_q, &ds.partials}) {
       st.comm_bytes_sent += p->sent;
       st.comm_bytes_received += p->received;
@@ -184,10 +195,13 @@ Status ForwardShard(comm::Communicator& comm, const model::ModelConfig& c, const
     Linear(o.data(), rows, H * hd, L.wo, D, tmp.data());
     for (int64_t i = 0; i < rows * D; ++i) x[size_t(i)] += tmp[size_t(i)];
     RmsNorm(x.data(), rows, D, L.mlp_norm, c.rms_norm_eps, h.data());
-    Linear(h.data(), rows, D, L.w_gate, I, g.data());
-    Linear(h.data(), rows, D, L.w_up, I, u.data());
-    internal::SwiGlu(g.data(), u.data(), rows * I);
-    Linear(g.data(), rows, I, L.w_down, D, tmp.data());
+    for (int64_t r0 = 0; r0 < rows; r0 += kMlpRows) {  // token-local: row chunks bound g and u
+      const int64_t m = std::min(kMlpRows, rows - r0);
+      Linear(h.data() + r0 * D, m, D, L.w_gate, I, g.data());
+      Linear(h.data() + r0 * D, m, D, L.w_up, I, u.data());
+      internal::SwiGlu(g.data(), u.data(), m * I);
+      Linear(g.data(), m, I, L.w_down, D, tmp.data() + r0 * D);
+    }
     for (int64_t i = 0; i < rows * D; ++i) x[size_t(i)] += tmp[size_t(i)];
     st.dense_seconds += Since(t0);
     if (progress) progress(l + 1, c.num_hidden_layers);

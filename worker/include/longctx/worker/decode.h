@@ -5,6 +5,12 @@
 // query may see — its window, the global keys, or, for a global query, every key — and the
 // partials are merged in rank order on the last rank: the result equals one forward pass over
 // the whole sequence with the same globals. Per step and layer a rank moves O(H * hd) bytes.
+//
+// The K/V come from the rank's TieredKvCache: a query that is not global reads only its window
+// and the global rows (the cache's persistent set: resident); a global query reads every block of
+// every layer, so the next layer's blocks are prefetched while the current layer computes. Over
+// all rows the partial is computed block by block and merged in row order, so the result is the
+// same (bitwise) whatever the tier budgets and the codec's round trip (exact for f32).
 #pragma once
 
 #include <cstdint>
@@ -18,10 +24,11 @@ namespace longctx::worker {
 class Decoder {
  public:
   // bounds: the prefill's shard bounds (ranks+1 entries; bounds.back() = document tokens).
-  // globals: the document's global positions (sorted). cache: this rank's K/V from ForwardShard.
+  // globals: the document's global positions (sorted). cache: this rank's K/V from ForwardShard
+  // (not owned; the last rank's appended tokens are appended to it).
   Decoder(comm::Communicator& comm, const model::ModelConfig& config, const Weights& weights,
           std::vector<int64_t> bounds, std::span<const int64_t> globals,
-          std::vector<LayerKv> cache, const attention::ExecOptions& exec);
+          cache::TieredKvCache* cache, const attention::ExecOptions& exec);
 
   int last_rank() const { return comm_.size() - 1; }
   int64_t next_position() const { return next_pos_; }
@@ -31,9 +38,6 @@ class Decoder {
   // id on ties). On the last rank: hidden_out [hidden] = the token's final-norm hidden state
   // (may be null elsewhere).
   Status Step(int32_t token, bool is_global, float* hidden_out, int32_t* next_token);
-
-  // Bytes of K/V this rank holds for decoding (every layer, its rows and the appended ones).
-  uint64_t cache_bytes() const;
 
   // Bytes this rank sent and received in Step calls.
   uint64_t bytes_sent() const { return sent_; }
@@ -46,7 +50,7 @@ class Decoder {
   std::vector<int64_t> bounds_;
   attention::ExecOptions exec_;
   int64_t pos0_ = 0;                // position of this rank's first cached row
-  std::vector<LayerKv> cache_;      // per layer, rows [pos0_, pos0_ + rows) (grows on the last rank)
+  cache::TieredKvCache* cache_;     // rows [pos0_, pos0_ + rows) of every layer (grows on the last rank)
   std::vector<char> global_row_;    // per cached row: is it a global token
   int64_t next_pos_ = 0;
   uint64_t sent_ = 0, received_ = 0;

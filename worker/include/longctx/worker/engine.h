@@ -33,6 +33,7 @@ struct EngineOptions {
   uint64_t seed = model::kDefaultBuiltinSeed;
   model::HybridOverrides overrides;
   int threads = 0;                     // per rank; 0 = every core
+  bool keep_kv = true;                 // keep each document's KV cache (needed by Answer)
   cache::KvCacheOptions kv;            // tiers of the decode cache
   std::shared_ptr<cache::RemoteTier> remote;  // the remote tier (null: none)
 };

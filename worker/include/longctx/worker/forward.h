@@ -12,6 +12,7 @@
 
 #include "longctx/attention/hybrid_attention.h"
 #include "longctx/attention/shard_plan.h"
+#include "longctx/cache/tiered_cache.h"
 #include "longctx/comm/communicator.h"
 #include "longctx/model/builtin.h"
 #include "longctx/model/config.h"
@@ -54,23 +55,19 @@ struct Fp32Weights {
 };
 Result<Fp32Weights> ToFp32Weights(const model::Model& model);
 
-// The K/V of one layer for this rank's rows, after RoPE: what later tokens attend to.
-struct LayerKv {
-  std::vector<float> k, v;  // [rows, Hkv*hd] each
-};
-
 // Called after each layer with (layer index, layers).
 using LayerProgress = std::function<void(int64_t, int64_t)>;
 
 // bounds: the shard bounds of every rank (ranks+1 entries, the same for every layer); the
 // window of layer l comes from config. ids: this rank's token ids (rows = bounds[r+1]-bounds[r]),
-// each < vocab_size. hidden_out: [rows, hidden] final-norm hidden states. kv_cache (optional):
-// receives every layer's K/V of the own rows, for decoding after the prefill.
+// each < vocab_size. hidden_out: [rows, hidden] final-norm hidden states. kv_cache (optional,
+// empty): receives every layer's K/V of the own rows after RoPE, for decoding after the prefill.
 Status ForwardShard(comm::Communicator& comm, const model::ModelConfig& config,
                     const Weights& weights, const std::vector<int64_t>& bounds,
                     std::span<const int32_t> ids, std::span<const int64_t> globals,
                     const attention::ExecOptions& exec, float* hidden_out, ForwardStats* stats,
-                    const LayerProgress& progress = {}, std::vector<LayerKv>* kv_cache = nullptr);
+                    const LayerProgress& progress = {},
+                    cache::TieredKvCache* kv_cache = nullptr);
 
 // The greedy next token after a final-norm hidden state [hidden]: argmax of lm_head * hidden,
 // the lowest id on ties.
