@@ -11,6 +11,7 @@ PACKAGES=(
   build-essential cmake ninja-build pkg-config
   libopenblas-dev libfmt-dev libspdlog-dev libcli11-dev nlohmann-json3-dev libxxhash-dev
   openmpi-bin libopenmpi-dev            # the MPI communicator (comm/)
+  libprotobuf-dev protobuf-compiler libboost-dev  # the coordinator (Protobuf, Boost.Asio)
   libucx-dev ucx-utils                  # the UCX transport and KV store (comm/ucx/, cache/)
 )
 # ... and what the test suite adds (tests/run.sh): GoogleTest, and python3-torch/numpy as the
@@ -19,6 +20,8 @@ if [[ "${1:-all}" != "run" ]]; then
   PACKAGES+=(git libgtest-dev libgmock-dev python3 python3-numpy python3-torch)
   # A real single-node Slurm cluster for the `slurm` tests (started and stopped by the test).
   PACKAGES+=(slurmctld slurmd slurm-client munge libpmix-dev)
+  # clang's libFuzzer for the coordinator's frame/message parser fuzz target.
+  PACKAGES+=(clang libclang-rt-14-dev)
   # The `bench kvstore` Redis peer (a private redis-server on loopback, via hiredis).
   PACKAGES+=(redis-server libhiredis-dev)
 fi

@@ -23,5 +23,9 @@ void MaybeKillForTest(comm::Communicator& comm);
 Runner AddBenchCommand(CLI::App& app);
 Runner AddRunCommand(CLI::App& app);
 Runner AddMkmodelCommand(CLI::App& app);
+// The control plane: the coordinator service, a worker group's rank loop, submit and status.
+Runner AddCoordinatorCommand(CLI::App& app);
+Runner AddSubmitCommand(CLI::App& app);
+Runner AddStatusCommand(CLI::App& app);
 
 }  // namespace longctx::cli

@@ -1,0 +1,83 @@
+// The control plane's wire format: a frame is a 4-byte big-endian length, then that many bytes of
+// one serialized control::Envelope. FrameDecoder checks each length against a maximum before it
+// buffers a byte of the body, so a peer cannot make the coordinator allocate what it announces;
+// ParseEnvelope refuses malformed messages, unknown protocol versions and empty bodies.
+// No I/O here: the server, the client and the fuzz target all drive these functions.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <string>
+#include <string_view>
+
+#include "control.pb.h"
+#include "longctx/core/status.h"
+
+namespace longctx::coordinator {
+
+inline constexpr uint32_t kProtocolVersion = 1;
+inline constexpr size_t kFrameHeaderBytes = 4;
+// Default cap on one frame (bytes of the envelope, header excluded). Document chunks are
+// kDocumentChunkBytes, so a frame never needs more than this.
+inline constexpr size_t kDefaultMaxFrameBytes = size_t(4) << 20;
+inline constexpr size_t kDocumentChunkBytes = size_t(256) << 10;
+
+// The 4-byte header followed by `payload`. Fails (kResourceExhausted) when the payload is larger
+// than max_frame_bytes, so a sender never emits a frame its peer must refuse.
+Result<std::string> EncodeFrame(std::string_view payload, size_t max_frame_bytes);
+// Serializes `env` (its version set to kProtocolVersion when 0) and frames it.
+Result<std::string> EncodeEnvelope(const control::Envelope& env, size_t max_frame_bytes);
+
+// Incremental frame parser. Feed() bytes as they arrive (any split), then take complete frame
+// payloads with Pop(). Invariant: the buffered bytes never exceed kFrameHeaderBytes +
+// max_frame_bytes plus one Feed() call's input. After an error every call fails.
+class FrameDecoder {
+ public:
+  explicit FrameDecoder(size_t max_frame_bytes) : max_frame_bytes_(max_frame_bytes) {}
+
+  // kResourceExhausted when a header announces more than max_frame_bytes.
+  Status Feed(const char* data, size_t bytes);
+  bool has_frame() const { return !frames_.empty(); }
+  std::string Pop();  // precondition: has_frame()
+  // True while bytes of an incomplete frame are buffered (the partial-frame timeout runs then).
+  bool partial() const { return have_ != 0 || need_body_; }
+  size_t max_frame_bytes() const { return max_frame_bytes_; }
+
+ private:
+  size_t max_frame_bytes_;
+  Status error_;
+  char header_[kFrameHeaderBytes] = {};
+  size_t have_ = 0;           // bytes of the current header or body received
+  bool need_body_ = false;    // header complete, body being received
+  size_t body_bytes_ = 0;
+  std::string body_;
+  std::deque<std::string> frames_;
+};
+
+// Parses one frame payload: kInvalidArgument for bytes that are not an Envelope, for a version
+// other than kProtocolVersion ("unsupported protocol version 7 (this side speaks 1)") and for an
+// envelope without a body.
+Result<control::Envelope> ParseEnvelope(std::string_view payload);
+
+// The checks the coordinator applies to a client's or worker's message before acting on it
+// (identifier syntax, sizes, ranges), so the fuzz target exercises them too.
+// Document ids: 1..128 bytes of [A-Za-z0-9._:-]; they never name a file.
+Status ValidateDocId(std::string_view doc_id);
+Status ValidateSubmitChunk(const control::SubmitDocument& s, uint64_t max_document_bytes);
+Status ValidateQuery(const control::Query& q);
+Status ValidateEvent(const control::JobEvent& e);
+
+// Equality of two secrets whose running time depends only on their lengths, not on where they
+// differ (no early exit). Written here because OpenSSL's CRYPTO_memcmp is not a dependency.
+bool ConstantTimeEquals(std::string_view a, std::string_view b);
+
+// The shared token: the contents of `token_file` (trailing whitespace removed) when it is not
+// empty, else the LONGCTX_TOKEN environment variable. Never taken from the command line, so it
+// does not show in `ps`. Errors name the file, never the token.
+Result<std::string> LoadToken(const std::string& token_file);
+
+// "HOST:PORT" -> host, port (port 0..65535; port 0 only when allow_zero: the OS picks one).
+Status ParseHostPort(std::string_view text, bool allow_zero, std::string* host, uint16_t* port);
+
+}  // namespace longctx::coordinator

@@ -1,0 +1,828 @@
+// The coordinator server (server.h): sessions, the job table and dispatch.
+#include "longctx/coordinator/server.h"
+
+#include <algorithm>
+#include <array>
+#include <deque>
+#include <map>
+#include <optional>
+#include <set>
+#include <vector>
+
+#include <boost/asio.hpp>
+
+#include "longctx/coordinator/job_store.h"
+#include "longctx/core/log.h"
+
+namespace longctx::coordinator {
+
+namespace asio = boost::asio;
+using asio::ip::tcp;
+using Clock = std::chrono::steady_clock;
+using boost::system::error_code;
+
+namespace {
+
+double UnixNow() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+double Since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+double Seconds(std::chrono::milliseconds ms) { return double(ms.count()) / 1e3; }
+
+control::Envelope ErrorEnvelope(uint64_t request_id, const std::string& message, bool fatal) {
+  control::Envelope env;
+  env.set_request_id(request_id);
+  env.mutable_error()->set_message(message);
+  env.mutable_error()->set_fatal(fatal);
+  return env;
+}
+
+// Bytes queued for a peer that does not read them: beyond this the peer is cut off.
+constexpr size_t kMaxQueuedWriteBytes = size_t(64) << 20;
+
+}  // namespace
+
+class Session;
+
+// One job: its record (what is persisted and reported) and what only lives while it runs.
+struct Job {
+  control::JobRecord record;
+  std::weak_ptr<Session> client;  // the connection that submitted it (gone: events are dropped)
+  uint64_t request_id = 0;        // the client's request, echoed on every event
+  std::shared_ptr<const std::string> document;  // bytes to prefill; null for a Query
+  Clock::time_point queued_at, started_at;
+};
+
+struct WorkerGroup {
+  std::string id;
+  std::weak_ptr<Session> session;
+  std::string name, model;
+  int32_t ranks = 0;
+  std::set<std::string> documents;  // what it holds (or is prefilling)
+  uint64_t running_job = 0;         // 0: idle
+};
+
+class Server::Impl : public std::enable_shared_from_this<Server::Impl> {
+ public:
+  Impl(asio::io_context& io, ServerOptions o, JobStore store)
+      : io_(io), options_(std::move(o)), store_(std::move(store)), acceptor_(io) {}
+
+  Status Init();
+  void Accept();
+  void Stop();
+
+  // Called by sessions.
+  void OnClientJob(const std::shared_ptr<Session>& s, uint64_t request_id, std::string doc_id,
+                   std::shared_ptr<const std::string> document, std::string question,
+                   int64_t generate);
+  std::string OnWorkerHello(const std::shared_ptr<Session>& s, const control::Hello& h);
+  Status OnWorkerEvent(const std::string& group_id, const control::JobEvent& e);
+  void OnWorkerLost(const std::string& group_id, const std::string& reason);
+  control::StatusReply MakeStatus(uint64_t job_id) const;
+  void SessionClosed(Session* s);
+
+  const ServerOptions& options() const { return options_; }
+  asio::io_context& io() { return io_; }
+  uint64_t pending_bytes = 0;  // bytes of uploads in progress and of undispatched documents
+  uint16_t bound_port = 0;
+
+ private:
+  void Dispatch();
+  void Assign(WorkerGroup& g, Job& job);
+  void Finish(Job& job, control::JobState state, const std::string& error,
+              const control::JobResult* result);
+  void Persist(const Job& job);
+  void SendToClient(const Job& job, control::JobEvent event);
+  void ReleaseDocument(Job& job);
+
+  asio::io_context& io_;
+  ServerOptions options_;
+  JobStore store_;
+  tcp::acceptor acceptor_;
+  bool stopped_ = false;
+  std::set<std::shared_ptr<Session>> sessions_;
+  std::map<uint64_t, Job> jobs_;
+  std::deque<uint64_t> queue_;  // queued job ids, oldest first
+  std::map<std::string, WorkerGroup> groups_;
+  uint64_t next_job_id_ = 1;
+  uint64_t next_group_ = 1;
+};
+
+// One TCP connection: a client or a worker group once its Hello is accepted.
+class Session : public std::enable_shared_from_this<Session> {
+ public:
+  Session(Server::Impl& server, tcp::socket socket)
+      : server_(server),
+        socket_(std::move(socket)),
+        timer_(server.io()),
+        decoder_(server.options().max_frame_bytes),
+        opened_(Clock::now()),
+        last_frame_(opened_),
+        last_heartbeat_(opened_) {}
+
+  void Start() {
+    error_code ec;
+    const auto ep = socket_.remote_endpoint(ec);
+    peer_ = ec ? std::string("?") : fmt::format("{}:{}", ep.address().to_string(), ep.port());
+    Read();
+    Tick();
+  }
+
+  void Send(const control::Envelope& env) {
+    if (closed_) return;
+    Result<std::string> frame = EncodeEnvelope(env, server_.options().max_frame_bytes);
+    if (!frame.ok()) {
+      LONGCTX_LOG_ERROR("coordinator: to {}: {}", peer_, frame.status().message());
+      frame = EncodeEnvelope(ErrorEnvelope(env.request_id(), frame.status().message(), false),
+                             server_.options().max_frame_bytes);
+      if (!frame.ok()) return;
+    }
+    queued_bytes_ += frame->size();
+    if (queued_bytes_ > kMaxQueuedWriteBytes) {
+      Close("the peer does not read what it is sent");
+      return;
+    }
+    out_.push_back(std::move(*frame));
+    if (!writing_) Write();
+  }
+
+  // Sends a fatal error, then closes once it is written (reads stop now).
+  void Fatal(uint64_t request_id, const std::string& message) {
+    if (closed_ || closing_) return;
+    LONGCTX_LOG_WARN("coordinator: refusing {}: {}", peer_, message);
+    Send(ErrorEnvelope(request_id, message, true));
+    closing_ = true;
+    reason_ = message;
+    if (!writing_) Close(message);
+  }
+
+  void Close(const std::string& reason) {
+    if (closed_) return;
+    closed_ = true;
+    if (reason_.empty()) reason_ = reason;
+    error_code ec;
+    socket_.shutdown(tcp::socket::shutdown_both, ec);
+    socket_.close(ec);
+    timer_.cancel();
+    uploads_.clear();  // a client gone mid-upload: its partial document is discarded here
+    server_.pending_bytes -= std::min(server_.pending_bytes, upload_bytes_);
+    upload_bytes_ = 0;
+    if (role_ == control::ROLE_WORKER) server_.OnWorkerLost(group_id_, reason_);
+    server_.SessionClosed(this);
+  }
+
+  control::Role role() const { return role_; }
+  const std::string& peer() const { return peer_; }
+  size_t uploads() const { return uploads_.size(); }
+  int jobs_in_flight = 0;  // this client's queued or running jobs
+
+ private:
+  struct Upload {
+    std::string doc_id, question;
+    int64_t generate = 0;
+    uint64_t total = 0;
+    std::string bytes;
+  };
+
+  void Read() {
+    auto self = shared_from_this();
+    socket_.async_read_some(asio::buffer(buf_), [this, self](error_code ec, size_t n) {
+      if (closed_ || closing_) return;
+      if (ec) {
+        Close(ec == asio::error::eof ? "connection closed by the peer" : ec.message());
+        return;
+      }
+      const bool was_partial = decoder_.partial();
+      if (Status st = decoder_.Feed(buf_.data(), n); !st.ok()) {
+        Fatal(0, st.message());
+        return;
+      }
+      bool any = false;
+      while (decoder_.has_frame() && !closing_ && !closed_) {
+        any = true;
+        last_frame_ = Clock::now();
+        Result<control::Envelope> env = ParseEnvelope(decoder_.Pop());
+        if (!env.ok()) {
+          Fatal(0, env.status().message());
+          return;
+        }
+        Handle(*env);
+      }
+      if (closing_ || closed_) return;
+      if (decoder_.partial() && (any || !was_partial)) partial_since_ = Clock::now();
+      Read();
+    });
+  }
+
+  void Write() {
+    writing_ = true;
+    auto self = shared_from_this();
+    asio::async_write(socket_, asio::buffer(out_.front()), [this, self](error_code ec, size_t) {
+      writing_ = false;
+      if (closed_) return;
+      if (ec) {
+        Close(ec.message());
+        return;
+      }
+      queued_bytes_ -= out_.front().size();
+      out_.pop_front();
+      if (!out_.empty()) {
+        Write();
+      } else if (closing_) {
+        Close(reason_);
+      }
+    });
+  }
+
+  // Every 200 ms: the timeouts, and heartbeats to authenticated peers.
+  void Tick() {
+    auto self = shared_from_this();
+    timer_.expires_after(std::chrono::milliseconds(200));
+    timer_.async_wait([this, self](error_code ec) {
+      if (ec || closed_) return;
+      const ServerOptions& o = server_.options();
+      const auto now = Clock::now();
+      if (!closing_) {
+        if (role_ == control::ROLE_UNSPECIFIED && now - opened_ > o.hello_timeout) {
+          Fatal(0, fmt::format("no Hello within {:.1f} s", Seconds(o.hello_timeout)));
+        } else if (decoder_.partial() && now - partial_since_ > o.frame_timeout) {
+          Fatal(0, fmt::format("incomplete frame for more than {:.1f} s (partial-frame timeout)",
+                               Seconds(o.frame_timeout)));
+        } else if (role_ == control::ROLE_WORKER && now - last_frame_ > o.worker_timeout) {
+          Fatal(0, fmt::format("worker group silent for more than {:.1f} s",
+                               Seconds(o.worker_timeout)));
+        } else if (role_ == control::ROLE_CLIENT && uploads_.empty() && jobs_in_flight == 0 &&
+                   now - last_frame_ > o.idle_timeout) {
+          Fatal(0, fmt::format("idle for more than {:.1f} s", Seconds(o.idle_timeout)));
+        } else if (role_ != control::ROLE_UNSPECIFIED &&
+                   now - last_heartbeat_ >= o.heartbeat_interval) {
+          last_heartbeat_ = now;
+          control::Envelope hb;
+          hb.mutable_heartbeat()->set_unix_seconds(UnixNow());
+          Send(hb);
+        }
+      }
+      if (!closed_) Tick();
+    });
+  }
+
+  void Handle(const control::Envelope& env) {
+    using E = control::Envelope;
+    if (role_ == control::ROLE_UNSPECIFIED) {
+      if (env.body_case() != E::kHello) {
+        Fatal(env.request_id(), "the first message must be a Hello (authenticate first)");
+        return;
+      }
+      HandleHello(env);
+      return;
+    }
+    if (env.body_case() == E::kHeartbeat) return;
+    if (env.body_case() == E::kHello) {
+      Fatal(env.request_id(), "a second Hello on one connection");
+      return;
+    }
+    if (role_ == control::ROLE_WORKER) {
+      if (env.body_case() != E::kEvent) {
+        Fatal(env.request_id(), fmt::format("unexpected message (field {}) from a worker group",
+                                            int(env.body_case())));
+        return;
+      }
+      if (Status st = server_.OnWorkerEvent(group_id_, env.event()); !st.ok()) {
+        Fatal(env.request_id(), st.message());
+      }
+      return;
+    }
+    switch (env.body_case()) {
+      case E::kSubmit:
+        HandleSubmit(env.request_id(), env.submit());
+        return;
+      case E::kQuery:
+        HandleQuery(env.request_id(), env.query());
+        return;
+      case E::kStatusRequest: {
+        control::Envelope reply;
+        reply.set_request_id(env.request_id());
+        *reply.mutable_status_reply() = server_.MakeStatus(env.status_request().job_id());
+        Send(reply);
+        return;
+      }
+      default:
+        Fatal(env.request_id(),
+              fmt::format("unexpected message (field {}) from a client", int(env.body_case())));
+    }
+  }
+
+  void HandleHello(const control::Envelope& env) {
+    const control::Hello& h = env.hello();
+    if (h.protocol_version() != kProtocolVersion) {
+      Fatal(env.request_id(), fmt::format("unsupported protocol version {} (this side speaks {})",
+                                          h.protocol_version(), kProtocolVersion));
+      return;
+    }
+    if (!ConstantTimeEquals(h.token(), server_.options().token)) {
+      Fatal(env.request_id(), "authentication failed: wrong token");
+      return;
+    }
+    control::Envelope reply;
+    reply.set_request_id(env.request_id());
+    reply.mutable_hello_reply()->set_protocol_version(kProtocolVersion);
+    if (h.role() == control::ROLE_CLIENT) {
+      role_ = control::ROLE_CLIENT;
+    } else if (h.role() == control::ROLE_WORKER) {
+      for (const std::string& d : h.documents()) {
+        if (Status st = ValidateDocId(d); !st.ok()) {
+          Fatal(env.request_id(), st.message());
+          return;
+        }
+      }
+      if (h.ranks() < 1) {
+        Fatal(env.request_id(), fmt::format("a worker group needs >= 1 rank, got {}", h.ranks()));
+        return;
+      }
+      role_ = control::ROLE_WORKER;
+      group_id_ = server_.OnWorkerHello(shared_from_this(), h);
+      reply.mutable_hello_reply()->set_group_id(group_id_);
+      LONGCTX_LOG_INFO("coordinator: worker group {} ({}, {} ranks) connected from {}", group_id_,
+                       h.name(), h.ranks(), peer_);
+    } else {
+      Fatal(env.request_id(), "Hello without a valid role");
+      return;
+    }
+    Send(reply);
+  }
+
+  void Reject(uint64_t request_id, const Status& st) {
+    control::Envelope e = ErrorEnvelope(request_id, st.message(), false);
+    Send(e);
+  }
+
+  void HandleSubmit(uint64_t request_id, const control::SubmitDocument& s) {
+    const ServerOptions& o = server_.options();
+    auto it = uploads_.find(request_id);
+    if (s.offset() == 0 && it == uploads_.end()) {
+      if (rejected_.count(request_id)) {  // chunks of an upload refused at its start
+        if (s.last()) rejected_.erase(request_id);
+        return;
+      }
+      Status st = ValidateSubmitChunk(s, o.max_document_bytes);
+      if (st.ok() && int(uploads_.size()) + jobs_in_flight >= o.max_jobs_per_client) {
+        st = Status(StatusCode::kResourceExhausted,
+                    fmt::format("too many jobs in flight on this connection (limit {})",
+                                o.max_jobs_per_client));
+      }
+      if (st.ok() && server_.pending_bytes + s.total_bytes() > o.max_pending_bytes) {
+        st = Status(StatusCode::kResourceExhausted,
+                    fmt::format("the coordinator holds {} bytes of pending documents (limit {}); "
+                                "retry later", server_.pending_bytes, o.max_pending_bytes));
+      }
+      if (!st.ok()) {
+        if (!s.last()) {
+          if (rejected_.size() >= 1024) {
+            Fatal(request_id, "too many refused uploads on one connection");
+            return;
+          }
+          rejected_.insert(request_id);
+        }
+        Reject(request_id, st);
+        return;
+      }
+      Upload u;
+      u.doc_id = s.doc_id();
+      u.question = s.question();
+      u.generate = s.generate();
+      u.total = s.total_bytes();
+      it = uploads_.emplace(request_id, std::move(u)).first;
+      server_.pending_bytes += s.total_bytes();
+      upload_bytes_ += s.total_bytes();
+    } else if (it == uploads_.end()) {
+      if (rejected_.count(request_id)) {
+        if (s.last()) rejected_.erase(request_id);
+        return;
+      }
+      Fatal(request_id, fmt::format("document chunk at offset {} without an upload started "
+                                    "by request {}", s.offset(), request_id));
+      return;
+    }
+    Upload& u = it->second;
+    control::SubmitDocument bounded = s;
+    bounded.set_total_bytes(u.total);  // later chunks are checked against the first one's size
+    if (Status st = ValidateSubmitChunk(bounded, o.max_document_bytes); !st.ok() && s.offset() != 0) {
+      Fatal(request_id, st.message());
+      return;
+    }
+    if (s.offset() != u.bytes.size()) {
+      Fatal(request_id, fmt::format("document chunk at offset {}, expected {}", s.offset(),
+                                    u.bytes.size()));
+      return;
+    }
+    u.bytes.append(s.data());
+    if (!s.last()) return;
+    auto document = std::make_shared<const std::string>(std::move(u.bytes));
+    upload_bytes_ -= u.total;  // now counted as the queued job's (until dispatched)
+    std::string doc_id = std::move(u.doc_id), question = std::move(u.question);
+    const int64_t generate = u.generate;
+    uploads_.erase(it);
+    ++jobs_in_flight;
+    server_.OnClientJob(shared_from_this(), request_id, std::move(doc_id), std::move(document),
+                        std::move(question), generate);
+  }
+
+  void HandleQuery(uint64_t request_id, const control::Query& q) {
+    if (Status st = ValidateQuery(q); !st.ok()) {
+      Reject(request_id, st);
+      return;
+    }
+    if (int(uploads_.size()) + jobs_in_flight >= server_.options().max_jobs_per_client) {
+      Reject(request_id, Status(StatusCode::kResourceExhausted,
+                                fmt::format("too many jobs in flight on this connection (limit {})",
+                                            server_.options().max_jobs_per_client)));
+      return;
+    }
+    ++jobs_in_flight;
+    server_.OnClientJob(shared_from_this(), request_id, q.doc_id(), nullptr, q.question(),
+                        q.generate());
+  }
+
+  Server::Impl& server_;
+  tcp::socket socket_;
+  asio::steady_timer timer_;
+  FrameDecoder decoder_;
+  std::array<char, 64 * 1024> buf_{};
+  std::deque<std::string> out_;
+  size_t queued_bytes_ = 0;
+  bool writing_ = false, closing_ = false, closed_ = false;
+  std::string peer_, reason_;
+  control::Role role_ = control::ROLE_UNSPECIFIED;
+  Clock::time_point opened_, last_frame_, last_heartbeat_, partial_since_;
+  std::map<uint64_t, Upload> uploads_;
+  std::set<uint64_t> rejected_;
+  uint64_t upload_bytes_ = 0;
+  std::string group_id_;
+};
+
+// ---- Server::Impl ----------------------------------------------------------------------------
+
+Status Server::Impl::Init() {
+  ASSIGN_OR_RETURN(std::vector<control::JobRecord> records, store_.LoadAll());
+  for (control::JobRecord& r : records) {
+    next_job_id_ = std::max(next_job_id_, r.job_id() + 1);
+    if (r.state() == control::JOB_QUEUED || r.state() == control::JOB_RUNNING) {
+      r.set_state(control::JOB_FAILED);
+      r.set_error("the coordinator stopped before the job finished; submit it again");
+      RETURN_IF_ERROR(store_.Save(r));
+    }
+    Job job;
+    job.record = std::move(r);
+    const uint64_t id = job.record.job_id();
+    jobs_.emplace(id, std::move(job));
+  }
+  error_code ec;
+  const asio::ip::address addr = asio::ip::make_address(options_.host, ec);
+  if (ec) return InvalidArgument("--listen: '{}' is not an IP address", options_.host);
+  const tcp::endpoint ep(addr, options_.port);
+  acceptor_.open(ep.protocol(), ec);
+  if (!ec) acceptor_.set_option(tcp::acceptor::reuse_address(true), ec);
+  if (!ec) acceptor_.bind(ep, ec);
+  if (!ec) acceptor_.listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) {
+    return Status(StatusCode::kUnavailable,
+                  fmt::format("cannot listen on {}:{}: {}", options_.host, options_.port,
+                              ec.message()));
+  }
+  bound_port = acceptor_.local_endpoint(ec).port();
+  LONGCTX_LOG_INFO("coordinator: {} job records loaded from {}", jobs_.size(), store_.dir());
+  return Status::Ok();
+}
+
+void Server::Impl::Accept() {
+  auto self = shared_from_this();
+  acceptor_.async_accept([this, self](error_code ec, tcp::socket socket) {
+    if (stopped_) return;
+    if (!ec) {
+      if (int(sessions_.size()) >= options_.max_connections) {
+        LONGCTX_LOG_WARN("coordinator: connection limit {} reached; refusing one",
+                         options_.max_connections);
+        auto refused = std::make_shared<Session>(*this, std::move(socket));
+        sessions_.insert(refused);
+        refused->Start();
+        refused->Fatal(0, fmt::format("too many connections (limit {})", options_.max_connections));
+      } else {
+        auto s = std::make_shared<Session>(*this, std::move(socket));
+        sessions_.insert(s);
+        s->Start();
+      }
+    } else {
+      LONGCTX_LOG_WARN("coordinator: accept failed: {}", ec.message());
+    }
+    Accept();
+  });
+}
+
+void Server::Impl::Stop() {
+  if (stopped_) return;
+  stopped_ = true;
+  error_code ec;
+  acceptor_.close(ec);
+  // Close() removes the session from sessions_; iterate over a copy.
+  const std::vector<std::shared_ptr<Session>> all(sessions_.begin(), sessions_.end());
+  for (const auto& s : all) s->Close("the coordinator is stopping");
+}
+
+void Server::Impl::SessionClosed(Session* s) {
+  for (auto it = sessions_.begin(); it != sessions_.end(); ++it) {
+    if (it->get() == s) {
+      // Keep the session alive until its own handlers return (they hold shared_from_this).
+      sessions_.erase(it);
+      return;
+    }
+  }
+}
+
+void Server::Impl::Persist(const Job& job) {
+  if (Status st = store_.Save(job.record); !st.ok()) {
+    LONGCTX_LOG_ERROR("coordinator: job {}: cannot save its record: {}", job.record.job_id(),
+                      st.message());
+  }
+}
+
+void Server::Impl::SendToClient(const Job& job, control::JobEvent event) {
+  std::shared_ptr<Session> s = job.client.lock();
+  if (!s) return;
+  control::Envelope env;
+  env.set_request_id(job.request_id);
+  event.set_job_id(job.record.job_id());
+  *env.mutable_event() = std::move(event);
+  s->Send(env);
+}
+
+void Server::Impl::ReleaseDocument(Job& job) {
+  if (job.document) {
+    pending_bytes -= std::min<uint64_t>(pending_bytes, job.document->size());
+    job.document.reset();
+  }
+}
+
+void Server::Impl::OnClientJob(const std::shared_ptr<Session>& s, uint64_t request_id,
+                               std::string doc_id, std::shared_ptr<const std::string> document,
+                               std::string question, int64_t generate) {
+  Job job;
+  job.record.set_job_id(next_job_id_++);
+  job.record.set_doc_id(std::move(doc_id));
+  job.record.set_question(std::move(question));
+  job.record.set_generate(generate);
+  job.record.set_state(control::JOB_QUEUED);
+  job.record.set_document_bytes(document ? document->size() : 0);
+  job.record.set_submitted_unix(UnixNow());
+  job.client = s;
+  job.request_id = request_id;
+  job.document = std::move(document);
+  job.queued_at = Clock::now();
+  const uint64_t id = job.record.job_id();
+  Job& stored = jobs_.emplace(id, std::move(job)).first->second;
+  Persist(stored);
+  control::JobEvent queued;
+  queued.set_kind(control::JobEvent::QUEUED);
+  SendToClient(stored, queued);
+  queue_.push_back(id);
+  Dispatch();
+}
+
+std::string Server::Impl::OnWorkerHello(const std::shared_ptr<Session>& s, const control::Hello& h) {
+  WorkerGroup g;
+  g.id = fmt::format("g{}", next_group_++);
+  g.session = s;
+  g.name = h.name();
+  g.model = h.model();
+  g.ranks = h.ranks();
+  g.documents.insert(h.documents().begin(), h.documents().end());
+  const std::string id = g.id;
+  groups_.emplace(id, std::move(g));
+  // Dispatch after the HelloReply is queued (this runs inside HandleHello).
+  asio::post(io_, [self = shared_from_this()] { self->Dispatch(); });
+  return id;
+}
+
+void Server::Impl::Dispatch() {
+  for (auto it = queue_.begin(); it != queue_.end();) {
+    Job& job = jobs_.at(*it);
+    WorkerGroup* chosen = nullptr;
+    bool can_ever_run = true;
+    if (job.document) {
+      for (auto& [id, g] : groups_) {
+        if (g.running_job == 0) {
+          chosen = &g;
+          break;
+        }
+      }
+    } else {
+      bool held = false;
+      for (auto& [id, g] : groups_) {
+        if (!g.documents.count(job.record.doc_id())) continue;
+        held = true;
+        if (g.running_job == 0) {
+          chosen = &g;
+          break;
+        }
+      }
+      if (!held) {
+        // An upload of that document queued ahead of this question will bring it.
+        can_ever_run = false;
+        for (uint64_t other : queue_) {
+          if (other == *it) break;
+          const Job& o = jobs_.at(other);
+          if (o.document && o.record.doc_id() == job.record.doc_id()) can_ever_run = true;
+        }
+      }
+    }
+    if (!can_ever_run) {
+      const uint64_t id = *it;
+      it = queue_.erase(it);
+      Finish(jobs_.at(id), control::JOB_FAILED,
+             fmt::format("document '{}' is not held by any worker group; submit it with --input",
+                         jobs_.at(id).record.doc_id()),
+             nullptr);
+      continue;
+    }
+    if (chosen == nullptr) {
+      ++it;
+      continue;
+    }
+    it = queue_.erase(it);
+    Assign(*chosen, job);
+  }
+}
+
+void Server::Impl::Assign(WorkerGroup& g, Job& job) {
+  std::shared_ptr<Session> ws = g.session.lock();
+  g.running_job = job.record.job_id();
+  job.record.set_state(control::JOB_RUNNING);
+  job.record.set_group_id(g.id);
+  job.started_at = Clock::now();
+  job.record.set_queue_seconds(Since(job.queued_at));
+  Persist(job);
+  control::JobEvent started;
+  started.set_kind(control::JobEvent::STARTED);
+  started.set_group_id(g.id);
+  SendToClient(job, started);
+  if (job.document) g.documents.insert(job.record.doc_id());
+
+  control::Envelope env;
+  control::Assignment* a = env.mutable_assignment();
+  a->set_job_id(job.record.job_id());
+  a->set_doc_id(job.record.doc_id());
+  a->set_document_bytes(job.document ? job.document->size() : 0);
+  a->set_question(job.record.question());
+  a->set_generate(job.record.generate());
+  if (ws) ws->Send(env);
+  if (job.document && ws) {
+    const std::string& d = *job.document;
+    for (size_t off = 0; off < d.size(); off += kDocumentChunkBytes) {
+      control::Envelope c;
+      c.mutable_chunk()->set_job_id(job.record.job_id());
+      c.mutable_chunk()->set_offset(off);
+      c.mutable_chunk()->set_data(d.substr(off, kDocumentChunkBytes));
+      ws->Send(c);
+    }
+  }
+  ReleaseDocument(job);
+  LONGCTX_LOG_INFO("coordinator: job {} (doc {}) -> worker group {}", job.record.job_id(),
+                   job.record.doc_id(), g.id);
+}
+
+void Server::Impl::Finish(Job& job, control::JobState state, const std::string& error,
+                          const control::JobResult* result) {
+  ReleaseDocument(job);
+  job.record.set_state(state);
+  job.record.set_error(error);
+  if (result != nullptr) {
+    *job.record.mutable_result() = *result;
+    job.record.mutable_result()->clear_held_documents();  // coordinator bookkeeping only
+  }
+  job.record.set_total_seconds(Since(job.queued_at));
+  Persist(job);
+  if (std::shared_ptr<Session> s = job.client.lock()) s->jobs_in_flight--;
+  control::JobEvent e;
+  if (state == control::JOB_DONE) {
+    e.set_kind(control::JobEvent::RESULT);
+    *e.mutable_result() = job.record.result();
+  } else {
+    e.set_kind(control::JobEvent::FAILED);
+    e.set_error(error);
+  }
+  e.set_group_id(job.record.group_id());
+  SendToClient(job, e);
+  LONGCTX_LOG_INFO("coordinator: job {} {}{}", job.record.job_id(),
+                   state == control::JOB_DONE ? "done" : "failed", error.empty() ? "" : ": " + error);
+}
+
+Status Server::Impl::OnWorkerEvent(const std::string& group_id, const control::JobEvent& e) {
+  RETURN_IF_ERROR(ValidateEvent(e));
+  auto git = groups_.find(group_id);
+  if (git == groups_.end()) return Internal("worker group {} is not registered", group_id);
+  WorkerGroup& g = git->second;
+  if (g.running_job != e.job_id()) {
+    return InvalidArgument("event for job {}, but worker group {} runs job {}", e.job_id(),
+                           group_id, g.running_job);
+  }
+  Job& job = jobs_.at(e.job_id());
+  switch (e.kind()) {
+    case control::JobEvent::PROGRESS:
+    case control::JobEvent::TOKEN:
+      SendToClient(job, e);
+      return Status::Ok();
+    case control::JobEvent::RESULT:
+    case control::JobEvent::FAILED:
+      g.documents.clear();
+      g.documents.insert(e.result().held_documents().begin(), e.result().held_documents().end());
+      g.running_job = 0;
+      if (e.kind() == control::JobEvent::RESULT) {
+        Finish(job, control::JOB_DONE, "", &e.result());
+      } else {
+        Finish(job, control::JOB_FAILED,
+               e.error().empty() ? std::string("the worker group reported a failure") : e.error(),
+               nullptr);
+      }
+      Dispatch();
+      return Status::Ok();
+    default:
+      return InvalidArgument("unexpected job event kind {}", int(e.kind()));
+  }
+}
+
+void Server::Impl::OnWorkerLost(const std::string& group_id, const std::string& reason) {
+  auto git = groups_.find(group_id);
+  if (git == groups_.end()) return;
+  const uint64_t running = git->second.running_job;
+  const std::string name = git->second.name;
+  groups_.erase(git);
+  LONGCTX_LOG_WARN("coordinator: worker group {} ({}) lost: {}", group_id, name, reason);
+  // When the coordinator itself stops, the record stays "running" on disk; the restart marks it
+  // failed ("the coordinator stopped before the job finished").
+  if (running != 0 && !stopped_) {
+    Finish(jobs_.at(running), control::JOB_FAILED,
+           fmt::format("worker group {} ({}) was lost mid-job: {}", group_id, name, reason),
+           nullptr);
+  }
+  if (!stopped_) Dispatch();
+}
+
+control::StatusReply Server::Impl::MakeStatus(uint64_t job_id) const {
+  control::StatusReply r;
+  for (const auto& [id, g] : groups_) {
+    control::WorkerInfo* w = r.add_workers();
+    w->set_group_id(g.id);
+    w->set_name(g.name);
+    w->set_ranks(g.ranks);
+    w->set_model(g.model);
+    w->set_busy(g.running_job != 0);
+    w->set_running_job(g.running_job);
+    for (const std::string& d : g.documents) w->add_documents(d);
+  }
+  int listed = 0;
+  for (auto it = jobs_.rbegin(); it != jobs_.rend(); ++it) {
+    const control::JobRecord& rec = it->second.record;
+    if (rec.state() == control::JOB_QUEUED) r.set_queued(r.queued() + 1);
+    if (rec.state() == control::JOB_RUNNING) r.set_running(r.running() + 1);
+    if (listed < 100) {
+      control::JobRecord* j = r.add_jobs();
+      *j = rec;
+      j->clear_result();
+      ++listed;
+    }
+  }
+  if (job_id != 0) {
+    auto it = jobs_.find(job_id);
+    if (it != jobs_.end()) *r.mutable_job() = it->second.record;
+  }
+  for (const auto& s : sessions_) {
+    r.set_uploads_in_progress(r.uploads_in_progress() + s->uploads());
+    if (s->role() == control::ROLE_CLIENT) r.set_clients(r.clients() + 1);
+  }
+  return r;
+}
+
+// ---- Server ------------------------------------------------------------------------------------
+
+Result<std::unique_ptr<Server>> Server::Start(asio::io_context& io, ServerOptions options) {
+  if (options.token.empty()) return InvalidArgument("the coordinator needs a token");
+  if (options.max_frame_bytes < kDocumentChunkBytes + 4096) {
+    return InvalidArgument("the frame limit must be at least {} bytes", kDocumentChunkBytes + 4096);
+  }
+  ASSIGN_OR_RETURN(JobStore store, JobStore::Open(options.state_dir));
+  auto impl = std::make_shared<Impl>(io, std::move(options), std::move(store));
+  RETURN_IF_ERROR(impl->Init());
+  impl->Accept();
+  return std::unique_ptr<Server>(new Server(std::move(impl)));
+}
+
+Server::~Server() = default;
+
+uint16_t Server::port() const { return impl_->bound_port; }
+
+void Server::Stop() {
+  asio::dispatch(impl_->io(), [impl = impl_] { impl->Stop(); });
+}
+
+}  // namespace longctx::coordinator
