@@ -587,11 +587,15 @@ class TieredCache final : public TieredKvCache {
       return false;
     }
     // 2. Keep `headroom_` free so the caller's next block need not wait (unless the lower tiers
-    //    are known to be full: then only a caller's need is worth another try).
-    if (!lower_full_ && !Fits(dev_bytes_, headroom_, opt_.device_budget)) {
+    //    are known to be full: then only a caller's need is worth another try). Once below it,
+    //    demote up to twice the headroom, so the thread is not woken for every appended block.
+    if (!Fits(dev_bytes_, headroom_, opt_.device_budget)) draining_ = true;
+    if (draining_ && Fits(dev_bytes_, 2 * headroom_, opt_.device_budget)) draining_ = false;
+    if (!lower_full_ && draining_) {
       Status s;
       const Evicted e = EvictOne(lock, /*allow_prefetched=*/false, &s);
       if (e == Evicted::kYes) return true;
+      draining_ = false;
       // Full lower tiers are the caller's error when it needs the room; anything else (a remote
       // tier failing) is reported by Flush.
       if (e == Evicted::kError && s.code() != StatusCode::kResourceExhausted) RecordError(s);
@@ -827,7 +831,8 @@ class TieredCache final : public TieredKvCache {
   uint64_t wake_gen_ = 0;
   uint64_t flush_req_ = 0, flush_done_ = 0;
   bool stop_ = false, paused_ = false, bg_in_op_ = false;
-  bool lower_full_ = false;  // the last demotion found host and remote full (reset on a drop)
+  bool lower_full_ = false;
+  bool draining_ = false;    // demoting from below the headroom up to twice the headroom  // the last demotion found host and remote full (reset on a drop)
   Status bg_error_;
   std::thread thread_;  // last: started after every member above is built
 };

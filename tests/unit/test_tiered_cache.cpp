@@ -728,7 +728,8 @@ TEST(TieredKvCacheThroughput, DemotionBlocksPerSecond) {
       g.block_tokens = 64;
       g.rows = 64 * 2000;
       std::vector<float> k, v;
-      FillRows(g, 1, g.rows, &k, &v);
+      const int64_t pool = 64 * 50;  // distinct rows, appended over and over
+      FillRows(g, 1, pool, &k, &v);
       KvCacheOptions o;
       o.block_tokens = g.block_tokens;
       o.codec = codec;
@@ -739,7 +740,8 @@ TEST(TieredKvCacheThroughput, DemotionBlocksPerSecond) {
       ASSERT_TRUE(c->SetPersistent({}, 64).ok());
       const auto t0 = Clock::now();
       for (int64_t r = 0; r < g.rows; r += 64) {
-        ASSERT_TRUE(c->Append(0, k.data() + r * g.row(), v.data() + r * g.row(), 64).ok());
+        const int64_t off = r % pool * g.row();
+        ASSERT_TRUE(c->Append(0, k.data() + off, v.data() + off, 64).ok());
       }
       ASSERT_TRUE(c->Flush().ok());
       const double s = std::chrono::duration<double>(Clock::now() - t0).count();
