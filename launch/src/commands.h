@@ -20,12 +20,19 @@ Runner AddAttentionCommand(CLI::App& app);
 // this point and then dies by SIGKILL, as a crashed or OOM-killed process would. Used by the
 // mpirun and Slurm tests to check that a dead rank ends the job, visibly and quickly.
 void MaybeKillForTest(comm::Communicator& comm);
+// Test hook: when LONGCTX_TEST_PAUSE_FILE names a file, rank 0 creates it and every rank waits
+// (up to 120 s) until the test removes it — e.g. to kill a store process between the prefill
+// and the decode.
+void MaybePauseForTest(comm::Communicator& comm);
 Runner AddBenchCommand(CLI::App& app);
 Runner AddRunCommand(CLI::App& app);
 Runner AddMkmodelCommand(CLI::App& app);
+// `longctx store`: a memory-only KV store process (cache/store.h).
+Runner AddStoreCommand(CLI::App& app);
 // The control plane: the coordinator service, a worker group's rank loop, submit and status.
 Runner AddCoordinatorCommand(CLI::App& app);
 Runner AddSubmitCommand(CLI::App& app);
 Runner AddStatusCommand(CLI::App& app);
+Runner AddWorkerCommand(CLI::App& app);
 
 }  // namespace longctx::cli

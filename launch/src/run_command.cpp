@@ -23,6 +23,7 @@
 #include "longctx/attention/shard_plan.h"
 #include "longctx/comm/communicator.h"
 #include "longctx/comm/placement.h"
+#include "longctx/cache/store.h"
 #include "longctx/core/byte_size.h"
 #include "longctx/core/log.h"
 #include "longctx/core/npy.h"
@@ -54,6 +55,11 @@ struct RunFlags {
   std::string kv_device_budget, kv_host_budget, kv_remote_budget;  // sizes; empty = unlimited
   std::string kv_codec = "f32";
   int32_t kv_block_tokens = 64;
+  // The remote tier: this rank's pool for other ranks' blocks, `longctx store` processes.
+  std::string kv_pool;                   // size; empty/0 = this rank lends no memory
+  std::vector<std::string> kv_stores;    // HOST:PORT of `longctx store` processes
+  int kv_replicas = 1;
+  std::string kv_bind = "127.0.0.1";     // where this rank's pool listens
 };
 
 
@@ -185,6 +191,35 @@ Status RunRun(const RunFlags& f) {
     return ReadTokens(f, &ids, &classes);
   }();
   RETURN_IF_ERROR(comm::AgreeOnStatus(c, st));
+  // The remote tier (collective): only a run that keeps a KV cache needs one.
+  uint64_t pool_bytes = 0;
+  st = Status::Ok();
+  if (!f.kv_pool.empty()) {
+    Result<uint64_t> pb = ParseByteSize(f.kv_pool, "--kv-pool");
+    if (pb.ok()) pool_bytes = *pb;
+    else st = pb.status();
+  }
+  if (st.ok() && f.kv_replicas != 1 && f.kv_replicas != 2) {
+    st = InvalidArgument("--kv-replicas must be 1 or 2, got {}", f.kv_replicas);
+  }
+  RETURN_IF_ERROR(comm::AgreeOnStatus(c, st));
+  if (decode && (pool_bytes > 0 || !f.kv_stores.empty())) {
+    cache::StoreJoinOptions so;
+    so.pool_bytes = pool_bytes;
+    so.stores = f.kv_stores;
+    so.replicas = f.kv_replicas;
+    so.bind_host = f.kv_bind;
+    ASSIGN_OR_RETURN(eo.remote, cache::JoinStore(c, so));
+  }
+  // Teardown order: the engine's caches erase their remote blocks, then every rank waits for
+  // the others before its own pool (held by eo.remote) goes away.
+  struct StoreGuard {
+    comm::Communicator& c;
+    std::shared_ptr<cache::RemoteTier>& remote;
+    ~StoreGuard() {
+      if (remote) (void)c.Barrier(comm::DeadlineIn(comm::DefaultTimeout()));
+    }
+  } store_guard{c, eo.remote};
   ASSIGN_OR_RETURN(std::unique_ptr<worker::Engine> engine, worker::Engine::Open(c, eo));
   const model::ModelConfig& config = engine->config();
   for (size_t i = 0; i < ids.size(); ++i) {  // every rank reads the same ids: no need to agree
@@ -232,6 +267,8 @@ Status RunRun(const RunFlags& f) {
   classes.clear();
   classes.shrink_to_fit();
   if (show_progress) fmt::print(stderr, "longctx run: {} globals\n", globals.size());
+
+  MaybePauseForTest(c);
 
   // 3. The question and the generated tokens, against the cached document (the last rank owns
   // them; every rank takes part in each step's attention).
@@ -437,6 +474,15 @@ Runner AddRunCommand(CLI::App& app) {
   app.add_option("--kv-codec", f->kv_codec, "codec of demoted KV blocks: f32 | f16 | bf16 | int8")
       ->capture_default_str();
   app.add_option("--kv-block-tokens", f->kv_block_tokens, "tokens per KV block")
+      ->capture_default_str();
+  app.add_option("--kv-pool", f->kv_pool,
+                 "host memory this rank lends to other ranks' KV blocks (e.g. 256M; default none)");
+  app.add_option("--kv-store", f->kv_stores,
+                 "HOST:PORT of a `longctx store` process (repeat or comma-separate)")
+      ->delimiter(',');
+  app.add_option("--kv-replicas", f->kv_replicas, "copies of each remote block: 1 or 2")
+      ->capture_default_str();
+  app.add_option("--kv-bind", f->kv_bind, "address this rank's pool listens on")
       ->capture_default_str();
   return [f] { return RunRun(*f); };
 }
