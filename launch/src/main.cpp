@@ -28,6 +28,8 @@ int main(int argc, char** argv) {
   runners[app.add_subcommand("submit", "send a document and/or a question to the coordinator")] =
       nullptr;
   runners[app.add_subcommand("status", "worker groups and jobs of the coordinator")] = nullptr;
+  runners[app.add_subcommand("worker", "a worker group serving the coordinator (under mpirun)")] =
+      nullptr;
   for (auto& [sub, runner] : runners) {
     if (sub->get_name() == "attention") runner = longctx::cli::AddAttentionCommand(*sub);
     if (sub->get_name() == "bench") runner = longctx::cli::AddBenchCommand(*sub);
@@ -36,6 +38,7 @@ int main(int argc, char** argv) {
     if (sub->get_name() == "coordinator") runner = longctx::cli::AddCoordinatorCommand(*sub);
     if (sub->get_name() == "submit") runner = longctx::cli::AddSubmitCommand(*sub);
     if (sub->get_name() == "status") runner = longctx::cli::AddStatusCommand(*sub);
+    if (sub->get_name() == "worker") runner = longctx::cli::AddWorkerCommand(*sub);
   }
   try {
     app.parse(argc, argv);

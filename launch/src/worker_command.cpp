@@ -1,0 +1,319 @@
+// `mpirun -np N longctx worker --coordinator HOST:PORT`: a worker group serving the coordinator.
+// Rank 0 holds the connection (WorkerLink, on a thread of its own); every rank runs the same
+// loop: rank 0 broadcasts a command at least every half second — idle, a job (with its
+// document), or shutdown — and all ranks then drive the Engine together, exactly as
+// `longctx run` does, so a job's result equals `longctx run` on the same input and flags.
+// Idle followers wait in short collectives, so none hits the communicator's deadline.
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <cstring>
+#include <deque>
+#include <memory>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "commands.h"
+#include "longctx/attention/global_selection.h"
+#include "longctx/comm/communicator.h"
+#include "longctx/coordinator/frame.h"
+#include "longctx/coordinator/worker_link.h"
+#include "longctx/worker/engine.h"
+
+namespace longctx::cli {
+namespace {
+
+namespace co = longctx::coordinator;
+using namespace std::chrono_literals;
+
+struct WorkerFlags {
+  std::string coordinator = "127.0.0.1:7070";
+  std::string token_file;
+  std::string model = "builtin:tiny";
+  uint64_t seed = model::kDefaultBuiltinSeed;
+  std::string window;
+  std::optional<double> global_ratio;
+  std::optional<int64_t> global_max, sinks;
+  std::optional<std::string> fusion;
+  int threads = 0;
+  int max_documents = 4;  // documents kept (least recently used dropped beyond)
+};
+
+std::atomic<bool> g_stop{false};
+extern "C" void OnStopSignal(int) { g_stop = true; }
+
+// What rank 0 tells every rank each round.
+enum class Command : int64_t { kIdle = 0, kJob = 1, kShutdown = 2, kRefused = 3 };
+
+// Rank 0's `bytes` to every rank (AllGatherV where only rank 0 contributes): first a fixed
+// header with the size, then the bytes.
+Status Broadcast(comm::Communicator& c, Command* cmd, std::string* bytes) {
+  int64_t header[2] = {int64_t(*cmd), int64_t(bytes->size())};
+  std::vector<size_t> counts(size_t(c.size()), 0);
+  counts[0] = sizeof header;
+  int64_t got[2] = {0, 0};
+  const auto deadline = comm::DeadlineIn(comm::DefaultTimeout());
+  RETURN_IF_ERROR(c.AllGatherV(comm::HostBuffer(header, c.rank() == 0 ? sizeof header : 0),
+                               comm::HostBuffer(got, sizeof got), counts, deadline));
+  *cmd = Command(got[0]);
+  if (got[1] == 0) {
+    bytes->clear();
+    return Status::Ok();
+  }
+  counts[0] = size_t(got[1]);
+  std::string recv(size_t(got[1]), '\0');
+  RETURN_IF_ERROR(c.AllGatherV(comm::HostBuffer(bytes->data(), c.rank() == 0 ? bytes->size() : 0),
+                               comm::HostBuffer(recv.data(), recv.size()), counts,
+                               comm::DeadlineIn(comm::DefaultTimeout())));
+  *bytes = std::move(recv);
+  return Status::Ok();
+}
+
+// A job as broadcast: the serialized Assignment's length (8 bytes), the Assignment, the document.
+std::string PackJob(const co::WorkerJob& j) {
+  const std::string a = j.assignment.SerializeAsString();
+  const uint64_t n = a.size();
+  std::string out(sizeof n, '\0');
+  std::memcpy(out.data(), &n, sizeof n);
+  return out + a + j.document;
+}
+Status UnpackJob(const std::string& bytes, control::Assignment* a, std::string* document) {
+  uint64_t n = 0;
+  if (bytes.size() < sizeof n) return Internal("short job broadcast");
+  std::memcpy(&n, bytes.data(), sizeof n);
+  if (n > bytes.size() - sizeof n || !a->ParseFromArray(bytes.data() + sizeof n, int(n))) {
+    return Internal("malformed job broadcast");
+  }
+  *document = bytes.substr(sizeof n + n);
+  return Status::Ok();
+}
+
+class WorkerGroup {
+ public:
+  WorkerGroup(comm::Communicator& c, worker::Engine& engine, co::WorkerLink* link, int max_docs)
+      : c_(c), engine_(engine), link_(link), max_docs_(max_docs) {}
+
+  // Runs one job on every rank; rank 0 reports its events. A failed job is reported and the
+  // group carries on (the engine agreed on the failure, so the ranks stay in step).
+  Status Run(const co::WorkerJob& job) {
+    control::JobResult result;
+    Status st = Compute(job, &result);
+    if (c_.rank() != 0) return Status::Ok();
+    for (const std::string& d : held_) result.add_held_documents(d);
+    link_->SetDocuments(held_);
+    control::JobEvent e;
+    if (st.ok()) {
+      e.set_kind(control::JobEvent::RESULT);
+      *e.mutable_result() = std::move(result);
+    } else {
+      e.set_kind(control::JobEvent::FAILED);
+      e.set_error(st.message().empty() ? std::string("a rank of the worker group failed (see its "
+                                                     "log)")
+                                       : st.message());
+      for (const std::string& d : held_) e.mutable_result()->add_held_documents(d);
+    }
+    link_->Send(job, e);
+    return Status::Ok();
+  }
+
+ private:
+  Status Compute(const co::WorkerJob& job, control::JobResult* r) {
+    const control::Assignment& a = job.assignment;
+    const std::string& doc_id = a.doc_id();
+    MaybeKillForTest(c_);
+    worker::DocumentInfo info;
+    if (!job.document.empty()) {
+      std::vector<int32_t> ids(job.document.size());
+      for (size_t i = 0; i < ids.size(); ++i) ids[i] = int32_t(uint8_t(job.document[i]));
+      const std::vector<attention::TokenClass> classes = attention::ClassifyBytes(job.document);
+      auto progress = [&](int64_t layer, int64_t layers) {
+        if (c_.rank() != 0) return;
+        control::JobEvent e;
+        e.set_kind(control::JobEvent::PROGRESS);
+        e.set_layer(layer);
+        e.set_layers(layers);
+        link_->Send(job, e);
+      };
+      Forget(doc_id);
+      RETURN_IF_ERROR(engine_.Prefill(doc_id, ids, classes, progress, &info));
+      held_.push_back(doc_id);
+      while (int(held_.size()) > max_docs_) {  // least recently used first
+        RETURN_IF_ERROR(engine_.Drop(held_.front()));
+        held_.erase(held_.begin());
+      }
+      r->set_prefilled(true);
+      r->set_prefill_seconds(info.prefill_seconds);
+    } else {
+      // Every rank holds the same documents, so every rank takes the same branch.
+      const worker::DocumentInfo* held = engine_.Info(doc_id);
+      if (held == nullptr) return NotFound("document '{}' is not held by this worker group", doc_id);
+      info = *held;
+      Forget(doc_id);
+      held_.push_back(doc_id);  // most recently used
+    }
+    r->set_document_tokens(info.tokens);
+    r->set_next_token(info.next_token);
+    for (int64_t g : info.globals) r->add_globals(g);
+    uint64_t bytes = info.forward.comm_bytes_sent + info.forward.comm_bytes_received;
+    double seconds = r->prefill_seconds();
+    if (!a.question().empty() || a.generate() > 0) {
+      auto on_token = [&](int32_t token, int64_t index) {
+        if (c_.rank() != 0) return;
+        control::JobEvent e;
+        e.set_kind(control::JobEvent::TOKEN);
+        e.set_token(token);
+        e.set_index(index);
+        link_->Send(job, e);
+      };
+      worker::AnswerResult ans;
+      RETURN_IF_ERROR(engine_.Answer(doc_id, a.question(), a.generate(), on_token, &ans));
+      for (int32_t t : ans.appended) r->add_appended_tokens(t);
+      for (int64_t g : ans.appended_globals) r->add_globals(g);
+      r->set_generated(ans.generated);
+      r->set_first_token_seconds(ans.first_token_seconds);
+      r->set_ms_per_token(ans.appended.empty() ? 0.0
+                                               : 1e3 * ans.seconds / double(ans.appended.size()));
+      bytes += ans.bytes_sent + ans.bytes_received;
+      seconds += ans.seconds;
+    }
+    r->set_seconds(seconds);
+    r->set_comm_bytes(bytes);
+    return Status::Ok();
+  }
+
+  void Forget(const std::string& doc_id) {
+    held_.erase(std::remove(held_.begin(), held_.end(), doc_id), held_.end());
+  }
+
+  comm::Communicator& c_;
+  worker::Engine& engine_;
+  co::WorkerLink* link_;  // rank 0 only
+  int max_docs_;
+  std::vector<std::string> held_;  // least recently used first; the same on every rank
+};
+
+Result<std::vector<int64_t>> ParseWindowList(const std::string& text) {
+  std::vector<int64_t> w;
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    char* end = nullptr;
+    const long long v = std::strtoll(item.c_str(), &end, 10);
+    if (item.empty() || *end != '\0' || v < 1) {
+      return InvalidArgument("--window '{}': expected positive integers, one or one per layer",
+                             text);
+    }
+    w.push_back(v);
+  }
+  return w;
+}
+
+Status RunWorker(const WorkerFlags& f) {
+  ASSIGN_OR_RETURN(std::shared_ptr<comm::Communicator> world, comm::WorldCommunicator("auto"));
+  comm::Communicator& c = *world;
+  std::signal(SIGINT, OnStopSignal);
+  std::signal(SIGTERM, OnStopSignal);
+
+  // Flags and the token: checked on every rank (the same files), agreed before anything starts.
+  worker::EngineOptions eo;
+  co::WorkerLinkOptions lo;
+  Status st = [&]() -> Status {
+    RETURN_IF_ERROR(co::ParseHostPort(f.coordinator, false, &lo.host, &lo.port)
+                        .WithContext("--coordinator"));
+    ASSIGN_OR_RETURN(lo.token, co::LoadToken(f.token_file));
+    if (f.max_documents < 1) return InvalidArgument("--max-documents must be >= 1");
+    eo.model = f.model;
+    eo.seed = f.seed;
+    eo.threads = f.threads;
+    eo.keep_kv = true;
+    if (!f.window.empty()) {
+      ASSIGN_OR_RETURN(std::vector<int64_t> w, ParseWindowList(f.window));
+      eo.overrides.window = std::move(w);
+    }
+    eo.overrides.global_ratio = f.global_ratio;
+    eo.overrides.global_max = f.global_max;
+    eo.overrides.sinks = f.sinks;
+    eo.overrides.fusion = f.fusion;
+    return Status::Ok();
+  }();
+  RETURN_IF_ERROR(comm::AgreeOnStatus(c, st));
+  ASSIGN_OR_RETURN(std::unique_ptr<worker::Engine> engine, worker::Engine::Open(c, eo));
+
+  std::unique_ptr<co::WorkerLink> link;
+  if (c.rank() == 0) {
+    char host[64] = {};
+    gethostname(host, sizeof host - 1);
+    lo.name = fmt::format("{}:{}", host, getpid());
+    lo.model = f.model;
+    lo.ranks = c.size();
+    link = std::make_unique<co::WorkerLink>(lo);
+    link->Start();
+  }
+  fmt::print(stderr, "longctx worker: rank {}/{} (pid {}) serving {} for {}\n", c.rank(), c.size(),
+             getpid(), f.model, f.coordinator);
+  WorkerGroup group(c, *engine, link.get(), f.max_documents);
+  Status refused;
+  while (true) {
+    Command cmd = Command::kIdle;
+    std::string bytes;
+    std::optional<co::WorkerJob> job;
+    if (c.rank() == 0) {
+      if (g_stop) {
+        cmd = Command::kShutdown;
+      } else if (Status fatal = link->fatal(); !fatal.ok()) {
+        cmd = Command::kRefused;
+        refused = fatal;
+      } else if ((job = link->NextJob(500ms))) {
+        cmd = Command::kJob;
+        bytes = PackJob(*job);
+      }
+    }
+    RETURN_IF_ERROR(Broadcast(c, &cmd, &bytes));
+    if (cmd == Command::kShutdown) break;
+    if (cmd == Command::kRefused) {
+      return c.rank() == 0 ? refused : Status(StatusCode::kFailedPrecondition, "");
+    }
+    if (cmd != Command::kJob) continue;
+    if (c.rank() != 0) {
+      job.emplace();
+      RETURN_IF_ERROR(UnpackJob(bytes, &job->assignment, &job->document));
+    }
+    bytes.clear();
+    bytes.shrink_to_fit();
+    RETURN_IF_ERROR(group.Run(*job));
+  }
+  if (c.rank() == 0) fmt::print(stderr, "longctx worker: stopped\n");
+  return Status::Ok();
+}
+
+}  // namespace
+
+Runner AddWorkerCommand(CLI::App& app) {
+  auto f = std::make_shared<WorkerFlags>();
+  app.add_option("--coordinator", f->coordinator, "HOST:PORT of the coordinator")
+      ->capture_default_str();
+  app.add_option("--token-file", f->token_file,
+                 "file holding the shared token (else the LONGCTX_TOKEN environment variable)");
+  app.add_option("--model", f->model, "builtin:tiny | builtin:small | a HF model directory")
+      ->capture_default_str();
+  app.add_option("--seed", f->seed, "seed of a builtin model")->capture_default_str();
+  app.add_option("--window", f->window, "window, one value or one per layer (comma-separated)");
+  app.add_option("--global-ratio", f->global_ratio, "global budget as a fraction of tokens");
+  app.add_option("--global-max", f->global_max, "global budget cap (default 16*ceil(log2 n))");
+  app.add_option("--sinks", f->sinks, "leading sink tokens");
+  app.add_option("--fusion", f->fusion, "union | weighted:A");
+  app.add_option("--threads", f->threads, "threads per rank (0 = all cores)")->capture_default_str();
+  app.add_option("--max-documents", f->max_documents,
+                 "prefilled documents kept for later questions (least recently used dropped)")
+      ->capture_default_str();
+  return [f] { return RunWorker(*f); };
+}
+
+}  // namespace longctx::cli
