@@ -12,7 +12,7 @@ PACKAGES=(
   libopenblas-dev libfmt-dev libspdlog-dev libcli11-dev nlohmann-json3-dev libxxhash-dev
   openmpi-bin libopenmpi-dev            # the MPI communicator (comm/)
   libprotobuf-dev protobuf-compiler libboost-dev  # the coordinator (Protobuf, Boost.Asio)
-  libucx-dev ucx-utils                  # the UCX transport and KV store (comm/ucx/, cache/)
+  libucx-dev ucx-utils libhiredis-dev   # the UCX KV store; hiredis for `bench kvstore`
 )
 # ... and what the test suite adds (tests/run.sh): GoogleTest, and python3-torch/numpy as the
 # independent float64 references of the tests and the bench peers.
@@ -22,8 +22,8 @@ if [[ "${1:-all}" != "run" ]]; then
   PACKAGES+=(slurmctld slurmd slurm-client munge libpmix-dev)
   # clang's libFuzzer for the coordinator's frame/message parser fuzz target.
   PACKAGES+=(clang libclang-rt-14-dev)
-  # The `bench kvstore` Redis peer (a private redis-server on loopback, via hiredis).
-  PACKAGES+=(redis-server libhiredis-dev)
+  # The `bench kvstore` Redis peer (a private redis-server on loopback).
+  PACKAGES+=(redis-server)
 fi
 
 missing=()

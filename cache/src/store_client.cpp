@@ -68,6 +68,8 @@ class StoreClientImpl final : public StoreClient {
   Result<std::vector<std::byte>> Get(const BlockKey& key) override;
   Status Erase(const BlockKey& key) override;
   RemoteTierStats Stats() const override;
+  Status PutBatch(std::span<const BlockRef> blocks) override;
+  Result<std::vector<std::vector<std::byte>>> GetBatch(std::span<const BlockKey> keys) override;
 
   std::vector<PoolView> Pools() const override;
   std::vector<std::string> ReplicaPools(const BlockKey& key) const override;
@@ -85,6 +87,11 @@ class StoreClientImpl final : public StoreClient {
   std::function<bool()> AliveFn(std::vector<size_t> pools);
   Result<ReplyMessage> Rpc(PoolConn& pool, wire::Op op, uint64_t arg0, uint64_t arg1,
                            Deadline deadline);
+  // Rpc in two halves, so that many requests can be in flight.
+  Result<uint64_t> SendRequest(PoolConn& pool, wire::Op op, uint64_t arg0, uint64_t arg1,
+                               Deadline deadline);
+  Result<ReplyMessage> AwaitReply(PoolConn& pool, uint64_t request_id, Deadline deadline);
+  Result<std::vector<std::byte>> GetLocked(const BlockKey& key, Deadline deadline);
   void FreeReplicas(const std::vector<Replica>& replicas, uint64_t bytes, Deadline deadline);
   Deadline NewDeadline() const { return comm::DeadlineIn(options_.timeout); }
 
@@ -223,8 +230,8 @@ std::function<bool()> StoreClientImpl::AliveFn(std::vector<size_t> pools) {
   };
 }
 
-Result<ReplyMessage> StoreClientImpl::Rpc(PoolConn& pool, wire::Op op, uint64_t arg0,
-                                          uint64_t arg1, Deadline deadline) {
+Result<uint64_t> StoreClientImpl::SendRequest(PoolConn& pool, wire::Op op, uint64_t arg0,
+                                              uint64_t arg1, Deadline deadline) {
   if (!Alive(pool)) return Unavailable("{} is gone: {}", pool.name, pool.death);
   wire::Request req{};
   req.magic = wire::kAmMagic;
@@ -234,15 +241,20 @@ Result<ReplyMessage> StoreClientImpl::Rpc(PoolConn& pool, wire::Op op, uint64_t 
   req.client_id = pool.client_id;
   req.arg0 = arg0;
   req.arg1 = arg1;
-  auto alive = [this, &pool]() { return Alive(pool); };
-  Status sent = pool.ep->SendAm(wire::kAmRequest, wire::AsBytes(req), {}, false, deadline, alive);
+  Status sent = pool.ep->SendAm(wire::kAmRequest, wire::AsBytes(req), {}, false, deadline,
+                                [this, &pool]() { return Alive(pool); });
   if (!sent.ok()) {
     MarkDead(pool, sent.message());
     return sent;
   }
+  return req.request_id;
+}
+
+Result<ReplyMessage> StoreClientImpl::AwaitReply(PoolConn& pool, uint64_t request_id,
+                                                 Deadline deadline) {
   unsigned idle = 0;
   while (true) {
-    auto it = replies_.find(req.request_id);
+    auto it = replies_.find(request_id);
     if (it != replies_.end()) {
       ReplyMessage reply = std::move(it->second);
       replies_.erase(it);
@@ -258,15 +270,21 @@ Result<ReplyMessage> StoreClientImpl::Rpc(PoolConn& pool, wire::Op op, uint64_t 
       idle = 0;
       continue;
     }
-    if (!alive()) return Unavailable("{} is gone: {}", pool.name, pool.death);
+    if (!Alive(pool)) return Unavailable("{} is gone: {}", pool.name, pool.death);
     if (comm::Clock::now() >= deadline) {
-      abandoned_.insert(req.request_id);
+      abandoned_.insert(request_id);
       const std::string why = "no reply to a control message before the deadline";
       MarkDead(pool, why);
       return DeadlineExceeded("{}: {}", pool.name, why);
     }
     if (++idle > 256) worker_->WaitForEvents(1);
   }
+}
+
+Result<ReplyMessage> StoreClientImpl::Rpc(PoolConn& pool, wire::Op op, uint64_t arg0,
+                                          uint64_t arg1, Deadline deadline) {
+  ASSIGN_OR_RETURN(const uint64_t id, SendRequest(pool, op, arg0, arg1, deadline));
+  return AwaitReply(pool, id, deadline);
 }
 
 void StoreClientImpl::FreeReplicas(const std::vector<Replica>& replicas, uint64_t bytes,
@@ -311,7 +329,7 @@ Status StoreClientImpl::Put(const BlockKey& key, std::span<const std::byte> enco
   }
   if (placed.size() < want) {
     FreeReplicas(placed, encoded.size(), deadline);
-    return Status(exhausted ? StatusCode::kResourceExhausted : StatusCode::kUnavailable,
+    return Status(exhausted ? StatusCode::kResourceExhausted : last.code(),
                   fmt::format("remote tier: no room for {} ({} bytes, {} replica(s)): {}",
                               key.ToString(), encoded.size(), want, last.message()));
   }
@@ -346,12 +364,16 @@ Status StoreClientImpl::Put(const BlockKey& key, std::span<const std::byte> enco
 
 Result<std::vector<std::byte>> StoreClientImpl::Get(const BlockKey& key) {
   std::lock_guard<std::mutex> lock(mu_);
+  return GetLocked(key, NewDeadline());
+}
+
+Result<std::vector<std::byte>> StoreClientImpl::GetLocked(const BlockKey& key,
+                                                          Deadline deadline) {
   auto it = entries_.find(key);
   if (it == entries_.end()) {
     return Unavailable("remote tier: block {} is not stored (no holder)", key.ToString());
   }
   const Entry& entry = it->second;
-  const Deadline deadline = NewDeadline();
   std::vector<std::string> failures;
   bool corrupt = false;
   for (size_t i = 0; i < entry.replicas.size(); ++i) {
@@ -389,6 +411,154 @@ Result<std::vector<std::byte>> StoreClientImpl::Get(const BlockKey& key) {
   return Status(corrupt ? StatusCode::kDataLoss : StatusCode::kUnavailable,
                 fmt::format("remote tier: no good copy of {}: {}", key.ToString(),
                             fmt::join(failures, "; ")));
+}
+
+Status StoreClientImpl::PutBatch(std::span<const BlockRef> blocks) {
+  if (blocks.empty()) return Status::Ok();
+  std::unordered_map<BlockKey, int, KeyHash> seen;
+  for (const BlockRef& b : blocks) {
+    if (b.encoded.empty()) {
+      return InvalidArgument("remote tier: {}: an empty block", b.key.ToString());
+    }
+    if (++seen[b.key] > 1) {
+      return InvalidArgument("remote tier: {} appears twice in one batch", b.key.ToString());
+    }
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  const Deadline deadline = NewDeadline();
+  const size_t want = static_cast<size_t>(options_.replicas);
+  std::vector<size_t> alive;
+  for (size_t i = 0; i < pools_.size(); ++i) {
+    if (Alive(*pools_[i])) alive.push_back(i);
+  }
+  if (alive.size() < want) {
+    return Unavailable("remote tier: cannot store a batch of {} blocks: {} replica(s) needed, {} "
+                       "of {} pools alive", blocks.size(), want, alive.size(), pools_.size());
+  }
+  // Placement by projected free capacity (each block placed lowers its pools' estimate), then
+  // every allocation request in flight before any reply is awaited.
+  std::vector<uint64_t> projected(pools_.size());
+  for (size_t i : alive) projected[i] = pools_[i]->free_bytes;
+  struct Pending {
+    size_t block, pool;
+    uint64_t id;
+  };
+  std::vector<Pending> pending;
+  Status first;
+  for (size_t b = 0; b < blocks.size() && first.ok(); ++b) {
+    std::vector<size_t> order = alive;
+    std::stable_sort(order.begin(), order.end(),
+                     [&projected](size_t x, size_t y) { return projected[x] > projected[y]; });
+    for (size_t r = 0; r < want && first.ok(); ++r) {
+      const size_t pool = order[r];
+      const uint64_t need = (blocks[b].encoded.size() + 63) / 64 * 64;
+      projected[pool] = projected[pool] > need ? projected[pool] - need : 0;
+      Result<uint64_t> id =
+          SendRequest(*pools_[pool], wire::Op::kAlloc, blocks[b].encoded.size(), 0, deadline);
+      if (id.ok()) {
+        pending.push_back(Pending{b, pool, *id});
+      } else {
+        first = id.status();
+      }
+    }
+  }
+  std::vector<std::vector<Replica>> placed(blocks.size());
+  for (const Pending& p : pending) {  // every reply is drained, even after an error
+    Result<ReplyMessage> reply = AwaitReply(*pools_[p.pool], p.id, deadline);
+    if (reply.ok()) {
+      placed[p.block].push_back(Replica{p.pool, reply->header.offset});
+    } else if (first.ok()) {
+      first = reply.status();
+    }
+  }
+  auto undo = [&]() {
+    for (size_t b = 0; b < blocks.size(); ++b) {
+      FreeReplicas(placed[b], blocks[b].encoded.size(), deadline);
+    }
+  };
+  if (!first.ok()) {
+    undo();
+    return first.WithContext(fmt::format("remote tier: storing a batch of {} blocks from {}",
+                                         blocks.size(), blocks[0].key.ToString()));
+  }
+  // Every put of every replica, one flush per pool, all in flight together.
+  std::vector<std::vector<RmaOp>> ops(pools_.size());
+  for (size_t b = 0; b < blocks.size(); ++b) {
+    for (const Replica& r : placed[b]) {
+      ops[r.pool].push_back(RmaOp{const_cast<std::byte*>(blocks[b].encoded.data()),
+                                  blocks[b].encoded.size(), r.offset});
+    }
+  }
+  std::vector<ucs_status_ptr_t> requests;
+  std::vector<size_t> involved;
+  Status posted;
+  for (size_t i = 0; i < pools_.size() && posted.ok(); ++i) {
+    if (ops[i].empty()) continue;
+    involved.push_back(i);
+    posted = pools_[i]->ep->PostPuts(*pools_[i]->rkey, ops[i], &requests);
+  }
+  Status written = worker_->WaitAll(requests, deadline, "batched put", AliveFn(involved));
+  if (written.ok()) written = posted;
+  if (!written.ok()) {
+    for (size_t i : involved) {
+      if (written.code() == StatusCode::kDeadlineExceeded) MarkDead(*pools_[i], written.message());
+      (void)Alive(*pools_[i]);
+    }
+    undo();
+    return written.WithContext(fmt::format("remote tier: a batch of {} blocks from {}",
+                                           blocks.size(), blocks[0].key.ToString()));
+  }
+  for (size_t b = 0; b < blocks.size(); ++b) {
+    auto it = entries_.find(blocks[b].key);
+    if (it != entries_.end()) FreeReplicas(it->second.replicas, it->second.bytes, deadline);
+    entries_[blocks[b].key] = Entry{blocks[b].encoded.size(), std::move(placed[b])};
+    bytes_put_ += blocks[b].encoded.size() * want;
+  }
+  return Status::Ok();
+}
+
+Result<std::vector<std::vector<std::byte>>> StoreClientImpl::GetBatch(
+    std::span<const BlockKey> keys) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const Deadline deadline = NewDeadline();
+  std::vector<std::vector<std::byte>> out(keys.size());
+  std::vector<std::vector<RmaOp>> ops(pools_.size());
+  std::vector<bool> fast(keys.size(), false);  // read from its primary in the batch
+  for (size_t k = 0; k < keys.size(); ++k) {
+    auto it = entries_.find(keys[k]);
+    if (it == entries_.end()) {
+      return Unavailable("remote tier: block {} is not stored (no holder)", keys[k].ToString());
+    }
+    const Replica& primary = it->second.replicas[0];
+    if (!Alive(*pools_[primary.pool])) continue;  // the slow path reports or falls back
+    out[k].resize(it->second.bytes);
+    ops[primary.pool].push_back(RmaOp{out[k].data(), out[k].size(), primary.offset});
+    fast[k] = true;
+  }
+  std::vector<ucs_status_ptr_t> requests;
+  std::vector<size_t> involved;
+  Status posted;
+  for (size_t i = 0; i < pools_.size() && posted.ok(); ++i) {
+    if (ops[i].empty()) continue;
+    involved.push_back(i);
+    posted = pools_[i]->ep->PostGets(*pools_[i]->rkey, ops[i], &requests);
+  }
+  Status read = worker_->WaitAll(requests, deadline, "batched get", AliveFn(involved));
+  if (read.ok()) read = posted;
+  if (!read.ok()) {
+    if (read.code() == StatusCode::kDeadlineExceeded) {
+      for (size_t i : involved) MarkDead(*pools_[i], read.message());
+    }
+    std::fill(fast.begin(), fast.end(), false);  // which ones landed is unknown: re-read all
+  }
+  for (size_t k = 0; k < keys.size(); ++k) {
+    if (fast[k] && VerifyBlock(out[k], keys[k]).ok()) {
+      bytes_got_ += out[k].size();
+      continue;
+    }
+    ASSIGN_OR_RETURN(out[k], GetLocked(keys[k], deadline));  // every replica, in order
+  }
+  return out;
 }
 
 Status StoreClientImpl::Erase(const BlockKey& key) {

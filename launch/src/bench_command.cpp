@@ -4,6 +4,7 @@
 #include "commands.h"
 #include "longctx/bench/attention_bench.h"
 #include "longctx/bench/comm_bench.h"
+#include "longctx/bench/kvstore_bench.h"
 #include "longctx/comm/communicator.h"
 
 namespace longctx::cli {
@@ -39,7 +40,24 @@ Runner AddBenchCommand(CLI::App& app) {
   cm->add_flag("!--no-naive", c->naive, "skip the full K/V all-gather comparison");
   cm->add_option("--json", c->json, "also write the results as JSON (rank 0)");
 
-  return [o, c, att, cm]() -> Status {
+  auto ko = std::make_shared<bench::KvstoreBenchOptions>();
+  CLI::App* kv = app.add_subcommand(
+      "kvstore", "the UCX KV store's put/get GB/s vs ucx_perftest and Redis, codec speed");
+  kv->add_option("--sizes", ko->sizes, "encoded block sizes")->delimiter(',')
+      ->capture_default_str();
+  kv->add_option("--transports", ko->transports, "UCX_TLS values: sm, tcp")->delimiter(',')
+      ->capture_default_str();
+  kv->add_option("--bytes", ko->bytes_per_point, "data moved per measurement")
+      ->capture_default_str();
+  kv->add_option("--batch", ko->batch, "blocks per PutBatch/GetBatch")->capture_default_str();
+  kv->add_option("--reps", ko->reps, "measurements per point (the best is kept)")
+      ->capture_default_str();
+  kv->add_flag("!--no-perftest", ko->perftest, "skip the ucx_perftest peer");
+  kv->add_flag("!--no-redis", ko->redis, "skip the Redis peer");
+  kv->add_option("--json", ko->json, "also write the results as JSON");
+
+  return [o, c, att, cm, ko, kv]() -> Status {
+    if (kv->parsed()) return bench::RunKvstoreBench(*ko);
     if (att->parsed()) return bench::RunAttentionBench(*o);
     ASSIGN_OR_RETURN(std::shared_ptr<comm::Communicator> world, comm::WorldCommunicator("auto"));
     return bench::RunCommBench(*c, *world);

@@ -23,6 +23,8 @@ int main(int argc, char** argv) {
   runners[app.add_subcommand("mkmodel", "write a built-in model as a HF-layout directory")] =
       nullptr;
   runners[app.add_subcommand("bench", "benchmarks (longctx bench attention)")] = nullptr;
+  runners[app.add_subcommand("store", "a memory-only KV store process lending a host pool")] =
+      nullptr;
   runners[app.add_subcommand("coordinator", "the control-plane service (jobs, worker groups)")] =
       nullptr;
   runners[app.add_subcommand("submit", "send a document and/or a question to the coordinator")] =
@@ -35,6 +37,7 @@ int main(int argc, char** argv) {
     if (sub->get_name() == "bench") runner = longctx::cli::AddBenchCommand(*sub);
     if (sub->get_name() == "run") runner = longctx::cli::AddRunCommand(*sub);
     if (sub->get_name() == "mkmodel") runner = longctx::cli::AddMkmodelCommand(*sub);
+    if (sub->get_name() == "store") runner = longctx::cli::AddStoreCommand(*sub);
     if (sub->get_name() == "coordinator") runner = longctx::cli::AddCoordinatorCommand(*sub);
     if (sub->get_name() == "submit") runner = longctx::cli::AddSubmitCommand(*sub);
     if (sub->get_name() == "status") runner = longctx::cli::AddStatusCommand(*sub);

@@ -7,8 +7,10 @@
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
+#include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -317,7 +319,7 @@ TEST_F(StoreTest, NeverItsOwnPoolAndReplicasNeedDistinctPools) {
   EXPECT_NE(unreachable.status().message().find("127.0.0.1:1"), std::string::npos);
 }
 
-TEST_F(StoreTest, AStoppedPoolServerInThisProcessIsDetected) {
+TEST_F(StoreTest, ADestroyedPoolServerIsDetectedAndReplicasServe) {
   StartPools(3, 4 << 20);
   auto two = Connect(2);
   auto one = Connect(1);
@@ -360,6 +362,309 @@ TEST_F(StoreTest, AStoppedPoolServerInThisProcessIsDetected) {
   int alive = 0;
   for (const auto& p : (*two)->Pools()) alive += p.alive ? 1 : 0;
   EXPECT_EQ(alive, 2);
+}
+
+TEST_F(StoreTest, BatchedPutAndGetWithFallbackAndAllOrNothing) {
+  StartPools(3, 2 << 20);
+  auto client = Connect(2);
+  ASSERT_TRUE(client.ok()) << client.status().ToString();
+  std::vector<std::vector<std::byte>> encoded;
+  std::vector<BlockKey> keys;
+  for (uint64_t b = 0; b < 40; ++b) {
+    keys.push_back({5, uint32_t(b % 4), b});
+    encoded.push_back(Encode(keys.back(), RandomSource(uint32_t(b)), Codec(b % 4)));
+  }
+  std::vector<BlockRef> refs;
+  for (size_t i = 0; i < keys.size(); ++i) refs.push_back({keys[i], encoded[i]});
+  ASSERT_TRUE((*client)->PutBatch(refs).ok());
+  for (const auto& key : keys) {
+    const auto pools = (*client)->ReplicaPools(key);
+    ASSERT_EQ(pools.size(), 2u);
+    EXPECT_NE(pools[0], pools[1]);
+  }
+  ASSERT_TRUE((*client)->CorruptForTest(keys[7], 0, 100).ok());
+  auto got = (*client)->GetBatch(keys);
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  for (size_t i = 0; i < keys.size(); ++i) EXPECT_EQ((*got)[i], encoded[i]) << i;
+  EXPECT_EQ((*client)->Stats().replica_fallbacks, 1u);
+  // A batch that cannot fit stores nothing new and keeps nothing allocated for it.
+  uint64_t used_before = 0;
+  for (const auto& srv : servers_) used_before += srv->Stats().used_bytes;
+  std::vector<std::vector<std::byte>> big;
+  std::vector<BlockRef> too_many;
+  for (uint64_t b = 0; b < 12; ++b) {
+    const BlockKey key{6, 0, b};
+    big.push_back(Encode(key, RandomSource(uint32_t(b), 1024, 2, 64), Codec::kF32));  // 1 MiB
+  }
+  for (uint64_t b = 0; b < 12; ++b) too_many.push_back({BlockKey{6, 0, b}, big[b]});
+  const Status st = (*client)->PutBatch(too_many);
+  EXPECT_EQ(st.code(), StatusCode::kResourceExhausted) << st.ToString();
+  uint64_t used_after = 0;
+  for (const auto& srv : servers_) used_after += srv->Stats().used_bytes;
+  EXPECT_EQ(used_after, used_before);
+  EXPECT_TRUE((*client)->ReplicaPools(BlockKey{6, 0, 0}).empty());
+  EXPECT_EQ((*client)->PutBatch(std::vector<BlockRef>{refs[0], refs[0]}).code(),
+            StatusCode::kInvalidArgument);
+}
+
+// ---- `longctx store` processes ----------------------------------------------------------------
+
+// One `longctx store` child: started with posix_spawn, ready when its address file appears,
+// stopped (SIGTERM, then SIGKILL after 5 s) and reaped by the destructor.
+class StoreProcess {
+ public:
+  StoreProcess(const std::string& bin, const std::filesystem::path& dir, int index,
+               const std::string& pool = "16M") {
+    address_file_ = dir / ("store" + std::to_string(index) + ".addr");
+    log_ = dir / ("store" + std::to_string(index) + ".log");
+    std::vector<std::string> args = {bin, "store", "--pool", pool, "--listen", "127.0.0.1:0",
+                                     "--address-file", address_file_.string()};
+    pid_ = Spawn(args, log_);
+    const auto until = std::chrono::steady_clock::now() + 30s;
+    while (std::chrono::steady_clock::now() < until) {
+      if (std::filesystem::exists(address_file_)) {
+        std::ifstream in(address_file_);
+        std::getline(in, address_);
+        if (!address_.empty()) return;
+      }
+      int status = 0;
+      if (waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = -1;
+        break;
+      }
+      std::this_thread::sleep_for(20ms);
+    }
+    ADD_FAILURE() << "longctx store did not become ready; log: " << Slurp(log_);
+  }
+  ~StoreProcess() {
+    if (pid_ <= 0) return;
+    kill(pid_, SIGCONT);
+    kill(pid_, SIGTERM);
+    if (WaitExit(5s) < 0) {
+      kill(pid_, SIGKILL);
+      (void)WaitExit(5s);
+    }
+  }
+  const std::string& address() const { return address_; }
+  pid_t pid() const { return pid_; }
+  void Signal(int sig) const { kill(pid_, sig); }
+  // SIGSTOP, then waits (up to 5 s) until the kernel shows the process stopped ("T").
+  bool Stop() const {
+    kill(pid_, SIGSTOP);
+    const auto until = std::chrono::steady_clock::now() + 5s;
+    while (std::chrono::steady_clock::now() < until) {
+      std::ifstream in("/proc/" + std::to_string(pid_) + "/stat");
+      std::string stat((std::istreambuf_iterator<char>(in)), {});
+      const size_t paren = stat.rfind(')');
+      if (paren != std::string::npos && paren + 2 < stat.size() && stat[paren + 2] == 'T') {
+        return true;
+      }
+      std::this_thread::sleep_for(5ms);
+    }
+    return false;
+  }
+  // Waits for the child to exit; its wait status, or -1 at the deadline.
+  int WaitExit(std::chrono::milliseconds limit) {
+    const auto until = std::chrono::steady_clock::now() + limit;
+    while (std::chrono::steady_clock::now() < until) {
+      int status = 0;
+      if (waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = -1;
+        return status;
+      }
+      std::this_thread::sleep_for(10ms);
+    }
+    return -1;
+  }
+  const std::filesystem::path& address_file() const { return address_file_; }
+
+  static pid_t Spawn(const std::vector<std::string>& args, const std::filesystem::path& log) {
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC,
+                                     0644);
+    posix_spawn_file_actions_adddup2(&actions, 1, 2);
+    std::vector<char*> argv;
+    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    pid_t pid = -1;
+    const int rc = posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ);
+    posix_spawn_file_actions_destroy(&actions);
+    EXPECT_EQ(rc, 0) << "posix_spawn " << args[0];
+    return rc == 0 ? pid : -1;
+  }
+  static std::string Slurp(const std::filesystem::path& p) {
+    std::ifstream in(p);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  }
+
+ private:
+  pid_t pid_ = -1;
+  std::filesystem::path address_file_, log_;
+  std::string address_;
+};
+
+class StoreProcessTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const char* bin = std::getenv("LONGCTX_BIN");
+    if (bin == nullptr || !std::filesystem::exists(bin)) {
+      GTEST_SKIP() << "LONGCTX_BIN (the longctx binary) is not set: process tests skipped";
+    }
+    bin_ = bin;
+    char tmpl[] = "/tmp/longctx_ucx_XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+  }
+  void TearDown() override {
+    stores_.clear();  // SIGTERM + reap every child before the directory goes
+    if (!dir_.empty()) std::filesystem::remove_all(dir_);
+  }
+  void StartStores(int n) {
+    for (int i = 0; i < n; ++i) {
+      stores_.push_back(std::make_unique<StoreProcess>(bin_, dir_, i));
+      ASSERT_FALSE(stores_.back()->address().empty());
+    }
+  }
+  Result<std::shared_ptr<StoreClient>> Connect(int replicas, std::chrono::milliseconds timeout) {
+    if (!ctx_) ctx_ = NewContext();
+    StoreClientOptions o;
+    for (const auto& s : stores_) o.pools.push_back(s->address());
+    o.replicas = replicas;
+    o.timeout = timeout;
+    return StoreClient::Connect(ctx_, o);
+  }
+  // Runs `longctx ARGS`; returns its exit status and stderr.
+  std::pair<int, std::string> RunCli(std::vector<std::string> args) {
+    args.insert(args.begin(), bin_);
+    const auto log = dir_ / "cli.log";
+    const pid_t pid = StoreProcess::Spawn(args, log);
+    int status = -1;
+    const auto until = std::chrono::steady_clock::now() + 20s;
+    while (std::chrono::steady_clock::now() < until) {
+      if (waitpid(pid, &status, WNOHANG) == pid) return {status, StoreProcess::Slurp(log)};
+      std::this_thread::sleep_for(10ms);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+    ADD_FAILURE() << "longctx did not exit within 20 s";
+    return {-1, ""};
+  }
+
+  std::string bin_;
+  std::filesystem::path dir_;
+  std::shared_ptr<ucx::Context> ctx_;
+  std::vector<std::unique_ptr<StoreProcess>> stores_;
+};
+
+std::vector<std::pair<BlockKey, std::vector<std::byte>>> PutBlocks(StoreClient& client, int n,
+                                                                  uint64_t sequence) {
+  std::vector<std::pair<BlockKey, std::vector<std::byte>>> blocks;
+  const Codec codecs[] = {Codec::kF32, Codec::kF16, Codec::kBF16, Codec::kInt8};
+  for (int b = 0; b < n; ++b) {
+    const BlockKey key{sequence, static_cast<uint32_t>(b % 3), static_cast<uint64_t>(b)};
+    blocks.emplace_back(key, Encode(key, RandomSource(uint32_t(b) + 100, 32, 2, 64), codecs[b % 4]));
+    const Status st = client.Put(key, blocks.back().second);
+    EXPECT_TRUE(st.ok()) << st.ToString();
+  }
+  return blocks;
+}
+
+TEST_F(StoreProcessTest, TwoReplicasSurviveAKilledStore) {
+  StartStores(3);
+  auto client = Connect(2, 20s);
+  ASSERT_TRUE(client.ok()) << client.status().ToString();
+  const auto blocks = PutBlocks(**client, 24, 11);
+  stores_[0]->Signal(SIGKILL);  // mid-test, as an OOM kill would
+  ASSERT_GE(stores_[0]->WaitExit(5s), 0);
+  const auto start = std::chrono::steady_clock::now();
+  for (const auto& [key, bytes] : blocks) {
+    auto got = (*client)->Get(key);
+    ASSERT_TRUE(got.ok()) << got.status().ToString();
+    ASSERT_EQ(*got, bytes) << key.ToString();
+    BlockShape shape;
+    std::vector<float> k, v;
+    ASSERT_TRUE(DecodeBlock(*got, key, &shape, &k, &v).ok());
+  }
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 10s);
+  EXPECT_GT((*client)->Stats().replica_fallbacks, 0u);  // some primaries were on the dead store
+  // The two survivors still take new blocks, two replicas each.
+  const auto more = PutBlocks(**client, 4, 12);
+  for (const auto& [key, bytes] : more) EXPECT_EQ(*(*client)->Get(key), bytes);
+}
+
+TEST_F(StoreProcessTest, OneReplicaFailsWithinSecondsNamingTheLostBlock) {
+  StartStores(2);
+  auto client = Connect(1, 60s);  // a long deadline: the failure must come from detection
+  ASSERT_TRUE(client.ok()) << client.status().ToString();
+  const auto blocks = PutBlocks(**client, 12, 21);
+  const std::string dead = stores_[1]->address();
+  stores_[1]->Signal(SIGKILL);
+  ASSERT_GE(stores_[1]->WaitExit(5s), 0);
+  int lost = 0;
+  for (const auto& [key, bytes] : blocks) {
+    const auto start = std::chrono::steady_clock::now();
+    auto got = (*client)->Get(key);
+    EXPECT_LT(std::chrono::steady_clock::now() - start, 5s) << key.ToString();
+    if ((*client)->ReplicaPools(key)[0] == dead) {
+      ++lost;
+      ASSERT_FALSE(got.ok()) << key.ToString();
+      EXPECT_EQ(got.status().code(), StatusCode::kUnavailable);
+      EXPECT_NE(got.status().message().find(key.ToString()), std::string::npos)
+          << got.status().message();
+      EXPECT_NE(got.status().message().find(dead), std::string::npos) << got.status().message();
+    } else {
+      ASSERT_TRUE(got.ok()) << got.status().ToString();
+      EXPECT_EQ(*got, bytes);
+    }
+  }
+  EXPECT_GT(lost, 0);
+}
+
+TEST_F(StoreProcessTest, AStoppedStoreNeverHangsACaller) {
+  StartStores(1);
+  auto client = Connect(1, 2s);
+  ASSERT_TRUE(client.ok()) << client.status().ToString();
+  const auto blocks = PutBlocks(**client, 2, 31);
+  ASSERT_TRUE(stores_[0]->Stop());  // alive (its socket stays open) but never progresses
+  const BlockKey key{31, 9, 9};
+  const auto start = std::chrono::steady_clock::now();
+  const Status put = (*client)->Put(key, Encode(key, RandomSource(1), Codec::kF32));
+  EXPECT_FALSE(put.ok());
+  EXPECT_EQ(put.code(), StatusCode::kDeadlineExceeded) << put.ToString();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 6s);
+  // The pool is now known bad: reads fail fast, naming the block.
+  const auto t = std::chrono::steady_clock::now();
+  auto got = (*client)->Get(blocks[0].first);
+  EXPECT_FALSE(got.ok());
+  EXPECT_NE(got.status().message().find(blocks[0].first.ToString()), std::string::npos);
+  EXPECT_LT(std::chrono::steady_clock::now() - t, 3s);
+  stores_[0]->Signal(SIGCONT);
+}
+
+TEST_F(StoreProcessTest, StoreCommandExitsZeroOnSigtermAndRejectsBadFlags) {
+  StartStores(1);
+  stores_[0]->Signal(SIGTERM);
+  const int status = stores_[0]->WaitExit(10s);
+  ASSERT_GE(status, 0);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  EXPECT_FALSE(std::filesystem::exists(stores_[0]->address_file()));
+  const std::vector<std::vector<std::string>> bad = {
+      {"store"},                                        // --pool is required
+      {"store", "--pool", "12Q"},                       // not a size
+      {"store", "--pool", "0"},                         // empty pool
+      {"store", "--pool", "1M", "--listen", "nowhere"}, // no port
+      {"store", "--pool", "1M", "--listen", "127.0.0.1:99999"},
+      {"store", "--pool", "1M", "--listen", "192.0.2.1:0"},  // not an address of this host
+  };
+  for (const auto& args : bad) {
+    auto [code, err] = RunCli(args);
+    std::string joined;
+    for (const auto& a : args) joined += a + " ";
+    EXPECT_TRUE(WIFEXITED(code) && WEXITSTATUS(code) != 0) << joined << " status " << code;
+    EXPECT_EQ(std::count(err.begin(), err.end(), '\n'), 1) << joined << ": " << err;
+    EXPECT_EQ(err.rfind("longctx", 0), 0u) << joined << ": " << err;
+  }
 }
 
 }  // namespace

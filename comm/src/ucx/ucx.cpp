@@ -366,17 +366,23 @@ Status Endpoint::PutAll(const RemoteKey& rkey, std::span<const RmaOp> ops, Deadl
   return worker_.WaitAll(requests, deadline, fmt::format("put to {}", name_), AliveFn(alive));
 }
 
-Status Endpoint::GetAll(const RemoteKey& rkey, std::span<const RmaOp> ops, Deadline deadline,
-                        const std::function<bool()>& alive) {
+Status Endpoint::PostGets(const RemoteKey& rkey, std::span<const RmaOp> ops,
+                          std::vector<ucs_status_ptr_t>* requests) {
   RETURN_IF_ERROR(FailureStatus());
   for (const RmaOp& op : ops) RETURN_IF_ERROR(CheckRange(rkey, op));
   ucp_request_param_t param = NoCallbackParam();
-  std::vector<ucs_status_ptr_t> requests;
-  requests.reserve(ops.size());
   for (const RmaOp& op : ops) {
-    requests.push_back(
+    requests->push_back(
         ucp_get_nbx(ep_, op.local, op.bytes, rkey.base() + op.offset, rkey.get(), &param));
   }
+  return Status::Ok();
+}
+
+Status Endpoint::GetAll(const RemoteKey& rkey, std::span<const RmaOp> ops, Deadline deadline,
+                        const std::function<bool()>& alive) {
+  std::vector<ucs_status_ptr_t> requests;
+  requests.reserve(ops.size());
+  RETURN_IF_ERROR(PostGets(rkey, ops, &requests));
   return worker_.WaitAll(requests, deadline, fmt::format("get from {}", name_), AliveFn(alive));
 }
 

@@ -20,6 +20,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -71,12 +72,25 @@ struct PoolView {
   uint64_t free_bytes = 0;  // as of the pool's last reply
 };
 
+struct BlockRef {
+  BlockKey key;
+  std::span<const std::byte> encoded;
+};
+
 class StoreClient : public RemoteTier {
  public:
   // Connects to every pool (hello, UCX endpoint, rkey). A listed pool that cannot be reached is
   // an error naming it; so is `replicas` above the number of distinct pools.
   static Result<std::shared_ptr<StoreClient>> Connect(std::shared_ptr<comm::ucx::Context> ctx,
                                                       const StoreClientOptions& options);
+
+  // Batched forms (what a layer's demotion or prefetch wants): every allocation request, then
+  // every put (or get) of every replica in flight together, one flush per pool. PutBatch is all
+  // or nothing: on error no block of the batch is newly stored (old copies stay). GetBatch
+  // verifies every block and falls back to other replicas as Get does.
+  virtual Status PutBatch(std::span<const BlockRef> blocks) = 0;
+  virtual Result<std::vector<std::vector<std::byte>>> GetBatch(
+      std::span<const BlockKey> keys) = 0;
 
   virtual std::vector<PoolView> Pools() const = 0;
   // The pools holding `key`'s replicas, primary first (HOST:PORT); empty when not stored.

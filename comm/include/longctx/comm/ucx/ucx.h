@@ -202,6 +202,9 @@ class Endpoint {
   // with Worker::WaitAll (many endpoints in flight together).
   Status PostPuts(const RemoteKey& rkey, std::span<const RmaOp> ops,
                   std::vector<ucs_status_ptr_t>* requests);
+  // The same for gets (complete when the requests complete; no flush needed).
+  Status PostGets(const RemoteKey& rkey, std::span<const RmaOp> ops,
+                  std::vector<ucs_status_ptr_t>* requests);
   // Sends an active message (header + data, copied by UCX before completion) and waits for
   // local completion. `want_reply` gives the receiver a reply endpoint.
   Status SendAm(uint16_t id, std::span<const std::byte> header, std::span<const std::byte> data,

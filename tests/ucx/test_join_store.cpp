@@ -1,0 +1,102 @@
+// JoinStore under mpirun (label ucx): every rank lends a pool, joins, stores its own blocks in
+// the other ranks' pools (never its own), reads them back verified, and leaves after a barrier.
+// Run by tests/mpi/run_mpi_test.sh, which checks every rank's "N passed, 0 failed" line.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <random>
+
+#include "longctx/cache/kv_block.h"
+#include "longctx/cache/store.h"
+#include "longctx/comm/communicator.h"
+
+namespace longctx::cache {
+namespace {
+
+std::shared_ptr<comm::Communicator> g_world;
+
+std::vector<std::byte> Block(const BlockKey& key, uint32_t seed) {
+  const BlockShape shape{8, 2, 32};
+  std::vector<float> k(static_cast<size_t>(shape.tokens * shape.row())), v(k.size());
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.f, 1.f);
+  for (float& x : k) x = dist(rng);
+  for (float& x : v) x = dist(rng);
+  return *EncodeBlock(key, shape, Codec::kBF16, k, v);
+}
+
+TEST(JoinStore, EveryRankStoresInTheOthersPools) {
+  comm::Communicator& world = *g_world;
+  StoreJoinOptions options;
+  options.pool_bytes = 8 << 20;
+  options.replicas = world.size() >= 3 ? 2 : 1;
+  if (world.size() == 1) {
+    // One rank has no other process to lend it memory: a clear error, not a hang.
+    auto alone = JoinStore(world, options);
+    ASSERT_FALSE(alone.ok());
+    EXPECT_EQ(alone.status().code(), StatusCode::kInvalidArgument) << alone.status().ToString();
+    return;
+  }
+  auto joined = JoinStore(world, options);
+  ASSERT_TRUE(joined.ok()) << joined.status().ToString();
+  auto client = std::dynamic_pointer_cast<StoreClient>(*joined);
+  ASSERT_NE(client, nullptr);
+  ASSERT_EQ(client->Pools().size(), static_cast<size_t>(world.size() - 1));
+  std::vector<std::pair<BlockKey, std::vector<std::byte>>> mine;
+  for (uint64_t b = 0; b < 16; ++b) {
+    const BlockKey key{static_cast<uint64_t>(world.rank()), 0, b};
+    mine.emplace_back(key, Block(key, static_cast<uint32_t>(world.rank() * 100 + b)));
+    ASSERT_TRUE((*joined)->Put(key, mine.back().second).ok());
+    EXPECT_EQ(client->ReplicaPools(key).size(), static_cast<size_t>(options.replicas));
+  }
+  ASSERT_TRUE(world.Barrier(comm::DeadlineIn(std::chrono::seconds(60))).ok());
+  for (const auto& [key, bytes] : mine) {
+    auto got = (*joined)->Get(key);
+    ASSERT_TRUE(got.ok()) << got.status().ToString();
+    EXPECT_EQ(*got, bytes);
+  }
+  EXPECT_EQ((*joined)->Stats().blocks, 16u);
+  // Leave together: a rank's pool must outlive the other ranks' use of it.
+  ASSERT_TRUE(world.Barrier(comm::DeadlineIn(std::chrono::seconds(60))).ok());
+  joined->reset();
+  client.reset();
+  ASSERT_TRUE(world.Barrier(comm::DeadlineIn(std::chrono::seconds(60))).ok());
+}
+
+TEST(JoinStore, BadOptionsFailOnEveryRank) {
+  StoreJoinOptions options;
+  options.pool_bytes = 1 << 20;
+  options.replicas = 3;
+  auto joined = JoinStore(*g_world, options);
+  ASSERT_FALSE(joined.ok());
+  options.replicas = 1;
+  options.stores = {"127.0.0.1:1"};  // nothing listens there
+  joined = JoinStore(*g_world, options);
+  ASSERT_FALSE(joined.ok());
+  if (g_world->rank() == 0) {
+    EXPECT_NE(joined.status().message().find("127.0.0.1:1"), std::string::npos)
+        << joined.status().message();
+  }
+}
+
+}  // namespace
+}  // namespace longctx::cache
+
+int main(int argc, char** argv) {
+  GTEST_FLAG_SET(color, "no");
+  ::testing::InitGoogleTest(&argc, argv);
+  auto world = longctx::comm::WorldCommunicator("auto");
+  if (!world.ok()) {
+    std::fprintf(stderr, "longctx-mpi-test: %s\n", world.status().ToString().c_str());
+    return 1;
+  }
+  longctx::cache::g_world = *world;
+  const int rank = (*world)->rank(), size = (*world)->size();
+  const int rc = RUN_ALL_TESTS();
+  const ::testing::UnitTest& unit = *::testing::UnitTest::GetInstance();
+  std::printf("longctx-mpi-test rank %d/%d: %d passed, %d failed\n", rank, size,
+              unit.successful_test_count(), unit.failed_test_count());
+  std::fflush(stdout);
+  longctx::cache::g_world.reset();
+  return rc == 0 && unit.failed_test_count() == 0 ? 0 : 1;
+}
