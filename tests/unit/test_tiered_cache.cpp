@@ -466,6 +466,116 @@ TEST(TieredKvCache, CorruptRemoteBlockIsDataLossNamingTheBlock) {
   CheckScan(c, o.codec, g, ref, 1, 0, g.rows, &calls);
 }
 
+// Random interleavings of every call (appends of any size to any layer, truncates, pins,
+// prefetches, scans, gathers, flushes) under small budgets, checked against the reference after
+// every read, with the tiers checked against their budgets at every flush.
+TEST(TieredKvCache, RandomOperationsMatchTheReference) {
+  uint64_t demotions = 0, loads = 0, hits = 0, remote_peak = 0;
+  for (uint64_t seed = 1; seed <= 12; ++seed) {
+    // Not int8 here: a truncate into a demoted int8 block re-quantizes its kept rows with the new
+    // block's scales (bf16/f16 values re-encode exactly), beyond the single-step bound checked.
+    const Codec codec = seed % 3 == 0 ? Codec::kBF16 : Codec::kF32;
+    const bool with_remote = seed % 2 == 0;
+    SCOPED_TRACE(fmt::format("seed {} codec {} remote {}", seed, CodecName(codec), with_remote));
+    std::mt19937_64 rng(seed);
+    Geometry g;
+    g.rows = 700;  // the most rows a layer reaches
+    const Reference src = MakeReference(g, seed + 100);
+    KvCacheOptions o;
+    o.block_tokens = g.block_tokens;
+    o.codec = codec;
+    // Persistent set: kPersistent, up to 3 more pinned rows, the window; plus 2 blocks.
+    o.device_budget = TinyDeviceBudget(g) + uint64_t(3 * g.layers + int(seed % 4) * 5) * g.device_block_bytes();
+    if (with_remote) o.host_budget = (2 + seed % 5) * g.encoded_block_bytes(codec);
+    auto remote = with_remote ? std::make_shared<MemoryRemoteTier>(uint64_t{1} << 30) : nullptr;
+    auto cache = TieredKvCache::Create(o, g.layers, g.kv_heads, g.head_dim, seed, remote);
+    ASSERT_TRUE(cache.ok()) << cache.status().ToString();
+    TieredKvCache* c = cache->get();
+    ASSERT_TRUE(c->SetPersistent(kPersistent, kWindow).ok());
+    // want: what each layer must hold (its rows come from src at a rotating offset, so a
+    // re-append after a truncate brings different values than the first time).
+    Reference want;
+    want.k.resize(size_t(g.layers));
+    want.v.resize(size_t(g.layers));
+    int pins = 0;
+    for (int step = 0; step < 150; ++step) {
+      const int32_t l = int32_t(rng() % uint64_t(g.layers));
+      const int64_t have = int64_t(want.k[size_t(l)].size()) / g.row();
+      switch (rng() % 8) {
+        case 0:
+        case 1: {  // append
+          const int64_t n = std::min<int64_t>(int64_t(rng() % 70), g.rows - have);
+          const int64_t from = int64_t(rng() % uint64_t(g.rows - n + 1));
+          const float* k = src.k[size_t(l)].data() + from * g.row();
+          const float* v = src.v[size_t(l)].data() + from * g.row();
+          Status s = c->Append(l, k, v, n);
+          ASSERT_TRUE(s.ok()) << s.ToString();
+          want.k[size_t(l)].insert(want.k[size_t(l)].end(), k, k + n * g.row());
+          want.v[size_t(l)].insert(want.v[size_t(l)].end(), v, v + n * g.row());
+          break;
+        }
+        case 2: {  // truncate every layer
+          if (rng() % 3 != 0) break;
+          const int64_t to = int64_t(rng() % uint64_t(g.rows));
+          ASSERT_TRUE(c->Truncate(to).ok());
+          for (int32_t m = 0; m < g.layers; ++m) {
+            const size_t keep = std::min(want.k[size_t(m)].size(), size_t(to * g.row()));
+            want.k[size_t(m)].resize(keep);
+            want.v[size_t(m)].resize(keep);
+          }
+          break;
+        }
+        case 3:
+          if (pins < 3) {
+            c->Pin(int64_t(rng() % uint64_t(g.rows)));
+            ++pins;
+          }
+          break;
+        case 4: {
+          const int64_t b = int64_t(rng() % uint64_t(have + 1));
+          c->Prefetch(l, b, b + int64_t(rng() % 300));
+          break;
+        }
+        case 5:
+        case 6: {  // scan a random range
+          ASSERT_EQ(c->rows(l), have);
+          const int64_t b = int64_t(rng() % uint64_t(have + 1));
+          const int64_t e = b + int64_t(rng() % uint64_t(have - b + 1));
+          Calls calls;
+          CheckScan(c, codec, g, want, l, b, e, &calls);
+          break;
+        }
+        case 7:
+          if (rng() % 2) {
+            CheckGather(c, codec, g, want, l, rng());
+          } else {
+            ASSERT_TRUE(c->Flush().ok());
+            ExpectWithinBudgets(c->Stats(), o);
+          }
+          break;
+      }
+      if (HasFatalFailure() || HasFailure()) return;
+    }
+    ASSERT_TRUE(c->Flush().ok());
+    ExpectWithinBudgets(c->Stats(), o);
+    if (remote) {
+      EXPECT_EQ(remote->Stats().used_bytes, c->Stats().remote.bytes);
+    }
+    demotions += c->Stats().demotions;
+    loads += c->Stats().loads;
+    hits += c->Stats().prefetch_hits;
+    remote_peak = std::max(remote_peak, c->Stats().remote.peak_bytes);
+  }
+  // The budgets were small enough for every path to run.
+  EXPECT_GT(demotions, 100u);
+  EXPECT_GT(loads, 100u);
+  EXPECT_GT(hits, 0u);
+  EXPECT_GT(remote_peak, 0u);
+  std::printf("[ metric   ] random operations: %llu demotions, %llu loads, %llu prefetch hits\n",
+              static_cast<unsigned long long>(demotions), static_cast<unsigned long long>(loads),
+              static_cast<unsigned long long>(hits));
+}
+
 // A remote tier whose store process "dies" after `healthy_puts` puts: every later call is
 // kUnavailable (what the UCX store returns for a lost peer).
 class DyingRemoteTier final : public RemoteTier {
