@@ -206,12 +206,22 @@ class TieredCache final : public TieredKvCache {
       if (rows % bt_ != 0) {
         // The block that becomes the partial tail must be on the device: it is mutable again.
         tail = L.blocks[size_t(rows / bt_)].get();
-        RETURN_IF_ERROR(Acquire(lock, tail, /*count_prefetch=*/false)
-                            .WithContext(fmt::format("truncating layer {} to {} rows", li, rows)));
+        Status s = Acquire(lock, tail, /*count_prefetch=*/false);
+        if (!s.ok()) {
+          EraseRemote(lock, erase);  // what earlier layers dropped
+          return s.WithContext(fmt::format("truncating layer {} to {} rows", li, rows));
+        }
       }
-      // No background work may run on the blocks changed below.
+      // No background work may run on the blocks changed below. (Its operation in flight ends
+      // within the remote tier's deadline; the wait has its own, longer one.)
       paused_ = true;
-      cv_.wait(lock, [&] { return !bg_in_op_; });
+      if (!cv_.wait_until(lock, Clock::now() + wait_timeout_, [&] { return !bg_in_op_; })) {
+        paused_ = false;
+        if (tail != nullptr) Release(tail);
+        EraseRemote(lock, erase);  // what earlier layers dropped
+        return DeadlineExceeded("KV cache: truncating layer {}: background thread busy for {} s",
+                                li, std::chrono::duration_cast<std::chrono::seconds>(wait_timeout_).count());
+      }
       while (int64_t(L.blocks.size()) > keep) {
         Block* b = L.blocks.back().get();
         DropAll(b, &erase);
@@ -235,14 +245,19 @@ class TieredCache final : public TieredKvCache {
       paused_ = false;
     }
     Kick();
-    if (remote_ != nullptr && !erase.empty()) {
-      lock.unlock();
-      for (const BlockKey& key : erase) {
-        Status s = remote_->Erase(key);
-        if (!s.ok()) LONGCTX_LOG_WARN("KV cache: erasing {}: {}", key.ToString(), s.ToString());
-      }
-    }
+    EraseRemote(lock, erase);
     return Status::Ok();
+  }
+
+  // Erases remote copies the table no longer refers to; a failure only leaks store space.
+  void EraseRemote(std::unique_lock<std::mutex>& lock, const std::vector<BlockKey>& keys) {
+    if (remote_ == nullptr || keys.empty()) return;
+    lock.unlock();
+    for (const BlockKey& key : keys) {
+      Status s = remote_->Erase(key);
+      if (!s.ok()) LONGCTX_LOG_WARN("KV cache: erasing {}: {}", key.ToString(), s.ToString());
+    }
+    lock.lock();
   }
 
   int64_t rows(int32_t layer) const override {
