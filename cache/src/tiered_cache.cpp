@@ -520,7 +520,12 @@ class TieredCache final : public TieredKvCache {
   void Release(Block* b) {
     --b->in_use;
     Touch(b);
-    Kick();
+    // A block leaving use only matters to the background thread when it is short of room or
+    // has prefetches waiting; otherwise a scan would wake it for every block.
+    if (room_wanted_ > 0 || draining_ || !prefetch_.empty() ||
+        !Fits(dev_bytes_, headroom_, opt_.device_budget)) {
+      Kick();
+    }
   }
 
   // Loads a busy, non-resident block whose device bytes are already reserved; clears busy.
