@@ -51,7 +51,7 @@ Result<std::vector<control::JobRecord>> JobStore::LoadAll() const {
   return out;
 }
 
-Status JobStore::Save(const control::JobRecord& record) const {
+Status JobStore::Save(const control::JobRecord& record, bool durable) const {
   std::string bytes;
   if (!record.SerializeToString(&bytes)) return Internal("cannot serialize job {}", record.job_id());
   const std::string path = fmt::format("{}/job-{}.pb", dir_, record.job_id());
@@ -66,8 +66,11 @@ Status JobStore::Save(const control::JobRecord& record) const {
       if (w < 0) return ErrnoStatus(errno, fmt::format("{}: cannot write", tmp));
       done += size_t(w);
     }
-    // fsync before rename: after a crash the name never points at unwritten blocks.
-    if (::fsync(fd.get()) != 0) return ErrnoStatus(errno, fmt::format("{}: fsync failed", tmp));
+    // durable: fsync before the rename, so after a crash the name never points at unwritten
+    // blocks. Either way the rename is atomic: readers see the old record or the new one.
+    if (durable && ::fsync(fd.get()) != 0) {
+      return ErrnoStatus(errno, fmt::format("{}: fsync failed", tmp));
+    }
     if (fd.Close() != 0) return ErrnoStatus(errno, fmt::format("{}: close failed", tmp));
   }
   if (::rename(tmp.c_str(), path.c_str()) != 0) {

@@ -31,6 +31,7 @@ struct SubmitFlags {
   ConnectFlags connect;
   std::string input, doc_id, query, out, progress = "auto";
   int64_t generate = 0;
+  int repeat = 1;  // the same job this many times over one connection (benchmarks)
 };
 
 struct StatusFlags {
@@ -116,6 +117,7 @@ Status RunSubmit(const SubmitFlags& f) {
     return InvalidArgument("--progress must be auto, on or off, got '{}'", f.progress);
   }
   if (f.generate < 0) return InvalidArgument("--generate must be >= 0, got {}", f.generate);
+  if (f.repeat < 1) return InvalidArgument("--repeat must be >= 1, got {}", f.repeat);
   co::JobRequest req;
   std::string document;
   req.doc_id = f.doc_id;
@@ -168,7 +170,16 @@ Status RunSubmit(const SubmitFlags& f) {
         break;
     }
   };
-  ASSIGN_OR_RETURN(control::JobEvent done, co::SubmitJob(*conn, req, on_event, end));
+  const auto t0 = co::Clock::now();
+  control::JobEvent done;
+  for (int k = 0; k < f.repeat; ++k) {
+    ASSIGN_OR_RETURN(done, co::SubmitJob(*conn, req, on_event, end));
+  }
+  if (f.repeat > 1) {
+    const double secs = std::chrono::duration<double>(co::Clock::now() - t0).count();
+    fmt::print("submit: {} jobs in {:.3f} s: {:.1f} jobs/s, {:.2f} ms per job\n", f.repeat, secs,
+               f.repeat / secs, 1e3 * secs / f.repeat);
+  }
   if (bar && tokens > 0) fmt::print(stderr, "\n");
   const control::JobResult& r = done.result();
   fmt::print("job {}: done on worker group {}: doc {}, {} tokens, {} globals{}\n", done.job_id(),
@@ -235,6 +246,8 @@ Runner AddSubmitCommand(CLI::App& app) {
   app.add_option("--generate", f->generate, "tokens to decode greedily")->capture_default_str();
   app.add_option("--out", f->out, "write result.json and generated.txt here");
   app.add_option("--progress", f->progress, "auto | on | off")->capture_default_str();
+  app.add_option("--repeat", f->repeat, "run the job this many times, one after another (benchmark)")
+      ->capture_default_str();
   return [f] { return RunSubmit(*f); };
 }
 

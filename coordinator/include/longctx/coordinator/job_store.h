@@ -23,8 +23,9 @@ class JobStore {
   // (its name is logged), so one damaged record cannot keep the service down.
   Result<std::vector<control::JobRecord>> LoadAll() const;
 
-  // Writes the record atomically (replacing the previous one of that job).
-  Status Save(const control::JobRecord& record) const;
+  // Writes the record atomically (replacing the previous one of that job). durable: fsync the
+  // file before the rename, so the record also survives a machine crash (not just a process one).
+  Status Save(const control::JobRecord& record, bool durable = true) const;
 
   const std::string& dir() const { return dir_; }
 
