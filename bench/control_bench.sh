@@ -23,6 +23,8 @@ echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -
 
 # Small jobs: a 2 KiB document + a 2-byte question + 4 generated tokens, C clients each sending
 # JOBS/C jobs one after another on its own connection, against G worker groups of R ranks.
+# With HELD=1, each client first uploads its document once, then sends questions on it (1
+# generated token, no prefill): what remains is the control plane's own round trip.
 small_jobs() {  # small_jobs GROUPS RANKS CLIENTS
   local groups=$1 ranks=$2 clients=$3 port
   port=$(free_port)
@@ -34,12 +36,18 @@ small_jobs() {  # small_jobs GROUPS RANKS CLIENTS
     wpids+=("$MPIRUN_PID")
   done
   wait_workers "$port" "$groups" 60 || { echo "workers did not register"; return 1; }
-  local per=$((JOBS / clients)) t0 t1 cp=()
+  local per=$((JOBS / clients)) t0 t1 cp=() job=(--input "$T/small.txt" --query "Q?" --generate 4)
+  if [[ ${HELD:-0} == 1 ]]; then
+    for c in $(seq "$clients"); do
+      "$BIN" submit --coordinator "127.0.0.1:$port" --token-file "$T/token" --progress off \
+        --input "$T/small.txt" --doc-id "s$c" --generate 1 >/dev/null 2>&1 || echo "upload failed"
+    done
+    job=(--generate 1)
+  fi
   t0=$(now)
   for c in $(seq "$clients"); do
     "$BIN" submit --coordinator "127.0.0.1:$port" --token-file "$T/token" --progress off \
-      --input "$T/small.txt" --doc-id "s$c" --query "Q?" --generate 4 --repeat "$per" \
-      >"$T/client-$c.log" 2>&1 &
+      --doc-id "s$c" "${job[@]}" --repeat "$per" >"$T/client-$c.log" 2>&1 &
     cp+=($!)
   done
   local failed=0
@@ -56,6 +64,12 @@ echo "|---|---|---|---|---|---|"
 small_jobs 1 2 1
 small_jobs 1 2 8
 small_jobs 2 1 8
+echo
+echo "## Questions on a held document (1 generated token, no prefill): the control plane's round trip"
+echo "| worker groups | clients | jobs | failed | seconds | jobs/s |"
+echo "|---|---|---|---|---|---|"
+HELD=1 small_jobs 1 2 1
+HELD=1 small_jobs 1 2 8
 
 # The large job: `mpirun -np 2 longctx run` vs the same through the coordinator (the worker group
 # already running, as a service is).

@@ -134,7 +134,7 @@ class WorkerLink::Impl : public std::enable_shared_from_this<WorkerLink::Impl> {
 
   // Closes the current connection (if any); jobs and events of it are dropped from now on.
   void Drop(const std::string& why) {
-    if (socket_.is_open()) {
+    if (socket_.is_open() && !stopping_) {
       LONGCTX_LOG_WARN("worker: connection to the coordinator lost: {}", why);
     }
     error_code ec;
@@ -163,8 +163,8 @@ class WorkerLink::Impl : public std::enable_shared_from_this<WorkerLink::Impl> {
     });
   }
 
+  // The group's main loop reports `message` and exits (it is not logged here as well).
   void Refuse(const std::string& message) {
-    LONGCTX_LOG_ERROR("worker: {}", message);
     {
       std::lock_guard<std::mutex> lock(mu_);
       fatal_ = Status(StatusCode::kFailedPrecondition, message);
