@@ -19,11 +19,11 @@
 #include <fmt/format.h>
 
 #include "commands.h"
+#include "kv_flags.h"
 #include "longctx/attention/global_selection.h"
 #include "longctx/attention/shard_plan.h"
 #include "longctx/comm/communicator.h"
 #include "longctx/comm/placement.h"
-#include "longctx/cache/store.h"
 #include "longctx/core/byte_size.h"
 #include "longctx/core/log.h"
 #include "longctx/core/npy.h"
@@ -51,15 +51,7 @@ struct RunFlags {
   int threads = 0;
   std::string query;      // appended after the document, every token global
   int64_t generate = 0;   // tokens decoded greedily after the document (and the query)
-  // KV tiers of the decode cache (DESIGN.md §3).
-  std::string kv_device_budget, kv_host_budget, kv_remote_budget;  // sizes; empty = unlimited
-  std::string kv_codec = "f32";
-  int32_t kv_block_tokens = 64;
-  // The remote tier: this rank's pool for other ranks' blocks, `longctx store` processes.
-  std::string kv_pool;                   // size; empty/0 = this rank lends no memory
-  std::vector<std::string> kv_stores;    // HOST:PORT of `longctx store` processes
-  int kv_replicas = 1;
-  std::string kv_bind = "127.0.0.1";     // where this rank's pool listens
+  KvFlags kv;  // the tiers of the decode cache and the remote tier (DESIGN.md §3)
 };
 
 
@@ -125,26 +117,6 @@ int64_t PeakRssBytes() {
   return int64_t(ru.ru_maxrss) * 1024;  // Linux reports KiB
 }
 
-// The KV tiers from the flags (sizes as ParseByteSize reads them; empty = unlimited).
-Result<cache::KvCacheOptions> KvOptions(const RunFlags& f) {
-  cache::KvCacheOptions kv;
-  ASSIGN_OR_RETURN(kv.codec, cache::ParseCodec(f.kv_codec));
-  if (f.kv_block_tokens < 1) {
-    return InvalidArgument("--kv-block-tokens must be >= 1, got {}", f.kv_block_tokens);
-  }
-  kv.block_tokens = f.kv_block_tokens;
-  if (!f.kv_device_budget.empty()) {
-    ASSIGN_OR_RETURN(kv.device_budget, ParseByteSize(f.kv_device_budget, "--kv-device-budget"));
-  }
-  if (!f.kv_host_budget.empty()) {
-    ASSIGN_OR_RETURN(kv.host_budget, ParseByteSize(f.kv_host_budget, "--kv-host-budget"));
-  }
-  if (!f.kv_remote_budget.empty()) {
-    ASSIGN_OR_RETURN(kv.remote_budget, ParseByteSize(f.kv_remote_budget, "--kv-remote-budget"));
-  }
-  return kv;
-}
-
 Status RunRun(const RunFlags& f) {
   const auto t_start = Clock::now();
   ASSIGN_OR_RETURN(std::shared_ptr<comm::Communicator> world, comm::WorldCommunicator("auto"));
@@ -187,39 +159,16 @@ Status RunRun(const RunFlags& f) {
     eo.overrides.global_max = f.global_max;
     eo.overrides.sinks = f.sinks;
     eo.overrides.fusion = f.fusion;
-    ASSIGN_OR_RETURN(eo.kv, KvOptions(f));
+    ASSIGN_OR_RETURN(eo.kv, f.kv.CacheOptions());
     return ReadTokens(f, &ids, &classes);
   }();
   RETURN_IF_ERROR(comm::AgreeOnStatus(c, st));
-  // The remote tier (collective): only a run that keeps a KV cache needs one.
-  uint64_t pool_bytes = 0;
-  st = Status::Ok();
-  if (!f.kv_pool.empty()) {
-    Result<uint64_t> pb = ParseByteSize(f.kv_pool, "--kv-pool");
-    if (pb.ok()) pool_bytes = *pb;
-    else st = pb.status();
+  // The remote tier (collective): only a run that keeps a KV cache needs one. The guard keeps
+  // it (and this rank's pool) until every rank is done, after the engine has gone.
+  if (decode) {
+    ASSIGN_OR_RETURN(eo.remote, f.kv.JoinRemote(c));
   }
-  if (st.ok() && f.kv_replicas != 1 && f.kv_replicas != 2) {
-    st = InvalidArgument("--kv-replicas must be 1 or 2, got {}", f.kv_replicas);
-  }
-  RETURN_IF_ERROR(comm::AgreeOnStatus(c, st));
-  if (decode && (pool_bytes > 0 || !f.kv_stores.empty())) {
-    cache::StoreJoinOptions so;
-    so.pool_bytes = pool_bytes;
-    so.stores = f.kv_stores;
-    so.replicas = f.kv_replicas;
-    so.bind_host = f.kv_bind;
-    ASSIGN_OR_RETURN(eo.remote, cache::JoinStore(c, so));
-  }
-  // Teardown order: the engine's caches erase their remote blocks, then every rank waits for
-  // the others before its own pool (held by eo.remote) goes away.
-  struct StoreGuard {
-    comm::Communicator& c;
-    std::shared_ptr<cache::RemoteTier>& remote;
-    ~StoreGuard() {
-      if (remote) (void)c.Barrier(comm::DeadlineIn(comm::DefaultTimeout()));
-    }
-  } store_guard{c, eo.remote};
+  RemoteTierGuard remote_guard(c, eo.remote);
   ASSIGN_OR_RETURN(std::unique_ptr<worker::Engine> engine, worker::Engine::Open(c, eo));
   const model::ModelConfig& config = engine->config();
   for (size_t i = 0; i < ids.size(); ++i) {  // every rank reads the same ids: no need to agree
@@ -465,25 +414,7 @@ Runner AddRunCommand(CLI::App& app) {
   app.add_option("--query", f->query, "a question appended after the document (global tokens)");
   app.add_option("--generate", f->generate, "tokens to decode greedily after it")
       ->capture_default_str();
-  app.add_option("--kv-device-budget", f->kv_device_budget,
-                 "bytes of fp32 KV blocks kept in compute memory per rank (e.g. 8M; default: all)");
-  app.add_option("--kv-host-budget", f->kv_host_budget,
-                 "bytes of encoded KV blocks in this rank's host pool (default: unlimited)");
-  app.add_option("--kv-remote-budget", f->kv_remote_budget,
-                 "bytes of encoded KV blocks this rank may place in other processes' pools");
-  app.add_option("--kv-codec", f->kv_codec, "codec of demoted KV blocks: f32 | f16 | bf16 | int8")
-      ->capture_default_str();
-  app.add_option("--kv-block-tokens", f->kv_block_tokens, "tokens per KV block")
-      ->capture_default_str();
-  app.add_option("--kv-pool", f->kv_pool,
-                 "host memory this rank lends to other ranks' KV blocks (e.g. 256M; default none)");
-  app.add_option("--kv-store", f->kv_stores,
-                 "HOST:PORT of a `longctx store` process (repeat or comma-separate)")
-      ->delimiter(',');
-  app.add_option("--kv-replicas", f->kv_replicas, "copies of each remote block: 1 or 2")
-      ->capture_default_str();
-  app.add_option("--kv-bind", f->kv_bind, "address this rank's pool listens on")
-      ->capture_default_str();
+  f->kv.Register(app);
   return [f] { return RunRun(*f); };
 }
 

@@ -1,0 +1,66 @@
+#include "kv_flags.h"
+
+#include "longctx/cache/store.h"
+#include "longctx/core/byte_size.h"
+
+namespace longctx::cli {
+
+void KvFlags::Register(CLI::App& app) {
+  app.add_option("--kv-device-budget", device_budget,
+                 "bytes of fp32 KV blocks kept in compute memory per rank (e.g. 8M; default: all)");
+  app.add_option("--kv-host-budget", host_budget,
+                 "bytes of encoded KV blocks in this rank's host pool (default: unlimited)");
+  app.add_option("--kv-remote-budget", remote_budget,
+                 "bytes of encoded KV blocks this rank may place in other processes' pools");
+  app.add_option("--kv-codec", codec, "codec of demoted KV blocks: f32 | f16 | bf16 | int8")
+      ->capture_default_str();
+  app.add_option("--kv-block-tokens", block_tokens, "tokens per KV block")->capture_default_str();
+  app.add_option("--kv-pool", pool,
+                 "host memory this rank lends to other ranks' KV blocks (e.g. 256M; default none)");
+  app.add_option("--kv-store", stores,
+                 "HOST:PORT of a `longctx store` process (repeat or comma-separate)")
+      ->delimiter(',');
+  app.add_option("--kv-replicas", replicas, "copies of each remote block: 1 or 2")
+      ->capture_default_str();
+  app.add_option("--kv-bind", bind, "address this rank's pool listens on")->capture_default_str();
+}
+
+Result<cache::KvCacheOptions> KvFlags::CacheOptions() const {
+  cache::KvCacheOptions kv;
+  ASSIGN_OR_RETURN(kv.codec, cache::ParseCodec(codec));
+  if (block_tokens < 1) return InvalidArgument("--kv-block-tokens must be >= 1, got {}", block_tokens);
+  kv.block_tokens = block_tokens;
+  if (!device_budget.empty()) {
+    ASSIGN_OR_RETURN(kv.device_budget, ParseByteSize(device_budget, "--kv-device-budget"));
+  }
+  if (!host_budget.empty()) {
+    ASSIGN_OR_RETURN(kv.host_budget, ParseByteSize(host_budget, "--kv-host-budget"));
+  }
+  if (!remote_budget.empty()) {
+    ASSIGN_OR_RETURN(kv.remote_budget, ParseByteSize(remote_budget, "--kv-remote-budget"));
+  }
+  return kv;
+}
+
+Result<std::shared_ptr<cache::RemoteTier>> KvFlags::JoinRemote(comm::Communicator& comm) const {
+  uint64_t pool_bytes = 0;
+  Status st;
+  if (!pool.empty()) {
+    Result<uint64_t> pb = ParseByteSize(pool, "--kv-pool");
+    if (pb.ok()) pool_bytes = *pb;
+    else st = pb.status();
+  }
+  if (st.ok() && replicas != 1 && replicas != 2) {
+    st = InvalidArgument("--kv-replicas must be 1 or 2, got {}", replicas);
+  }
+  RETURN_IF_ERROR(comm::AgreeOnStatus(comm, st));
+  if (pool_bytes == 0 && stores.empty()) return std::shared_ptr<cache::RemoteTier>();
+  cache::StoreJoinOptions so;
+  so.pool_bytes = pool_bytes;
+  so.stores = stores;
+  so.replicas = replicas;
+  so.bind_host = bind;
+  return cache::JoinStore(comm, so);
+}
+
+}  // namespace longctx::cli

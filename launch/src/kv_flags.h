@@ -1,0 +1,54 @@
+// The --kv-* flags of every command that runs the engine (`longctx run`, `longctx worker`): the
+// tiers of the decode cache (DESIGN.md §3) and the remote tier's store.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+
+#include "longctx/cache/remote_tier.h"
+#include "longctx/cache/tiered_cache.h"
+#include "longctx/comm/communicator.h"
+#include "longctx/core/status.h"
+
+namespace longctx::cli {
+
+struct KvFlags {
+  std::string device_budget, host_budget, remote_budget;  // sizes; empty = unlimited
+  std::string codec = "f32";
+  int32_t block_tokens = 64;
+  std::string pool;                 // size this rank lends to other ranks; empty/0 = none
+  std::vector<std::string> stores;  // HOST:PORT of `longctx store` processes
+  int replicas = 1;
+  std::string bind = "127.0.0.1";   // where this rank's pool listens
+
+  void Register(CLI::App& app);
+  // The cache options (sizes parsed, codec checked).
+  Result<cache::KvCacheOptions> CacheOptions() const;
+  // Collective over comm: joins the KV store when a pool or stores are given (every rank must
+  // call it); null when there is no remote tier.
+  Result<std::shared_ptr<cache::RemoteTier>> JoinRemote(comm::Communicator& comm) const;
+};
+
+// Keeps the remote tier alive until every rank is done with it: its destructor (after the
+// engine's, which erases the caches' remote blocks) waits for the other ranks, since this rank's
+// pool holds their blocks.
+class RemoteTierGuard {
+ public:
+  RemoteTierGuard(comm::Communicator& comm, std::shared_ptr<cache::RemoteTier>& remote)
+      : comm_(comm), remote_(remote) {}
+  ~RemoteTierGuard() {
+    if (remote_) (void)comm_.Barrier(comm::DeadlineIn(comm::DefaultTimeout()));
+  }
+  RemoteTierGuard(const RemoteTierGuard&) = delete;
+  RemoteTierGuard& operator=(const RemoteTierGuard&) = delete;
+
+ private:
+  comm::Communicator& comm_;
+  std::shared_ptr<cache::RemoteTier>& remote_;
+};
+
+}  // namespace longctx::cli
