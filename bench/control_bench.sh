@@ -37,17 +37,19 @@ small_jobs() {  # small_jobs GROUPS RANKS CLIENTS
   done
   wait_workers "$port" "$groups" 60 || { echo "workers did not register"; return 1; }
   local per=$((JOBS / clients)) t0 t1 cp=() job=(--input "$T/small.txt" --query "Q?" --generate 4)
-  if [[ ${HELD:-0} == 1 ]]; then
-    for c in $(seq "$clients"); do
-      "$BIN" submit --coordinator "127.0.0.1:$port" --token-file "$T/token" --progress off \
-        --input "$T/small.txt" --doc-id "s$c" --generate 1 >/dev/null 2>&1 || echo "upload failed"
-    done
+  local ids=("s")
+  if [[ ${HELD:-0} == 1 ]]; then  # one document, uploaded once, asked by every client
+    "$BIN" submit --coordinator "127.0.0.1:$port" --token-file "$T/token" --progress off \
+      --input "$T/small.txt" --doc-id held --generate 1 >/dev/null 2>&1 || echo "upload failed"
     job=(--generate 1)
+    ids=("held")
   fi
   t0=$(now)
   for c in $(seq "$clients"); do
+    local id="${ids[0]}"
+    [[ $id == s ]] && id="s$c"
     "$BIN" submit --coordinator "127.0.0.1:$port" --token-file "$T/token" --progress off \
-      --doc-id "s$c" "${job[@]}" --repeat "$per" >"$T/client-$c.log" 2>&1 &
+      --doc-id "$id" "${job[@]}" --repeat "$per" >"$T/client-$c.log" 2>&1 &
     cp+=($!)
   done
   local failed=0

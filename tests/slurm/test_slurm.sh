@@ -3,7 +3,8 @@
 # and slurmd on free loopback ports, proctrack/linuxproc, task/none, select/cons_tres, 8 CPUs
 # declared so 4 tasks fit on 2 cores): submits launch/slurm/longctx.sbatch with 4 tasks on a
 # sample document, waits with a deadline, checks the hidden states equal `mpirun -np 4`, checks
-# that a task killed by a signal fails the job visibly, then stops every daemon by its pid file
+# that a task killed by a signal fails the job visibly, runs launch/slurm/longctx-service.sbatch
+# (coordinator + worker group; a submitted job equals `mpirun -np 2`), then stops every daemon by its pid file
 # and removes the directory. Usage: test_slurm.sh path/to/longctx
 set -uo pipefail
 BIN="$(realpath "$1")"
@@ -117,5 +118,46 @@ if [[ $rc -ne 0 && ! -f "$T/dead_run/report.json" ]]; then
 else
   bad "killed task: sbatch rc=$rc $(cat "$T/dead.txt") $(tail -3 "$T/dead.out")"
 fi
+# The service variant: the coordinator on the first node and a worker group over 2 tasks; a
+# client's document + question through it equals `mpirun -np 2 longctx run`; scancel ends it.
+head -c 32 /dev/urandom | base64 >"$T/svc.token"
+SVC_ADDR="127.0.0.1:$(free_port)"
+svc_job=$(sbatch --parsable --ntasks=2 --cpus-per-task=1 --output="$T/svc.out" \
+  --export=ALL,LONGCTX="$BIN",LONGCTX_TOKEN_FILE="$T/svc.token",LONGCTX_LISTEN="$SVC_ADDR",LONGCTX_STATE_DIR="$T/svc" \
+  "$ROOT/launch/slurm/longctx-service.sbatch" 2>"$T/svc_sbatch.txt")
+svc_up=0
+for _ in $(seq 240); do
+  if "$BIN" status --coordinator "$SVC_ADDR" --token-file "$T/svc.token" --timeout 5 2>/dev/null |
+      grep -q "^workers: 1 group"; then svc_up=1; break; fi
+  sleep 0.5
+done
+if [[ $svc_up -eq 1 ]]; then ok "longctx-service.sbatch: coordinator up, worker group of 2 tasks registered"
+else bad "service job $svc_job did not come up: $(cat "$T/svc_sbatch.txt") $(tail -5 "$T/svc.out" "$T/svc/coordinator.log" 2>/dev/null)"; fi
+timeout 300 "$BIN" submit --coordinator "$SVC_ADDR" --token-file "$T/svc.token" --progress off \
+  --input "$T/doc.txt" --query "Who pays?" --generate 8 --out "$T/svc_sub" >"$T/svc_sub.txt" 2>&1
+timeout 300 mpirun -np 2 --oversubscribe --allow-run-as-root --mca btl self,vader,tcp \
+  --mca btl_tcp_if_include lo --mca oob_tcp_if_include lo --mca pml ob1 \
+  "$BIN" run --input "$T/doc.txt" --out "$T/mpirun2_run" --query "Who pays?" --generate 8 \
+  --threads 1 --progress off >/dev/null 2>&1
+if /usr/bin/python3 - "$T/svc_sub" "$T/mpirun2_run" <<'PY'
+import json, sys, numpy as np
+r = json.load(open(sys.argv[1] + "/result.json"))
+tokens = np.load(sys.argv[2] + "/tokens.npy")
+n = r["document_tokens"]
+same = (list(tokens[n:]) == r["appended_tokens"] and
+        list(np.load(sys.argv[2] + "/globals.npy")) == r["globals"] and
+        open(sys.argv[1] + "/generated.txt", "rb").read() == open(sys.argv[2] + "/generated.txt", "rb").read())
+sys.exit(0 if same else 1)
+PY
+then ok "job through the Slurm service equals mpirun -np 2 longctx run"
+else bad "service job result differs or failed: $(cat "$T/svc_sub.txt")"; fi
+scancel "$svc_job" 2>/dev/null
+svc_gone=0
+for _ in $(seq 120); do
+  [[ -z "$(squeue -h -j "$svc_job" 2>/dev/null)" ]] && { svc_gone=1; break; }
+  sleep 0.5
+done
+[[ $svc_gone -eq 1 ]] && ok "scancel ends the service job" || bad "service job $svc_job still queued/running"
+
 echo "$passed passed, $failed failed"
 [[ $failed -eq 0 && $passed -gt 0 ]]
