@@ -98,6 +98,7 @@ class StoreClientImpl final : public StoreClient {
   std::unique_ptr<PoolServer> own_server_;  // first: destroyed last
   std::shared_ptr<comm::ucx::Context> ctx_;
   StoreClientOptions options_;
+  std::string host_ = comm::ucx::HostIdentity();
   std::unique_ptr<Worker> worker_;
   std::vector<std::unique_ptr<PoolConn>> pools_;  // destroyed before worker_
 
@@ -148,6 +149,7 @@ Status StoreClientImpl::ConnectPool(const std::string& text, Deadline deadline) 
   hello.magic = wire::kHelloMagic;
   hello.version = wire::kVersion;
   hello.addr_len = static_cast<uint32_t>(worker_->address().size());
+  wire::SetHost(hello.host, host_);
   std::vector<std::byte> frame;
   wire::Append(&frame, wire::AsBytes(hello));
   wire::Append(&frame, worker_->address());
@@ -185,7 +187,8 @@ Status StoreClientImpl::ConnectPool(const std::string& text, Deadline deadline) 
   pool->base = h->pool_base;
   pool->capacity = pool->free_bytes = h->pool_bytes;
   Result<std::unique_ptr<Endpoint>> ep =
-      Endpoint::Connect(*worker_, rest.subspan(0, h->addr_len), name);
+      Endpoint::Connect(*worker_, rest.subspan(0, h->addr_len), name,
+                        wire::SameHost(h->host, host_));
   if (!ep.ok()) return fail(ep.status());
   pool->ep = std::move(*ep);
   Result<std::unique_ptr<RemoteKey>> rkey =

@@ -3,10 +3,12 @@
 // with a magic and the protocol version, and a peer speaking another version is refused.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <span>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -22,6 +24,19 @@ inline constexpr uint16_t kVersion = 1;
 inline constexpr uint16_t kAmRequest = 0x4c01;
 inline constexpr uint16_t kAmReply = 0x4c02;
 
+inline constexpr size_t kHostBytes = 128;
+
+// Fills a fixed host field; compares one with this host's identity.
+inline void SetHost(char (&field)[kHostBytes], const std::string& host) {
+  std::memset(field, 0, kHostBytes);
+  std::memcpy(field, host.data(), std::min(host.size(), kHostBytes - 1));
+}
+inline bool SameHost(const char (&field)[kHostBytes], const std::string& host) {
+  char mine[kHostBytes];
+  SetHost(mine, host);
+  return std::memcmp(field, mine, kHostBytes) == 0;
+}
+
 enum class Op : uint16_t { kAlloc = 1, kFree = 2, kStats = 3 };
 
 // Client -> pool over TCP, followed by the client's UCX worker address (addr_len bytes).
@@ -31,8 +46,10 @@ struct ClientHello {
   uint16_t reserved;
   uint32_t addr_len;
   uint32_t reserved2;
+  char host[kHostBytes];  // HostIdentity(), NUL-padded (truncated if longer)
 };
-static_assert(sizeof(ClientHello) == 16 && std::is_trivially_copyable_v<ClientHello>);
+static_assert(sizeof(ClientHello) == 16 + kHostBytes &&
+              std::is_trivially_copyable_v<ClientHello>);
 
 // Pool -> client over TCP, followed by the pool's worker address and its packed rkey.
 struct PoolHello {
@@ -45,8 +62,9 @@ struct PoolHello {
   uint64_t pool_bytes;  // capacity
   uint32_t addr_len;
   uint32_t rkey_len;
+  char host[kHostBytes];  // HostIdentity(), NUL-padded
 };
-static_assert(sizeof(PoolHello) == 48 && std::is_trivially_copyable_v<PoolHello>);
+static_assert(sizeof(PoolHello) == 48 + kHostBytes && std::is_trivially_copyable_v<PoolHello>);
 
 // kAmRequest header. kAlloc: arg0 = bytes. kFree: arg0 = offset, arg1 = bytes. kStats: none.
 struct Request {

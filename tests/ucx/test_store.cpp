@@ -93,7 +93,10 @@ TEST(UcxTransport, BatchedPutGetAndActiveMessages) {
   });
 
   {
-    auto ep = ucx::Endpoint::Connect(**initiator, (*target)->address(), "target");
+    auto ep = ucx::Endpoint::Connect(**initiator, (*target)->address(), "target",
+                                     /*same_host=*/true);
+    // Peer error handling exactly when shared memory is ruled out (UCX_TLS=tcp).
+    EXPECT_EQ((*ep)->peer_error_handling(), !ucx::SharedMemoryAllowed());
     ASSERT_TRUE(ep.ok()) << ep.status().ToString();
     auto rkey = (*ep)->UnpackRkey(*packed, reinterpret_cast<uint64_t>((*region)->base()), kBytes);
     ASSERT_TRUE(rkey.ok()) << rkey.status().ToString();

@@ -2,9 +2,12 @@
 #include "longctx/comm/ucx/ucx.h"
 
 #include <poll.h>
+#include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
+#include <fstream>
 
 #include "longctx/core/log.h"
 
@@ -273,23 +276,53 @@ void Endpoint::OnError(void* arg, ucp_ep_h /*ep*/, ucs_status_t status) {
   LONGCTX_LOG_INFO("ucx: {} failed: {}", self->name_, ucs_status_string(status));
 }
 
+std::string HostIdentity() {
+  std::ifstream in("/proc/sys/kernel/random/boot_id");
+  std::string boot;
+  std::getline(in, boot);
+  char host[256] = {};
+  gethostname(host, sizeof(host) - 1);
+  return boot + "@" + host;
+}
+
+bool SharedMemoryAllowed() {
+  const char* tls = std::getenv("UCX_TLS");
+  if (tls == nullptr || *tls == '\0' || *tls == '^') return true;  // default, or an exclusion list
+  std::string list = tls;
+  for (const char* name : {"sm", "shm", "posix", "sysv", "cma", "xpmem", "knem", "all"}) {
+    size_t at = 0;
+    while ((at = list.find(name, at)) != std::string::npos) {
+      const size_t end = at + std::strlen(name);
+      const bool starts = at == 0 || list[at - 1] == ',';
+      const bool ends = end == list.size() || list[end] == ',';
+      if (starts && ends) return true;
+      at = end;
+    }
+  }
+  return false;
+}
+
 Result<std::unique_ptr<Endpoint>> Endpoint::Connect(Worker& worker,
                                                     std::span<const std::byte> peer_address,
-                                                    std::string name) {
+                                                    std::string name, bool same_host) {
   std::unique_ptr<Endpoint> ep(new Endpoint(worker, std::move(name)));
   ucp_ep_params_t params;
   std::memset(&params, 0, sizeof(params));
   params.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
                       UCP_EP_PARAM_FIELD_ERR_HANDLER;
   params.address = reinterpret_cast<const ucp_address_t*>(peer_address.data());
-  params.err_mode = UCP_ERR_HANDLING_MODE_PEER;
   params.err_handler.cb = &Endpoint::OnError;
   params.err_handler.arg = ep.get();
-  ucs_status_t st = ucp_ep_create(worker.get(), &params, &ep->ep_);
-  ep->peer_errors_ = st == UCS_OK;
+  ucs_status_t st = UCS_ERR_UNREACHABLE;
+  if (!same_host || !SharedMemoryAllowed()) {
+    params.err_mode = UCP_ERR_HANDLING_MODE_PEER;
+    st = ucp_ep_create(worker.get(), &params, &ep->ep_);
+    ep->peer_errors_ = st == UCS_OK;
+  }
   if (st == UCS_ERR_UNREACHABLE) {
-    // Shared-memory transports do not support peer error handling (verified here): connect
-    // without it; the owner detects a dead peer by other means, and waits have deadlines.
+    // No transport to this peer supports peer error handling, or shared memory may be used
+    // (which does not): connect without it; the owner detects a dead peer by other means, and
+    // waits have deadlines.
     params.err_mode = UCP_ERR_HANDLING_MODE_NONE;
     st = ucp_ep_create(worker.get(), &params, &ep->ep_);
   }

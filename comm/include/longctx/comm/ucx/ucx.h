@@ -12,9 +12,11 @@
 //     completes. A waiting initiator progresses its own worker.
 //   - Threads: a Worker is used by one thread at a time (UCS_THREAD_MODE_SERIALIZED); callers
 //     serialise (the store client holds a mutex, the pool server owns a progress thread).
-//   - Peer failure: endpoints are created with UCP_ERR_HANDLING_MODE_PEER when the transports
-//     allow it (tcp); shared memory does not, so there the endpoint falls back to no error
-//     handling and the owner watches the peer another way (the store's bootstrap socket).
+//   - Peer failure: endpoints to another host, or on this host when UCX_TLS rules shared memory
+//     out, use UCP_ERR_HANDLING_MODE_PEER (UCX's error callback marks them failed). Shared-memory
+//     transports do not support it (and asking for it makes UCX route around them, over tcp), so
+//     same-host endpoints that may use shared memory are created without it: their owner watches
+//     the peer another way (the store's bootstrap socket), and every wait has a deadline.
 #pragma once
 
 #include <ucp/api/ucp.h>
@@ -38,6 +40,11 @@ namespace longctx::comm::ucx {
 // kDeadlineExceeded, unreachable/reset/failed peers to kUnavailable, no memory/resources to
 // kResourceExhausted, anything else to kInternal.
 Status UcsToStatus(ucs_status_t status, std::string_view what);
+
+// Identifies this host (boot id and hostname), to tell peers on the same host from others.
+std::string HostIdentity();
+// False when UCX_TLS is set and names no shared-memory transport (e.g. UCX_TLS=tcp).
+bool SharedMemoryAllowed();
 
 // One UCP context per process: features RMA + AM + WAKEUP. Transports come from UCX's own
 // environment (UCX_TLS, UCX_NET_DEVICES).
@@ -172,10 +179,11 @@ struct RmaOp {
 // marks it failed (peer died, connection reset); every later call then returns kUnavailable.
 class Endpoint {
  public:
-  // `name` is for messages ("store 127.0.0.1:7000").
+  // `name` is for messages ("store 127.0.0.1:7000"). `same_host`: the peer runs on this host
+  // (HostIdentity() matches), which decides the error-handling mode (see the top of this file).
   static Result<std::unique_ptr<Endpoint>> Connect(Worker& worker,
                                                    std::span<const std::byte> peer_address,
-                                                   std::string name);
+                                                   std::string name, bool same_host);
   ~Endpoint();  // flushes nothing: closes (force-closes a failed endpoint) with a short deadline
   Endpoint(const Endpoint&) = delete;
   Endpoint& operator=(const Endpoint&) = delete;
