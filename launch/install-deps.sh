@@ -13,6 +13,7 @@ PACKAGES=(
   openmpi-bin libopenmpi-dev            # the MPI communicator (comm/)
   libprotobuf-dev protobuf-compiler libboost-dev  # the coordinator (Protobuf, Boost.Asio)
   libucx-dev ucx-utils libhiredis-dev   # the UCX KV store; hiredis for `bench kvstore`
+  python3-matplotlib                    # the plots of `longctx bench matrix`
 )
 # ... and what the test suite adds (tests/run.sh): GoogleTest, and python3-torch/numpy as the
 # independent float64 references of the tests and the bench peers.

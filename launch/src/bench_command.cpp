@@ -1,10 +1,11 @@
-// `longctx bench attention|comm ...`: wires the benchmark options to the CLI.
+// `longctx bench attention|comm|matrix ...`: wires the benchmark options to the CLI.
 #include <memory>
 
 #include "commands.h"
 #include "longctx/bench/attention_bench.h"
 #include "longctx/bench/comm_bench.h"
 #include "longctx/bench/kvstore_bench.h"
+#include "longctx/bench/matrix.h"
 #include "longctx/comm/communicator.h"
 
 namespace longctx::cli {
@@ -40,6 +41,40 @@ Runner AddBenchCommand(CLI::App& app) {
   cm->add_flag("!--no-naive", c->naive, "skip the full K/V all-gather comparison");
   cm->add_option("--json", c->json, "also write the results as JSON (rank 0)");
 
+  auto mo = std::make_shared<bench::MatrixOptions>();
+  CLI::App* mx = app.add_subcommand(
+      "matrix", "the evaluation matrix: length x ranks x attention kind x task x KV variant as "
+                "`longctx run` subprocesses; DIR/matrix.json, matrix.md and PNG plots");
+  mx->add_option("--lengths", mo->lengths, "document lengths in tokens (2048, 2K, 1M)")
+      ->delimiter(',')->capture_default_str();
+  mx->add_option("--ranks", mo->ranks, "rank counts (mpirun above 1)")->delimiter(',')
+      ->capture_default_str();
+  mx->add_option("--kinds", mo->kinds, "dense, window, hybrid-union, hybrid-weighted")
+      ->delimiter(',')->capture_default_str();
+  mx->add_option("--tasks", mo->tasks, "understand (prefill), generate (question + decoding)")
+      ->delimiter(',')->capture_default_str();
+  mx->add_option("--kv", mo->kv, "auto, or resident, spilled-f32, spilled-int8")->delimiter(',')
+      ->capture_default_str();
+  mx->add_option("--kv-device-budget", mo->kv_device_budget, "per rank, spilled variants")
+      ->capture_default_str();
+  mx->add_option("--out", mo->out, "output directory")->capture_default_str();
+  mx->add_option("--model", mo->model, "the model of every run")->capture_default_str();
+  mx->add_option("--generate", mo->generate, "greedy tokens per generate run")->capture_default_str();
+  mx->add_option("--query", mo->query, "the question of the generate runs")->capture_default_str();
+  mx->add_option("--weighted-alpha", mo->weighted_alpha, "A of hybrid-weighted (weighted:A)")
+      ->capture_default_str();
+  mx->add_option("--time-limit", mo->time_limit_s, "seconds per run (killed after it)")
+      ->capture_default_str();
+  mx->add_option("--dense-limit", mo->dense_limit_s,
+                 "skip dense when its n^2 time estimate exceeds this (0 = 80% of --time-limit)")
+      ->capture_default_str();
+  mx->add_option("--threads", mo->threads, "threads per rank (0 = cores / ranks)")
+      ->capture_default_str();
+  mx->add_option("--mpirun-args", mo->mpirun_args, "mpirun flags before -np")->capture_default_str();
+  mx->add_flag("--keep-runs", mo->keep_runs, "keep each run's directory (report.json, hidden.npy)");
+  mx->add_flag("!--no-plots", mo->plots, "skip the PNG plots");
+  mx->add_option("--python", mo->python, "python3 with matplotlib for the plots");
+
   auto ko = std::make_shared<bench::KvstoreBenchOptions>();
   CLI::App* kv = app.add_subcommand(
       "kvstore", "the UCX KV store's put/get GB/s vs ucx_perftest and Redis, codec speed");
@@ -56,9 +91,10 @@ Runner AddBenchCommand(CLI::App& app) {
   kv->add_flag("!--no-redis", ko->redis, "skip the Redis peer");
   kv->add_option("--json", ko->json, "also write the results as JSON");
 
-  return [o, c, att, cm, ko, kv]() -> Status {
+  return [o, c, att, cm, mo, mx, ko, kv]() -> Status {
     if (kv->parsed()) return bench::RunKvstoreBench(*ko);
     if (att->parsed()) return bench::RunAttentionBench(*o);
+    if (mx->parsed()) return bench::RunMatrix(*mo);
     ASSIGN_OR_RETURN(std::shared_ptr<comm::Communicator> world, comm::WorldCommunicator("auto"));
     return bench::RunCommBench(*c, *world);
   };
