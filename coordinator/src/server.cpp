@@ -142,7 +142,9 @@ class Session : public std::enable_shared_from_this<Session> {
       if (!frame.ok()) return;
     }
     queued_bytes_ += frame->size();
-    if (queued_bytes_ > kMaxQueuedWriteBytes) {
+    // A worker's queue holds the document of its one assignment (bounded by --max-document); a
+    // client's only events and replies, so a client that stops reading is cut off.
+    if (role_ != control::ROLE_WORKER && queued_bytes_ > kMaxQueuedWriteBytes) {
       Close("the peer does not read what it is sent");
       return;
     }
@@ -156,6 +158,7 @@ class Session : public std::enable_shared_from_this<Session> {
     LONGCTX_LOG_WARN("coordinator: refusing {}: {}", peer_, message);
     Send(ErrorEnvelope(request_id, message, true));
     closing_ = true;
+    closing_since_ = Clock::now();
     reason_ = message;
     if (!writing_) Close(message);
   }
@@ -246,6 +249,10 @@ class Session : public std::enable_shared_from_this<Session> {
       if (ec || closed_) return;
       const ServerOptions& o = server_.options();
       const auto now = Clock::now();
+      if (closing_ && now - closing_since_ > o.frame_timeout) {
+        Close(reason_);  // the peer does not take the error frame: close without it
+        return;
+      }
       if (!closing_) {
         if (role_ == control::ROLE_UNSPECIFIED && now - opened_ > o.hello_timeout) {
           Fatal(0, fmt::format("no Hello within {:.1f} s", Seconds(o.hello_timeout)));
@@ -457,7 +464,7 @@ class Session : public std::enable_shared_from_this<Session> {
   bool writing_ = false, closing_ = false, closed_ = false;
   std::string peer_, reason_;
   control::Role role_ = control::ROLE_UNSPECIFIED;
-  Clock::time_point opened_, last_frame_, last_heartbeat_, partial_since_;
+  Clock::time_point opened_, last_frame_, last_heartbeat_, partial_since_, closing_since_;
   std::map<uint64_t, Upload> uploads_;
   std::set<uint64_t> rejected_;
   uint64_t upload_bytes_ = 0;
