@@ -70,6 +70,16 @@ class StoreClientImpl final : public StoreClient {
   RemoteTierStats Stats() const override;
   Status PutBatch(std::span<const BlockRef> blocks) override;
   Result<std::vector<std::vector<std::byte>>> GetBatch(std::span<const BlockKey> keys) override;
+  Status GetBatchInto(std::span<const BlockKey> keys,
+                      std::span<const std::span<std::byte>> out) override;
+  Result<uint64_t> StoredBytes(const BlockKey& key) const override {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = entries_.find(key);
+    if (it == entries_.end()) {
+      return Unavailable("remote tier: block {} is not stored (no holder)", key.ToString());
+    }
+    return it->second.bytes;
+  }
 
   std::vector<PoolView> Pools() const override;
   std::vector<std::string> ReplicaPools(const BlockKey& key) const override;
@@ -522,9 +532,24 @@ Status StoreClientImpl::PutBatch(std::span<const BlockRef> blocks) {
 
 Result<std::vector<std::vector<std::byte>>> StoreClientImpl::GetBatch(
     std::span<const BlockKey> keys) {
+  std::vector<std::vector<std::byte>> out(keys.size());
+  std::vector<std::span<std::byte>> spans(keys.size());
+  for (size_t k = 0; k < keys.size(); ++k) {
+    ASSIGN_OR_RETURN(const uint64_t bytes, StoredBytes(keys[k]));
+    out[k].resize(bytes);
+    spans[k] = out[k];
+  }
+  RETURN_IF_ERROR(GetBatchInto(keys, spans));
+  return out;
+}
+
+Status StoreClientImpl::GetBatchInto(std::span<const BlockKey> keys,
+                                     std::span<const std::span<std::byte>> out) {
+  if (out.size() != keys.size()) {
+    return InvalidArgument("GetBatchInto: {} keys but {} buffers", keys.size(), out.size());
+  }
   std::lock_guard<std::mutex> lock(mu_);
   const Deadline deadline = NewDeadline();
-  std::vector<std::vector<std::byte>> out(keys.size());
   std::vector<std::vector<RmaOp>> ops(pools_.size());
   std::vector<bool> fast(keys.size(), false);  // read from its primary in the batch
   for (size_t k = 0; k < keys.size(); ++k) {
@@ -532,9 +557,12 @@ Result<std::vector<std::vector<std::byte>>> StoreClientImpl::GetBatch(
     if (it == entries_.end()) {
       return Unavailable("remote tier: block {} is not stored (no holder)", keys[k].ToString());
     }
+    if (out[k].size() != it->second.bytes) {
+      return InvalidArgument("GetBatchInto: {} is {} bytes, its buffer {}", keys[k].ToString(),
+                             it->second.bytes, out[k].size());
+    }
     const Replica& primary = it->second.replicas[0];
     if (!Alive(*pools_[primary.pool])) continue;  // the slow path reports or falls back
-    out[k].resize(it->second.bytes);
     ops[primary.pool].push_back(RmaOp{out[k].data(), out[k].size(), primary.offset});
     fast[k] = true;
   }
@@ -559,9 +587,10 @@ Result<std::vector<std::vector<std::byte>>> StoreClientImpl::GetBatch(
       bytes_got_ += out[k].size();
       continue;
     }
-    ASSIGN_OR_RETURN(out[k], GetLocked(keys[k], deadline));  // every replica, in order
+    ASSIGN_OR_RETURN(std::vector<std::byte> block, GetLocked(keys[k], deadline));  // all replicas
+    std::copy(block.begin(), block.end(), out[k].begin());
   }
-  return out;
+  return Status::Ok();
 }
 
 Status StoreClientImpl::Erase(const BlockKey& key) {

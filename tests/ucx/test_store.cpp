@@ -95,9 +95,9 @@ TEST(UcxTransport, BatchedPutGetAndActiveMessages) {
   {
     auto ep = ucx::Endpoint::Connect(**initiator, (*target)->address(), "target",
                                      /*same_host=*/true);
+    ASSERT_TRUE(ep.ok()) << ep.status().ToString();
     // Peer error handling exactly when shared memory is ruled out (UCX_TLS=tcp).
     EXPECT_EQ((*ep)->peer_error_handling(), !ucx::SharedMemoryAllowed());
-    ASSERT_TRUE(ep.ok()) << ep.status().ToString();
     auto rkey = (*ep)->UnpackRkey(*packed, reinterpret_cast<uint64_t>((*region)->base()), kBytes);
     ASSERT_TRUE(rkey.ok()) << rkey.status().ToString();
 
@@ -390,6 +390,17 @@ TEST_F(StoreTest, BatchedPutAndGetWithFallbackAndAllOrNothing) {
   ASSERT_TRUE(got.ok()) << got.status().ToString();
   for (size_t i = 0; i < keys.size(); ++i) EXPECT_EQ((*got)[i], encoded[i]) << i;
   EXPECT_EQ((*client)->Stats().replica_fallbacks, 1u);
+  // Into reused buffers: the same bytes; a buffer of the wrong size is refused.
+  std::vector<std::vector<std::byte>> landing(keys.size());
+  std::vector<std::span<std::byte>> spans;
+  for (size_t i = 0; i < keys.size(); ++i) {
+    landing[i].resize(*(*client)->StoredBytes(keys[i]));
+    spans.push_back(landing[i]);
+  }
+  ASSERT_TRUE((*client)->GetBatchInto(keys, spans).ok());
+  for (size_t i = 0; i < keys.size(); ++i) EXPECT_EQ(landing[i], encoded[i]) << i;
+  spans[3] = spans[3].first(spans[3].size() - 1);
+  EXPECT_EQ((*client)->GetBatchInto(keys, spans).code(), StatusCode::kInvalidArgument);
   // A batch that cannot fit stores nothing new and keeps nothing allocated for it.
   uint64_t used_before = 0;
   for (const auto& srv : servers_) used_before += srv->Stats().used_bytes;

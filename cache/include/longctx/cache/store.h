@@ -91,6 +91,12 @@ class StoreClient : public RemoteTier {
   virtual Status PutBatch(std::span<const BlockRef> blocks) = 0;
   virtual Result<std::vector<std::vector<std::byte>>> GetBatch(
       std::span<const BlockKey> keys) = 0;
+  // GetBatch into the caller's buffers (reused across calls, no allocation or page faults per
+  // read): out[i].size() must be StoredBytes(keys[i]).
+  virtual Status GetBatchInto(std::span<const BlockKey> keys,
+                              std::span<const std::span<std::byte>> out) = 0;
+  // Encoded bytes of a stored block (kUnavailable naming it when not stored).
+  virtual Result<uint64_t> StoredBytes(const BlockKey& key) const = 0;
 
   virtual std::vector<PoolView> Pools() const = 0;
   // The pools holding `key`'s replicas, primary first (HOST:PORT); empty when not stored.
