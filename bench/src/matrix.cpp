@@ -151,6 +151,7 @@ Status Validate(const MatrixOptions& o, Plan* p) {
   }
   if (!(o.time_limit_s > 0)) return InvalidArgument("--time-limit must be > 0 seconds");
   if (!(o.dense_limit_s >= 0)) return InvalidArgument("--dense-limit must be >= 0 seconds");
+  if (!(o.dense_budget_s >= 0)) return InvalidArgument("--dense-budget must be >= 0 seconds");
   if (!(o.weighted_alpha >= 0 && o.weighted_alpha <= 1)) {
     return InvalidArgument("--weighted-alpha: {} is not in [0, 1]", o.weighted_alpha);
   }
@@ -244,6 +245,22 @@ Status Collect(RunRecord& r, int64_t generate) {
       r.peak_rss_max = std::max(r.peak_rss_max, NumberOr(pr.value("peak_rss_bytes", nlohmann::json()), 0));
       r.comm_recv_max =
           std::max(r.comm_recv_max, NumberOr(pr.value("comm_bytes_received", nlohmann::json()), 0));
+      if (pr.contains("kv") && pr["kv"].is_object()) {
+        const auto& kv = pr["kv"];
+        auto peak = [&](const char* tier) {
+          return kv.contains(tier) && kv[tier].is_object()
+                     ? NumberOr(kv[tier].value("peak_bytes", nlohmann::json()), 0)
+                     : 0.0;
+        };
+        r.kv_peak_device = std::max(r.kv_peak_device, peak("device"));
+        r.kv_peak_host = std::max(r.kv_peak_host, peak("host"));
+        r.kv_peak_remote = std::max(r.kv_peak_remote, peak("remote"));
+        r.kv_demotions += NumberOr(kv.value("demotions", nlohmann::json()), 0);
+        r.kv_loads += NumberOr(kv.value("loads", nlohmann::json()), 0);
+        r.kv_prefetch_hits += NumberOr(kv.value("prefetch_hits", nlohmann::json()), 0);
+        r.kv_prefetch_misses += NumberOr(kv.value("prefetch_misses", nlohmann::json()), 0);
+        r.kv_stall_s = std::max(r.kv_stall_s, NumberOr(kv.value("stall_seconds", nlohmann::json()), 0));
+      }
     }
     if (j.contains("kv_bytes")) {
       const auto& kv = j["kv_bytes"];
@@ -294,6 +311,10 @@ void TokenAgreement(const std::vector<int32_t>& a, const std::vector<int32_t>& r
 // linear/n-scaled decode) from the largest smaller dense run of the same ranks and task, and the
 // measured memory growth against MemAvailable. Sets r.status = "skipped" with the reason if not.
 void EstimateDense(RunRecord& r, std::span<const RunRecord> done, const MatrixOptions& o) {
+  double dense_spent = 0;  // seconds the dense runs so far took, start to exit
+  for (const RunRecord& d : done) {
+    if (d.kind == "dense") dense_spent += d.wall_s;
+  }
   const RunRecord* base = nullptr;
   std::vector<const RunRecord*> dense;
   for (const RunRecord& d : done) {
@@ -340,6 +361,13 @@ void EstimateDense(RunRecord& r, std::span<const RunRecord> done, const MatrixOp
                             "per rank x ratio^{:.2f}", base->n, base->prefill_s, r.n, base->n,
                             base->peak_rss_max / 1048576.0, mem_exp);
   const double avail = matrix::MemAvailableBytes();
+  if (o.dense_budget_s > 0 && dense_spent + est > o.dense_budget_s) {
+    r.status = "skipped";
+    r.reason = fmt::format("dense at {} tokens: estimated {:.1f} s (n^2 from the {}); with the "
+                           "{:.0f} s dense runs have taken so far that is over the {:.0f} s dense "
+                           "budget", r.n, est, r.est_basis, dense_spent, o.dense_budget_s);
+    return;
+  }
   const double limit = o.dense_limit_s > 0 ? o.dense_limit_s : 0.8 * o.time_limit_s;
   if (est > limit) {
     r.status = "skipped";
@@ -535,6 +563,7 @@ Status RunMatrix(const MatrixOptions& o) {
                   {"weighted_alpha", o.weighted_alpha},
                   {"time_limit_s", o.time_limit_s},
                   {"dense_limit_s", o.dense_limit_s > 0 ? o.dense_limit_s : 0.8 * o.time_limit_s},
+                  {"dense_budget_s", o.dense_budget_s},
                   {"dense_calibration_tokens", kDenseCalibrationTokens}};
   nlohmann::json jruns = nlohmann::json::array();
   for (const RunRecord& r : runs) jruns.push_back(matrix::RunToJson(r));

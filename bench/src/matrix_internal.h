@@ -34,6 +34,11 @@ struct RunRecord {
   double peak_rss_max = 0;   // bytes, the largest rank
   double comm_recv_max = 0;  // bytes received by the busiest rank, whole run
   double kv_device = 0, kv_host = 0, kv_remote = 0;  // bytes, all ranks
+  // The tiered KV cache (report.json per_rank[].kv, where present): peak bytes per tier of the
+  // busiest rank, and the block traffic summed over ranks.
+  double kv_peak_device = 0, kv_peak_host = 0, kv_peak_remote = 0;
+  double kv_demotions = 0, kv_loads = 0, kv_prefetch_hits = 0, kv_prefetch_misses = 0;
+  double kv_stall_s = 0;  // the longest any rank waited for blocks
   std::vector<int32_t> generated;                    // greedy tokens (task generate)
 
   // Deviation from the dense run of the same (n, ranks, task), where dense ran.

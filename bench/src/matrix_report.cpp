@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 
 #include "longctx/bench/matrix.h"
+#include "longctx/core/byte_size.h"
 #include "matrix_internal.h"
 
 namespace longctx::bench::matrix {
@@ -107,9 +108,9 @@ json MemoryAndSpeedClaims(const std::vector<RunRecord>& runs, int ranks) {
   mem["verdict"] = fmt::format(
       "{}: {:.0f}% less peak memory per rank than dense (hybrid {:.0f} MiB vs dense {:.0f} MiB){}; "
       "claimed 63%. The dense reference streams its keys (flash-style, memory ~n); a full "
-      "attention that materializes one head's n x n fp32 scores would need {:.1f} GiB for that "
+      "attention that materializes one head's n x n fp32 scores would need {} for that "
       "matrix alone ({:.1f}% saving against it)",
-      where, 100 * saving, hyb->peak_rss_max / kMiB, dense_rss / kMiB, est, naive_bytes / 1073741824.0,
+      where, 100 * saving, hyb->peak_rss_max / kMiB, dense_rss / kMiB, est, FormatByteSize(uint64_t(naive_bytes)),
       100 * (1.0 - hyb->peak_rss_max / (naive_bytes + hyb->peak_rss_max)));
   speed["measured"] = speedup;
   speed["estimated"] = estimated;
@@ -155,11 +156,14 @@ json MemoryManagementClaim(const std::vector<RunRecord>& runs, const MatrixOptio
   c["decode_speed_ratio"] = dec;
   c["verdict"] = fmt::format(
       "{}: {} (device budget {} per rank) vs resident: prefill throughput x{:.2f}, decode speed "
-      "x{:.2f}, peak memory per rank {:.0f} -> {:.0f} MiB (x{:.2f} less); claimed 3.2x throughput. "
-      "One sequence gets no faster by spilling; the freed memory would hold x{:.2f} as many "
-      "sequences, which is a throughput gain only for a batched server (not measured here)",
+      "x{:.2f}, peak memory per rank {:.0f} -> {:.0f} MiB (x{:.2f} less; KV device tier peak "
+      "{:.1f} MiB per rank, {:.0f} blocks demoted, {:.0f} loaded back, generated tokens {} the "
+      "resident run's); claimed 3.2x throughput. One sequence gets no faster by spilling; the "
+      "freed memory would hold x{:.2f} as many sequences, which is a throughput gain only for a "
+      "batched server (not measured here)",
       where, sp->kv, o.kv_device_budget, thr, dec, res->peak_rss_max / kMiB, sp->peak_rss_max / kMiB,
-      mem, mem);
+      mem, sp->kv_peak_device / kMiB, sp->kv_demotions, sp->kv_loads,
+      sp->agrees_with_resident.value_or(false) ? "equal" : "differ from", mem);
   return c;
 }
 
@@ -197,6 +201,12 @@ json RunToJson(const RunRecord& r) {
             {"peak_rss_bytes_max_rank", r.status == "ok" ? json(r.peak_rss_max) : json(nullptr)},
             {"comm_bytes_received_max_rank", r.status == "ok" ? json(r.comm_recv_max) : json(nullptr)},
             {"kv_bytes", {{"device", r.kv_device}, {"host", r.kv_host}, {"remote", r.kv_remote}}},
+            {"kv_peak_bytes_max_rank",
+             {{"device", r.kv_peak_device}, {"host", r.kv_peak_host}, {"remote", r.kv_peak_remote}}},
+            {"kv_blocks",
+             {{"demotions", r.kv_demotions}, {"loads", r.kv_loads},
+              {"prefetch_hits", r.kv_prefetch_hits}, {"prefetch_misses", r.kv_prefetch_misses},
+              {"stall_seconds_max_rank", r.kv_stall_s}}},
             {"rel_error_vs_dense", Opt(r.rel_error)},
             {"max_abs_error_vs_dense", Opt(r.max_abs_error)},
             {"tokens_agree_with_dense", Opt(r.tokens_agree)},
@@ -351,13 +361,14 @@ std::string RenderMarkdown(const json& m) {
   }
   s += "\n## Task generate (question + greedy decoding against the cached document)\n\n";
   s += "| tokens | ranks | kind | KV | prefill s | decode ms/token | peak MiB/rank | KV MiB "
-       "device/host/remote | = dense | tokens matched | = resident | status |\n"
-       "|---:|---:|---|---|---:|---:|---:|---|---|---:|---|---|\n";
+       "device/host/remote (all ranks, at the end) | KV peak MiB/rank device/host | demotions / "
+       "loads | = dense | tokens matched | = resident | status |\n"
+       "|---:|---:|---|---|---:|---:|---:|---|---|---|---|---:|---|---|\n";
   for (const json& r : m["runs"]) {
     if (r["task"] != "generate") continue;
     const json& kv = r["kv_bytes"];
     s += fmt::format(
-        "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+        "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
         Tokens(r["tokens"].get<int64_t>()), r["ranks"].get<int>(), r["kind"].get<std::string>(),
         r["kv"].get<std::string>(), Cell(r["prefill_seconds"], "{:.3f}"),
         Cell(r["decode_ms_per_token"], "{:.2f}"),
@@ -366,6 +377,13 @@ std::string RenderMarkdown(const json& m) {
                                           kv["device"].get<double>() / kMiB,
                                           kv["host"].get<double>() / kMiB,
                                           kv["remote"].get<double>() / kMiB)
+                            : "—",
+        r["status"] == "ok"
+            ? fmt::format("{:.1f} / {:.1f}", r["kv_peak_bytes_max_rank"]["device"].get<double>() / kMiB,
+                          r["kv_peak_bytes_max_rank"]["host"].get<double>() / kMiB)
+            : "—",
+        r["status"] == "ok" ? fmt::format("{:.0f} / {:.0f}", r["kv_blocks"]["demotions"].get<double>(),
+                                          r["kv_blocks"]["loads"].get<double>())
                             : "—",
         Bool(r["tokens_agree_with_dense"]), Cell(r["tokens_matched_with_dense"], "{:.0f}"),
         Bool(r["tokens_agree_with_resident"]), r["status"].get<std::string>());

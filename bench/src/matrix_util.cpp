@@ -180,7 +180,7 @@ std::string LastLogLine(const std::string& path) {
   while (std::getline(in, line)) {
     if (line.find_first_not_of(" \t\r") != std::string::npos) last = line;
   }
-  if (last.size() > 300) last = last.substr(0, 297) + "...";
+  if (last.size() > 500) last = last.substr(0, 497) + "...";
   return last;
 }
 

@@ -68,6 +68,8 @@ Runner AddBenchCommand(CLI::App& app) {
   mx->add_option("--dense-limit", mo->dense_limit_s,
                  "skip dense when its n^2 time estimate exceeds this (0 = 80% of --time-limit)")
       ->capture_default_str();
+  mx->add_option("--dense-budget", mo->dense_budget_s,
+                 "seconds for all dense runs together (0 = no budget)")->capture_default_str();
   mx->add_option("--threads", mo->threads, "threads per rank (0 = cores / ranks)")
       ->capture_default_str();
   mx->add_option("--mpirun-args", mo->mpirun_args, "mpirun flags before -np")->capture_default_str();

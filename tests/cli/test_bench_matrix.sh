@@ -93,6 +93,20 @@ else
   bad "skip matrix failed: $(tail -3 "$T/s.out")"
 fi
 
+# The dense budget: the first dense run calibrates, the next one's estimate is over the budget.
+if timeout 300 "$BIN" bench matrix --lengths 512,1K --ranks 1 --tasks understand --kinds dense \
+     --dense-budget 0.000001 --no-plots --out "$T/b" >"$T/b.out" 2>&1; then
+  "$PY" - "$T/b" <<'PYEOF' && ok "dense skipped by the dense budget, with the reason" || bad "dense budget: $(tail -5 "$T/b.out")"
+import json, sys
+m = json.load(open(sys.argv[1] + "/matrix.json"))
+[a, b] = m["runs"]
+assert a["status"] == "ok" and a["tokens"] == 512, a
+assert b["status"] == "skipped" and "dense budget" in b["reason"], b
+PYEOF
+else
+  bad "budget matrix failed: $(tail -3 "$T/b.out")"
+fi
+
 # Bad flags: one line, non-zero.
 expect_error "bad length" bench matrix --lengths 2X --out "$T/x"
 expect_error "zero length" bench matrix --lengths 0 --out "$T/x"
@@ -102,6 +116,7 @@ expect_error "bad task" bench matrix --tasks summarize --out "$T/x"
 expect_error "bad kv variant" bench matrix --kv paged --out "$T/x"
 expect_error "bad time limit" bench matrix --time-limit 0 --out "$T/x"
 expect_error "bad dense limit" bench matrix --dense-limit -1 --out "$T/x"
+expect_error "bad dense budget" bench matrix --dense-budget -1 --out "$T/x"
 expect_error "unknown flag" bench matrix --bogus
 expect_error "bad generate" bench matrix --generate 0 --out "$T/x"
 

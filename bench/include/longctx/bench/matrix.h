@@ -24,7 +24,8 @@ struct MatrixOptions {
   // supports (the spilled ones need the tiered KV store's --kv-* flags). The spilled variants run
   // for the generate task of hybrid-union (the only runs that keep a KV cache worth spilling).
   std::vector<std::string> kv = {"auto"};
-  std::string kv_device_budget = "4M";  // per rank, for the spilled variants
+  std::string kv_device_budget = "16M";  // per rank, for the spilled variants (it must hold the
+                                         // persistent set: every global token pins its block)
   std::string out = "longctx-matrix";
   std::string model = "builtin:tiny";
   int64_t generate = 32;  // greedy tokens decoded after the question (task generate)
@@ -34,6 +35,8 @@ struct MatrixOptions {
   double dense_limit_s = 0;     // dense is skipped when its n^2 time estimate exceeds this
                                 // (0 = 80% of time_limit_s) or its memory estimate exceeds 80%
                                 // of the memory available
+  double dense_budget_s = 0;    // all dense runs together: one is skipped when the seconds dense
+                                // has taken so far plus its estimate exceed this (0 = no budget)
   int threads = 0;              // per rank; 0 = cores / ranks (at least 1)
   std::string mpirun_args =
       "--oversubscribe --allow-run-as-root --mca btl self,vader,tcp --mca btl_tcp_if_include lo "
