@@ -145,22 +145,26 @@ def main():
            "Decode latency: question + %d greedy tokens against the cached document (%s)"
            % (m["options"]["generate"], model), "ms per token", ticks)
 
-    # Bytes per KV tier (generate): one bar per (length, ranks, KV variant) of hybrid-union,
-    # stacked device / host / remote.
+    # Bytes per KV tier (generate): for each (length, ranks, KV variant) of hybrid-union, the KV
+    # bytes in each tier at the end of the run (all ranks), side by side on a log scale.
     rows = [r for r in m["runs"] if r["status"] == "ok" and r["task"] == "generate"
             and r["kind"] == "hybrid-union"]
     rows.sort(key=lambda r: (r["tokens"], r["ranks"], r["kv"]))
-    fig, ax = plt.subplots(figsize=(max(7.5, 0.45 * len(rows) + 2), 5))
+    fig, ax = plt.subplots(figsize=(max(7.5, 0.35 * len(rows) + 2.5), 5))
     labels = ["%s p%d\n%s" % (label_tokens(r["tokens"]), r["ranks"], r["kv"]) for r in rows]
-    bottom = [0.0] * len(rows)
-    for tier, color in (("device", "tab:blue"), ("host", "tab:orange"), ("remote", "tab:green")):
+    width = 0.27
+    for k, (tier, color) in enumerate((("device", "tab:blue"), ("host", "tab:orange"),
+                                       ("remote", "tab:green"))):
         vals = [r["kv_bytes"][tier] / 2**20 for r in rows]
-        ax.bar(range(len(rows)), vals, bottom=bottom, color=color, label=tier)
-        bottom = [b + v for b, v in zip(bottom, vals)]
+        ax.bar([i + (k - 1) * width for i in range(len(rows))], vals, width=width, color=color,
+               label=tier)
     ax.set_xticks(range(len(rows)))
     ax.set_xticklabels(labels, fontsize=6, rotation=90)
-    ax.set_ylabel("KV bytes, all ranks (MiB)")
-    ax.set_title("KV cache bytes per tier, hybrid-union, task generate (%s)" % model, fontsize=10)
+    if any(r["kv_bytes"][t] > 0 for r in rows for t in ("device", "host", "remote")):
+        ax.set_yscale("log")
+    ax.set_ylabel("KV bytes at the end of the run, all ranks (MiB)")
+    ax.set_title("KV cache bytes per tier, hybrid-union, task generate (%s; spilled: device "
+                 "budget %s per rank)" % (model, m["options"]["kv_device_budget"]), fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
