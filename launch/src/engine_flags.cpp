@@ -1,4 +1,6 @@
-#include "kv_flags.h"
+#include "engine_flags.h"
+
+#include <sstream>
 
 #include "longctx/cache/store.h"
 #include "longctx/core/byte_size.h"
@@ -61,6 +63,54 @@ Result<std::shared_ptr<cache::RemoteTier>> KvFlags::JoinRemote(comm::Communicato
   so.replicas = replicas;
   so.bind_host = bind;
   return cache::JoinStore(comm, so);
+}
+
+Result<std::vector<int64_t>> ParseWindows(const std::string& text) {
+  std::vector<int64_t> w;
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    char* end = nullptr;
+    const long long v = std::strtoll(item.c_str(), &end, 10);
+    if (item.empty() || *end != '\0' || v < 1) {
+      return InvalidArgument("--window '{}': expected positive integers, one or one per layer",
+                             text);
+    }
+    w.push_back(v);
+  }
+  if (w.empty()) return InvalidArgument("--window '{}': expected at least one window", text);
+  return w;
+}
+
+void EngineFlags::Register(CLI::App& app) {
+  app.add_option("--model", model, "builtin:tiny | builtin:small | a HF model directory")
+      ->capture_default_str();
+  app.add_option("--seed", seed, "seed of a builtin model")->capture_default_str();
+  app.add_option("--window", window, "window, one value or one per layer (comma-separated)");
+  app.add_option("--global-ratio", global_ratio, "global budget as a fraction of tokens");
+  app.add_option("--global-max", global_max, "global budget cap (default 16*ceil(log2 n))");
+  app.add_option("--sinks", sinks, "leading sink tokens");
+  app.add_option("--fusion", fusion, "union | weighted:A");
+  app.add_option("--threads", threads, "threads per rank (0 = all cores)")->capture_default_str();
+  kv.Register(app);
+}
+
+Result<worker::EngineOptions> EngineFlags::Options(bool keep_kv) const {
+  worker::EngineOptions eo;
+  eo.model = model;
+  eo.seed = seed;
+  eo.threads = threads;
+  eo.keep_kv = keep_kv;
+  if (!window.empty()) {
+    ASSIGN_OR_RETURN(std::vector<int64_t> w, ParseWindows(window));
+    eo.overrides.window = std::move(w);
+  }
+  eo.overrides.global_ratio = global_ratio;
+  eo.overrides.global_max = global_max;
+  eo.overrides.sinks = sinks;
+  eo.overrides.fusion = fusion;
+  ASSIGN_OR_RETURN(eo.kv, kv.CacheOptions());
+  return eo;
 }
 
 }  // namespace longctx::cli

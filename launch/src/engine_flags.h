@@ -1,9 +1,11 @@
-// The --kv-* flags of every command that runs the engine (`longctx run`, `longctx worker`): the
-// tiers of the decode cache (DESIGN.md §3) and the remote tier's store.
+// The flags of every command that runs the engine (`longctx run`, `longctx worker`): the model
+// and its hybrid overrides, threads, and the --kv-* tiers of the decode cache (DESIGN.md §3) with
+// the remote tier's store. One definition, so both commands read them the same way.
 #pragma once
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -13,6 +15,8 @@
 #include "longctx/cache/tiered_cache.h"
 #include "longctx/comm/communicator.h"
 #include "longctx/core/status.h"
+#include "longctx/model/builtin.h"
+#include "longctx/worker/engine.h"
 
 namespace longctx::cli {
 
@@ -32,6 +36,24 @@ struct KvFlags {
   // call it); null when there is no remote tier.
   Result<std::shared_ptr<cache::RemoteTier>> JoinRemote(comm::Communicator& comm) const;
 };
+
+struct EngineFlags {
+  std::string model = "builtin:tiny";
+  uint64_t seed = model::kDefaultBuiltinSeed;
+  std::string window;  // "64" or "64,256,..." (one per layer)
+  std::optional<double> global_ratio;
+  std::optional<int64_t> global_max, sinks;
+  std::optional<std::string> fusion;
+  int threads = 0;
+  KvFlags kv;
+
+  void Register(CLI::App& app);
+  // The engine's options (no remote tier: JoinRemote is collective, the caller runs it).
+  Result<worker::EngineOptions> Options(bool keep_kv) const;
+};
+
+// "64" or "64,256,..." -> windows (each >= 1).
+Result<std::vector<int64_t>> ParseWindows(const std::string& text);
 
 // Keeps the remote tier alive until every rank is done with it: its destructor (after the
 // engine's, which erases the caches' remote blocks) waits for the other ranks, since this rank's

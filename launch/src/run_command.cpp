@@ -19,7 +19,7 @@
 #include <fmt/format.h>
 
 #include "commands.h"
-#include "kv_flags.h"
+#include "engine_flags.h"
 #include "longctx/attention/global_selection.h"
 #include "longctx/attention/shard_plan.h"
 #include "longctx/comm/communicator.h"
@@ -39,37 +39,13 @@ double Since(Clock::time_point t0) {
 }
 
 struct RunFlags {
-  std::string model = "builtin:tiny";
-  uint64_t seed = model::kDefaultBuiltinSeed;
+  EngineFlags engine;  // model, hybrid overrides, threads, --kv-*
   std::string input, input_ids, out = "longctx-run";
   bool dump_hidden = false;
-  std::string window;  // "64" or "64,256,..." (one per layer)
-  std::optional<double> global_ratio;
-  std::optional<int64_t> global_max, sinks;
-  std::optional<std::string> fusion;
   std::string progress = "auto";
-  int threads = 0;
   std::string query;      // appended after the document, every token global
   int64_t generate = 0;   // tokens decoded greedily after the document (and the query)
-  KvFlags kv;  // the tiers of the decode cache and the remote tier (DESIGN.md §3)
 };
-
-
-Result<std::vector<int64_t>> ParseWindows(const std::string& text) {
-  std::vector<int64_t> w;
-  std::stringstream ss(text);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    char* end = nullptr;
-    const long long v = std::strtoll(item.c_str(), &end, 10);
-    if (item.empty() || *end != '\0' || v < 1) {
-      return InvalidArgument("--window '{}': expected positive integers, one or one per layer",
-                             text);
-    }
-    w.push_back(v);
-  }
-  return w;
-}
 
 // Token ids and their classes: bytes of a text file, or an int32/int64 .npy of ids (ids below
 // 256 are classed as the bytes they stand for).
@@ -147,26 +123,14 @@ Status RunRun(const RunFlags& f) {
       return InvalidArgument("--progress must be auto, on or off, got '{}'", f.progress);
     }
     if (f.generate < 0) return InvalidArgument("--generate must be >= 0, got {}", f.generate);
-    eo.model = f.model;
-    eo.seed = f.seed;
-    eo.threads = f.threads;
-    eo.keep_kv = decode;
-    if (!f.window.empty()) {
-      ASSIGN_OR_RETURN(std::vector<int64_t> w, ParseWindows(f.window));
-      eo.overrides.window = std::move(w);
-    }
-    eo.overrides.global_ratio = f.global_ratio;
-    eo.overrides.global_max = f.global_max;
-    eo.overrides.sinks = f.sinks;
-    eo.overrides.fusion = f.fusion;
-    ASSIGN_OR_RETURN(eo.kv, f.kv.CacheOptions());
+    ASSIGN_OR_RETURN(eo, f.engine.Options(decode));
     return ReadTokens(f, &ids, &classes);
   }();
   RETURN_IF_ERROR(comm::AgreeOnStatus(c, st));
   // The remote tier (collective): only a run that keeps a KV cache needs one. The guard keeps
   // it (and this rank's pool) until every rank is done, after the engine has gone.
   if (decode) {
-    ASSIGN_OR_RETURN(eo.remote, f.kv.JoinRemote(c));
+    ASSIGN_OR_RETURN(eo.remote, f.engine.kv.JoinRemote(c));
   }
   RemoteTierGuard remote_guard(c, eo.remote);
   ASSIGN_OR_RETURN(std::unique_ptr<worker::Engine> engine, worker::Engine::Open(c, eo));
@@ -183,7 +147,7 @@ Status RunRun(const RunFlags& f) {
   // 2. Prefill (the engine shards the document and keeps this rank's KV cache when decoding).
   if (show_progress) {
     fmt::print(stderr, "longctx run: {} tokens, {} layers, {} rank(s), model {}\n", n, L, P,
-               f.model);
+               f.engine.model);
   }
   t0 = Clock::now();
   auto progress = [&](int64_t layer, int64_t layers) {
@@ -369,7 +333,7 @@ Status RunRun(const RunFlags& f) {
         "         \"demotions\": {}, \"loads\": {}, \"prefetch_hits\": {}, "
         "\"prefetch_misses\": {}, \"max_stall_seconds\": {:.6f}}},\n"
         "  \"per_rank\": [\n{}\n  ]\n}}\n",
-        f.model, n_total, P, all_globals.size(), L, fmt::join(windows, ", "),
+        f.engine.model, n_total, P, all_globals.size(), L, fmt::join(windows, ", "),
         config.hybrid.fusion, fmt::join(bounds, ", "), load_s, prefill_s, decode_s, write_s,
         total_s, double(n) / std::max(prefill_s, 1e-9), f.query.size(), f.generate,
         appended.empty() ? std::string("null")
@@ -397,24 +361,15 @@ Status RunRun(const RunFlags& f) {
 
 Runner AddRunCommand(CLI::App& app) {
   auto f = std::make_shared<RunFlags>();
-  app.add_option("--model", f->model, "builtin:tiny | builtin:small | a HF model directory")
-      ->capture_default_str();
-  app.add_option("--seed", f->seed, "seed of a builtin model")->capture_default_str();
   app.add_option("--input", f->input, "the document (bytes are tokens)");
   app.add_option("--input-ids", f->input_ids, "pre-tokenized input: 1-D int32/int64 .npy");
   app.add_option("--out", f->out, "output directory")->capture_default_str();
   app.add_flag("--dump-hidden", f->dump_hidden, "write hidden.npy (final-norm hidden states)");
-  app.add_option("--window", f->window, "window, one value or one per layer (comma-separated)");
-  app.add_option("--global-ratio", f->global_ratio, "global budget as a fraction of tokens");
-  app.add_option("--global-max", f->global_max, "global budget cap (default 16*ceil(log2 n))");
-  app.add_option("--sinks", f->sinks, "leading sink tokens");
-  app.add_option("--fusion", f->fusion, "union | weighted:A");
   app.add_option("--progress", f->progress, "auto | on | off")->capture_default_str();
-  app.add_option("--threads", f->threads, "threads per rank (0 = all cores)")->capture_default_str();
   app.add_option("--query", f->query, "a question appended after the document (global tokens)");
   app.add_option("--generate", f->generate, "tokens to decode greedily after it")
       ->capture_default_str();
-  f->kv.Register(app);
+  f->engine.Register(app);
   return [f] { return RunRun(*f); };
 }
 

@@ -21,6 +21,7 @@
 #include <fmt/format.h>
 
 #include "commands.h"
+#include "engine_flags.h"
 #include "longctx/attention/global_selection.h"
 #include "longctx/comm/communicator.h"
 #include "longctx/coordinator/frame.h"
@@ -36,13 +37,7 @@ using namespace std::chrono_literals;
 struct WorkerFlags {
   std::string coordinator = "127.0.0.1:7070";
   std::string token_file;
-  std::string model = "builtin:tiny";
-  uint64_t seed = model::kDefaultBuiltinSeed;
-  std::string window;
-  std::optional<double> global_ratio;
-  std::optional<int64_t> global_max, sinks;
-  std::optional<std::string> fusion;
-  int threads = 0;
+  EngineFlags engine;     // model, hybrid overrides, threads, --kv-* (the same as `longctx run`)
   int max_documents = 4;  // documents kept (least recently used dropped beyond)
 };
 
@@ -199,22 +194,6 @@ class WorkerGroup {
   std::vector<std::string> held_;  // least recently used first; the same on every rank
 };
 
-Result<std::vector<int64_t>> ParseWindowList(const std::string& text) {
-  std::vector<int64_t> w;
-  std::stringstream ss(text);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    char* end = nullptr;
-    const long long v = std::strtoll(item.c_str(), &end, 10);
-    if (item.empty() || *end != '\0' || v < 1) {
-      return InvalidArgument("--window '{}': expected positive integers, one or one per layer",
-                             text);
-    }
-    w.push_back(v);
-  }
-  return w;
-}
-
 Status RunWorker(const WorkerFlags& f) {
   ASSIGN_OR_RETURN(std::shared_ptr<comm::Communicator> world, comm::WorldCommunicator("auto"));
   comm::Communicator& c = *world;
@@ -229,21 +208,13 @@ Status RunWorker(const WorkerFlags& f) {
                         .WithContext("--coordinator"));
     ASSIGN_OR_RETURN(lo.token, co::LoadToken(f.token_file));
     if (f.max_documents < 1) return InvalidArgument("--max-documents must be >= 1");
-    eo.model = f.model;
-    eo.seed = f.seed;
-    eo.threads = f.threads;
-    eo.keep_kv = true;
-    if (!f.window.empty()) {
-      ASSIGN_OR_RETURN(std::vector<int64_t> w, ParseWindowList(f.window));
-      eo.overrides.window = std::move(w);
-    }
-    eo.overrides.global_ratio = f.global_ratio;
-    eo.overrides.global_max = f.global_max;
-    eo.overrides.sinks = f.sinks;
-    eo.overrides.fusion = f.fusion;
+    ASSIGN_OR_RETURN(eo, f.engine.Options(/*keep_kv=*/true));
     return Status::Ok();
   }();
   RETURN_IF_ERROR(comm::AgreeOnStatus(c, st));
+  // The remote KV tier (collective), kept until every rank is done (after the engine).
+  ASSIGN_OR_RETURN(eo.remote, f.engine.kv.JoinRemote(c));
+  RemoteTierGuard remote_guard(c, eo.remote);
   ASSIGN_OR_RETURN(std::unique_ptr<worker::Engine> engine, worker::Engine::Open(c, eo));
 
   std::unique_ptr<co::WorkerLink> link;
@@ -251,13 +222,13 @@ Status RunWorker(const WorkerFlags& f) {
     char host[64] = {};
     gethostname(host, sizeof host - 1);
     lo.name = fmt::format("{}:{}", host, getpid());
-    lo.model = f.model;
+    lo.model = f.engine.model;
     lo.ranks = c.size();
     link = std::make_unique<co::WorkerLink>(lo);
     link->Start();
   }
   fmt::print(stderr, "longctx worker: rank {}/{} (pid {}) serving {} for {}\n", c.rank(), c.size(),
-             getpid(), f.model, f.coordinator);
+             getpid(), f.engine.model, f.coordinator);
   WorkerGroup group(c, *engine, link.get(), f.max_documents);
   Status refused;
   while (true) {
@@ -301,15 +272,7 @@ Runner AddWorkerCommand(CLI::App& app) {
       ->capture_default_str();
   app.add_option("--token-file", f->token_file,
                  "file holding the shared token (else the LONGCTX_TOKEN environment variable)");
-  app.add_option("--model", f->model, "builtin:tiny | builtin:small | a HF model directory")
-      ->capture_default_str();
-  app.add_option("--seed", f->seed, "seed of a builtin model")->capture_default_str();
-  app.add_option("--window", f->window, "window, one value or one per layer (comma-separated)");
-  app.add_option("--global-ratio", f->global_ratio, "global budget as a fraction of tokens");
-  app.add_option("--global-max", f->global_max, "global budget cap (default 16*ceil(log2 n))");
-  app.add_option("--sinks", f->sinks, "leading sink tokens");
-  app.add_option("--fusion", f->fusion, "union | weighted:A");
-  app.add_option("--threads", f->threads, "threads per rank (0 = all cores)")->capture_default_str();
+  f->engine.Register(app);
   app.add_option("--max-documents", f->max_documents,
                  "prefilled documents kept for later questions (least recently used dropped)")
       ->capture_default_str();
