@@ -1,6 +1,8 @@
 // JoinStore (store.h): every rank of a job starts its pool (if it lends one), the pools'
 // bootstrap addresses are all-gathered over the Communicator, and each rank's client connects to
 // every pool but its own, plus the `longctx store` processes named on the command line.
+#include <unistd.h>
+
 #include <cstring>
 
 #include "longctx/cache/store.h"
@@ -63,8 +65,16 @@ Result<std::shared_ptr<RemoteTier>> JoinStore(comm::Communicator& comm,
   // Every step is collective and every rank takes part even after a local failure (with an
   // empty address), so no rank is left waiting in a gather; then all agree on the outcome.
   Result<LocalPool> local = StartLocal(options);
-  const std::string mine =
-      local.ok() && local->server ? local->server->address().ToString() : std::string();
+  std::string mine;
+  if (local.ok() && local->server) {
+    comm::ucx::HostPort advertised = local->server->address();
+    if (advertised.host == "0.0.0.0") {  // listening everywhere: peers reach it by host name
+      char host[256] = {};
+      gethostname(host, sizeof(host) - 1);
+      advertised.host = host;
+    }
+    mine = advertised.ToString();
+  }
   ASSIGN_OR_RETURN(std::vector<std::string> addresses, AllGatherStrings(comm, mine));
   RETURN_IF_ERROR(comm::AgreeOnStatus(comm, local.status()));
   if (!mine.empty()) {

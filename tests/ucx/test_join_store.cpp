@@ -63,6 +63,24 @@ TEST(JoinStore, EveryRankStoresInTheOthersPools) {
   ASSERT_TRUE(world.Barrier(comm::DeadlineIn(std::chrono::seconds(60))).ok());
 }
 
+TEST(JoinStore, ListeningEverywhereIsReachedByHostName) {
+  if (g_world->size() == 1) GTEST_SKIP() << "needs another rank's pool";
+  StoreJoinOptions options;
+  options.pool_bytes = 1 << 20;
+  options.bind_host = "0.0.0.0";
+  auto joined = JoinStore(*g_world, options);
+  ASSERT_TRUE(joined.ok()) << joined.status().ToString();
+  auto client = std::dynamic_pointer_cast<StoreClient>(*joined);
+  for (const auto& pool : client->Pools()) {
+    EXPECT_EQ(pool.address.rfind("0.0.0.0", 0), std::string::npos) << pool.address;
+  }
+  const BlockKey key{static_cast<uint64_t>(g_world->rank()), 1, 0};
+  const auto block = Block(key, 5);
+  ASSERT_TRUE((*joined)->Put(key, block).ok());
+  EXPECT_EQ(*(*joined)->Get(key), block);
+  ASSERT_TRUE(g_world->Barrier(comm::DeadlineIn(std::chrono::seconds(60))).ok());
+}
+
 TEST(JoinStore, BadOptionsFailOnEveryRank) {
   StoreJoinOptions options;
   options.pool_bytes = 1 << 20;

@@ -114,7 +114,9 @@ struct StoreJoinOptions {
   uint64_t pool_bytes = 0;          // this rank's pool for other ranks' blocks (0: none)
   std::vector<std::string> stores;  // "host:port" of `longctx store` processes
   int replicas = 1;
-  std::string bind_host = "127.0.0.1";  // where this rank's pool listens
+  // Where this rank's pool listens (any free port); "0.0.0.0" listens everywhere and is
+  // advertised to the other ranks by this host's name.
+  std::string bind_host = "127.0.0.1";
 };
 
 // Collective over comm (every rank calls it): starts this rank's pool server when pool_bytes > 0,
