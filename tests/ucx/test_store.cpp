@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -419,6 +420,29 @@ TEST_F(StoreTest, BatchedPutAndGetWithFallbackAndAllOrNothing) {
   EXPECT_TRUE((*client)->ReplicaPools(BlockKey{6, 0, 0}).empty());
   EXPECT_EQ((*client)->PutBatch(std::vector<BlockRef>{refs[0], refs[0]}).code(),
             StatusCode::kInvalidArgument);
+}
+
+TEST_F(StoreTest, CallsFromSeveralThreadsAreSerialised) {
+  StartPools(2, 8 << 20);
+  auto client = Connect(2);
+  ASSERT_TRUE(client.ok()) << client.status().ToString();
+  std::atomic<int> failures{0};
+  auto worker = [&](uint64_t sequence) {
+    for (uint64_t b = 0; b < 40; ++b) {
+      const BlockKey key{sequence, 0, b};
+      const auto encoded = Encode(key, RandomSource(uint32_t(sequence * 100 + b)), Codec::kF16);
+      if (!(*client)->Put(key, encoded).ok()) ++failures;
+      auto got = (*client)->Get(key);
+      if (!got.ok() || *got != encoded) ++failures;
+      if (b % 3 == 0 && !(*client)->Erase(key).ok()) ++failures;
+    }
+  };
+  std::thread a(worker, 100), b(worker, 200), c(worker, 300);
+  a.join();
+  b.join();
+  c.join();
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_EQ((*client)->Stats().blocks, 3u * (40 - 14));
 }
 
 // ---- `longctx store` processes ----------------------------------------------------------------
