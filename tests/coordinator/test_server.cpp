@@ -403,6 +403,42 @@ TEST_F(ServerTest, WorkerGroupLostMidJobFailsTheJobQuickly) {
   EXPECT_EQ(s.jobs(0).state(), control::JOB_FAILED);
 }
 
+TEST_F(ServerTest, IdleClientCutOff) {
+  options_.idle_timeout = 400ms;
+  StartServer();
+  auto c = Client();
+  ExpectRefused(*c, "idle for more than");
+}
+
+// A worker group that stops talking without closing its connection (a hung node, a stopped
+// process) is lost after the worker timeout, and its job fails.
+TEST_F(ServerTest, SilentWorkerGroupIsLostAndItsJobFails) {
+  options_.worker_timeout = 800ms;
+  StartServer();
+  auto w = Raw();
+  control::Envelope hello;
+  hello.mutable_hello()->set_protocol_version(kProtocolVersion);
+  hello.mutable_hello()->set_role(control::ROLE_WORKER);
+  hello.mutable_hello()->set_token(kToken);
+  hello.mutable_hello()->set_ranks(1);
+  ASSERT_TRUE(w->Send(hello, In(5s)).ok());
+  Result<control::Envelope> reply = w->Receive(In(5s));
+  ASSERT_TRUE(reply.ok() && reply->has_hello_reply()) << reply.status().message();
+  auto c = Client();
+  const std::string doc = "A document for a group that hangs.";
+  JobRequest r;
+  r.doc_id = "hung";
+  r.document = &doc;
+  r.generate = 1;
+  const auto t0 = Clock::now();
+  Result<control::JobEvent> e = SubmitJob(*c, r, nullptr, In(20s));  // the "worker" never answers
+  ASSERT_FALSE(e.ok());
+  EXPECT_NE(e.status().message().find("silent for more than"), std::string::npos)
+      << e.status().message();
+  EXPECT_LT(Clock::now() - t0, 5s);
+  EXPECT_EQ(Status().workers_size(), 0);
+}
+
 TEST_F(ServerTest, RestartKeepsResultsAndTheGroupReconnects) {
   StartServer();
   auto link = Link("survivor");
