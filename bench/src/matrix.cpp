@@ -93,7 +93,7 @@ std::string HumanTokens(int64_t n) {
 // store's flags, read from `longctx run --help`.
 Result<std::vector<std::string>> SupportedKvVariants(const std::string& self,
                                                      const std::string& scratch) {
-  const std::string log = scratch + "/run-help.txt";
+  const std::string log = scratch + "/runs/run-help.txt";
   ASSIGN_OR_RETURN(matrix::ProcessResult p, matrix::RunProcess({self, "run", "--help"}, log, 60));
   if (p.exit_code != 0) return Internal("'{} run --help' failed (exit {})", self, p.exit_code);
   std::ifstream in(log);
@@ -538,6 +538,7 @@ Status RunMatrix(const MatrixOptions& o) {
   }
   if (!o.keep_runs) {
     fs::remove_all(docs, ec);
+    fs::remove(out + "/runs/run-help.txt", ec);
     fs::remove(out + "/runs", ec);  // only if empty
   }
   machine.load_after = matrix::LoadAverage();
