@@ -104,6 +104,20 @@ class StoreClientImpl final : public StoreClient {
   Result<std::vector<std::byte>> GetLocked(const BlockKey& key, Deadline deadline);
   void FreeReplicas(const std::vector<Replica>& replicas, uint64_t bytes, Deadline deadline);
   Deadline NewDeadline() const { return comm::DeadlineIn(options_.timeout); }
+  // Copies to place of each of `blocks` new blocks when `alive` pools are up: the replicas asked
+  // for, or fewer once pools have died (a degraded put: warned once, counted) — a job that lost
+  // one of its two stores keeps going on the other rather than failing its next demotion.
+  size_t ReplicasToPlace(size_t alive, size_t blocks) {
+    const size_t want = static_cast<size_t>(options_.replicas);
+    if (alive >= want) return want;
+    degraded_puts_ += blocks;
+    if (!warned_degraded_) {
+      warned_degraded_ = true;
+      LONGCTX_LOG_WARN("remote tier: {} of {} pools alive: new blocks are stored with {} of {} "
+                       "replicas from now on", alive, pools_.size(), alive, want);
+    }
+    return alive;
+  }
 
   std::unique_ptr<PoolServer> own_server_;  // first: destroyed last
   std::shared_ptr<comm::ucx::Context> ctx_;
@@ -117,7 +131,8 @@ class StoreClientImpl final : public StoreClient {
   std::map<uint64_t, ReplyMessage> replies_;  // filled by the reply handler during progress
   std::set<uint64_t> abandoned_;              // requests given up on: their replies are dropped
   std::unordered_map<BlockKey, Entry, KeyHash> entries_;
-  uint64_t bytes_put_ = 0, bytes_got_ = 0, fallbacks_ = 0;
+  uint64_t bytes_put_ = 0, bytes_got_ = 0, fallbacks_ = 0, degraded_puts_ = 0;
+  bool warned_degraded_ = false;
 };
 
 Status StoreClientImpl::Init() {
@@ -158,6 +173,7 @@ Status StoreClientImpl::ConnectPool(const std::string& text, Deadline deadline) 
   wire::ClientHello hello{};
   hello.magic = wire::kHelloMagic;
   hello.version = wire::kVersion;
+  hello.flags = comm::ucx::SharedMemoryAllowed() ? wire::kFlagSharedMemory : 0;
   hello.addr_len = static_cast<uint32_t>(worker_->address().size());
   wire::SetHost(hello.host, host_);
   std::vector<std::byte> frame;
@@ -198,7 +214,7 @@ Status StoreClientImpl::ConnectPool(const std::string& text, Deadline deadline) 
   pool->capacity = pool->free_bytes = h->pool_bytes;
   Result<std::unique_ptr<Endpoint>> ep =
       Endpoint::Connect(*worker_, rest.subspan(0, h->addr_len), name,
-                        wire::SameHost(h->host, host_));
+                        wire::SameHost(h->host, host_) && (h->flags & wire::kFlagSharedMemory));
   if (!ep.ok()) return fail(ep.status());
   pool->ep = std::move(*ep);
   Result<std::unique_ptr<RemoteKey>> rkey =
@@ -314,15 +330,15 @@ Status StoreClientImpl::Put(const BlockKey& key, std::span<const std::byte> enco
   if (encoded.empty()) return InvalidArgument("remote tier: {}: an empty block", key.ToString());
   std::lock_guard<std::mutex> lock(mu_);
   const Deadline deadline = NewDeadline();
-  const size_t want = static_cast<size_t>(options_.replicas);
   std::vector<size_t> order;
   for (size_t i = 0; i < pools_.size(); ++i) {
     if (Alive(*pools_[i])) order.push_back(i);
   }
-  if (order.size() < want) {
-    return Unavailable("remote tier: cannot store {}: {} replica(s) needed, {} of {} pools alive",
-                       key.ToString(), want, order.size(), pools_.size());
+  if (order.empty()) {
+    return Unavailable("remote tier: cannot store {}: none of the {} pools is alive",
+                       key.ToString(), pools_.size());
   }
+  const size_t want = ReplicasToPlace(order.size(), 1);
   // Placement by free capacity: the emptiest pools first (stable on ties: pool order).
   std::stable_sort(order.begin(), order.end(), [this](size_t a, size_t b) {
     return pools_[a]->free_bytes > pools_[b]->free_bytes;
@@ -415,7 +431,10 @@ Result<std::vector<std::byte>> StoreClientImpl::GetLocked(const BlockKey& key,
     }
     if (i > 0) ++fallbacks_;
     bytes_got_ += block.size();
-    if (!failures.empty()) {
+    // A lost pool is reported once (MarkDead); a corrupt or unreadable copy every time.
+    const bool lost_only = !corrupt && std::all_of(failures.begin(), failures.end(),
+        [](const std::string& f) { return f.find(": lost (") != std::string::npos; });
+    if (!failures.empty() && !lost_only) {
       LONGCTX_LOG_WARN("remote tier: {} served by replica {} after: {}", key.ToString(), i + 1,
                        fmt::join(failures, "; "));
     }
@@ -439,15 +458,15 @@ Status StoreClientImpl::PutBatch(std::span<const BlockRef> blocks) {
   }
   std::lock_guard<std::mutex> lock(mu_);
   const Deadline deadline = NewDeadline();
-  const size_t want = static_cast<size_t>(options_.replicas);
   std::vector<size_t> alive;
   for (size_t i = 0; i < pools_.size(); ++i) {
     if (Alive(*pools_[i])) alive.push_back(i);
   }
-  if (alive.size() < want) {
-    return Unavailable("remote tier: cannot store a batch of {} blocks: {} replica(s) needed, {} "
-                       "of {} pools alive", blocks.size(), want, alive.size(), pools_.size());
+  if (alive.empty()) {
+    return Unavailable("remote tier: cannot store a batch of {} blocks: none of the {} pools is "
+                       "alive", blocks.size(), pools_.size());
   }
+  const size_t want = ReplicasToPlace(alive.size(), blocks.size());
   // Placement by projected free capacity (each block placed lowers its pools' estimate), then
   // every allocation request in flight before any reply is awaited.
   std::vector<uint64_t> projected(pools_.size());
@@ -615,6 +634,7 @@ RemoteTierStats StoreClientImpl::Stats() const {
   s.bytes_put = bytes_put_;
   s.bytes_got = bytes_got_;
   s.replica_fallbacks = fallbacks_;
+  s.degraded_puts = degraded_puts_;
   return s;
 }
 

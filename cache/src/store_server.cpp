@@ -304,7 +304,7 @@ void PoolServerImpl::Accept() {
   const uint64_t client_id = next_client_++;
   Result<std::unique_ptr<Endpoint>> ep =
       Endpoint::Connect(*worker_, client_address, fmt::format("client {}", client_id),
-                        wire::SameHost(h->host, host_));
+                        wire::SameHost(h->host, host_) && (h->flags & wire::kFlagSharedMemory));
   if (!ep.ok()) {
     LONGCTX_LOG_WARN("store: cannot reach client {}: {}", client_id, ep.status().message());
     return;
@@ -312,6 +312,7 @@ void PoolServerImpl::Accept() {
   wire::PoolHello reply{};
   reply.magic = wire::kHelloMagic;
   reply.version = wire::kVersion;
+  reply.flags = comm::ucx::SharedMemoryAllowed() ? wire::kFlagSharedMemory : 0;
   reply.pool_id = pool_id_;
   reply.client_id = client_id;
   reply.pool_base = reinterpret_cast<uint64_t>(pool_->base());

@@ -40,10 +40,13 @@ inline bool SameHost(const char (&field)[kHostBytes], const std::string& host) {
 enum class Op : uint16_t { kAlloc = 1, kFree = 2, kStats = 3 };
 
 // Client -> pool over TCP, followed by the client's UCX worker address (addr_len bytes).
+// Hello flags (the `flags` field of both hellos).
+inline constexpr uint16_t kFlagSharedMemory = 1;  // this process's UCX_TLS allows shared memory
+
 struct ClientHello {
   uint32_t magic;
   uint16_t version;
-  uint16_t reserved;
+  uint16_t flags;  // kFlag*
   uint32_t addr_len;
   uint32_t reserved2;
   char host[kHostBytes];  // HostIdentity(), NUL-padded (truncated if longer)
@@ -55,7 +58,7 @@ static_assert(sizeof(ClientHello) == 16 + kHostBytes &&
 struct PoolHello {
   uint32_t magic;
   uint16_t version;
-  uint16_t reserved;
+  uint16_t flags;  // kFlag*
   uint64_t pool_id;     // random per server
   uint64_t client_id;   // this session, echoed in every request
   uint64_t pool_base;   // remote address of the pool's first byte

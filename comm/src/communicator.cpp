@@ -45,7 +45,10 @@ Status AgreeOnStatus(Communicator& comm, const Status& local) {
   if (!st.ok()) return st;
   if (lowest == comm.size()) return Status::Ok();
   if (lowest == comm.rank()) {
-    return comm.size() > 1 ? local.WithContext(fmt::format("rank {}", comm.rank())) : local;
+    // Named once: a status agreed on before (a nested collective step) already carries it.
+    const std::string who = fmt::format("rank {}", comm.rank());
+    const bool named = local.message().rfind(who + ": ", 0) == 0;
+    return comm.size() > 1 && !named ? local.WithContext(who) : local;
   }
   return Status(StatusCode::kFailedPrecondition, "");
 }

@@ -95,7 +95,7 @@ TEST(UcxTransport, BatchedPutGetAndActiveMessages) {
 
   {
     auto ep = ucx::Endpoint::Connect(**initiator, (*target)->address(), "target",
-                                     /*same_host=*/true);
+                                     /*shared_memory_possible=*/true);
     ASSERT_TRUE(ep.ok()) << ep.status().ToString();
     // Peer error handling exactly when shared memory is ruled out (UCX_TLS=tcp).
     EXPECT_EQ((*ep)->peer_error_handling(), !ucx::SharedMemoryAllowed());

@@ -304,7 +304,8 @@ bool SharedMemoryAllowed() {
 
 Result<std::unique_ptr<Endpoint>> Endpoint::Connect(Worker& worker,
                                                     std::span<const std::byte> peer_address,
-                                                    std::string name, bool same_host) {
+                                                    std::string name,
+                                                    bool shared_memory_possible) {
   std::unique_ptr<Endpoint> ep(new Endpoint(worker, std::move(name)));
   ucp_ep_params_t params;
   std::memset(&params, 0, sizeof(params));
@@ -314,7 +315,7 @@ Result<std::unique_ptr<Endpoint>> Endpoint::Connect(Worker& worker,
   params.err_handler.cb = &Endpoint::OnError;
   params.err_handler.arg = ep.get();
   ucs_status_t st = UCS_ERR_UNREACHABLE;
-  if (!same_host || !SharedMemoryAllowed()) {
+  if (!shared_memory_possible || !SharedMemoryAllowed()) {
     params.err_mode = UCP_ERR_HANDLING_MODE_PEER;
     st = ucp_ep_create(worker.get(), &params, &ep->ep_);
     ep->peer_errors_ = st == UCS_OK;

@@ -32,6 +32,7 @@ struct RemoteTierStats {
   uint64_t blocks = 0;          // blocks this client stores (a block with 2 replicas counts 1)
   uint64_t bytes_put = 0, bytes_got = 0;
   uint64_t replica_fallbacks = 0;  // reads served by a second replica after a bad first one
+  uint64_t degraded_puts = 0;      // blocks stored with fewer replicas than asked (pools died)
 };
 
 class RemoteTier {

@@ -179,11 +179,13 @@ struct RmaOp {
 // marks it failed (peer died, connection reset); every later call then returns kUnavailable.
 class Endpoint {
  public:
-  // `name` is for messages ("store 127.0.0.1:7000"). `same_host`: the peer runs on this host
-  // (HostIdentity() matches), which decides the error-handling mode (see the top of this file).
+  // `name` is for messages ("store 127.0.0.1:7000"). `shared_memory_possible`: the peer runs on
+  // this host (HostIdentity() matches) and its UCX_TLS allows shared memory too; it decides the
+  // error-handling mode (see the top of this file), which both ends of a connection must agree
+  // on — UCX refuses an "asymmetric endpoint configuration".
   static Result<std::unique_ptr<Endpoint>> Connect(Worker& worker,
                                                    std::span<const std::byte> peer_address,
-                                                   std::string name, bool same_host);
+                                                   std::string name, bool shared_memory_possible);
   ~Endpoint();  // flushes nothing: closes (force-closes a failed endpoint) with a short deadline
   Endpoint(const Endpoint&) = delete;
   Endpoint& operator=(const Endpoint&) = delete;
