@@ -15,7 +15,9 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/n
 trap cleanup EXIT
 MPI=(mpirun --oversubscribe --allow-run-as-root --mca btl self,vader,tcp --mca btl_tcp_if_include lo
      --mca oob_tcp_if_include lo --mca pml ob1 -x UCX_TLS)
-export UCX_TLS="${UCX_TLS:-posix,sysv,cma,self,tcp}"
+# tcp by default: over shared memory UCX maps the store's pool into this process, so its pages
+# count in this process's RSS although they live in the store's memory (as on another node).
+export UCX_TLS="${UCX_TLS:-tcp}"
 "$HERE/../launch/make_document.sh" "$TOKENS" "$T/doc.txt"
 for s in 1 2; do
   "$BIN" store --pool 1G --listen 127.0.0.1:0 --address-file "$T/s$s.addr" >"$T/s$s.log" 2>&1 &
@@ -37,7 +39,8 @@ hid = {k: np.load(f"{d}/{k}/hidden.npy", mmap_mode="r") for k in rep}
 n = rep["resident"]["tokens"] - rep["resident"]["query_tokens"] - rep["resident"]["generated_tokens"]
 gen = {k: open(f"{d}/{k}/generated.txt", "rb").read() for k in rep}
 MiB = 2**20
-print(f"{tokens} tokens, {ranks} ranks, device budget {budget}, remote tier: 2 `longctx store` processes\n")
+import os
+print(f"{tokens} tokens, {ranks} ranks, device budget {budget}, remote tier: 2 `longctx store` processes, UCX_TLS={os.environ.get('UCX_TLS')}\n")
 print("| run | peak RSS/rank (max) MiB | KV resident/rank (device peak) MiB | KV remote total MiB | prefill s | decode ms/token | answer vs resident |")
 print("|---|---|---|---|---|---|---|")
 base = rep["resident"]
