@@ -118,13 +118,16 @@ if [[ $rc -ne 0 && ! -f "$T/dead_run/report.json" ]]; then
 else
   bad "killed task: sbatch rc=$rc $(cat "$T/dead.txt") $(tail -3 "$T/dead.out")"
 fi
-# The service variant: the coordinator on the first node and a worker group over 2 tasks; a
-# client's document + question through it equals `mpirun -np 2 longctx run`; scancel ends it.
+# The service variant: the coordinator on the first node, a worker group over 2 tasks and a
+# `longctx store` step lending memory, which the workers spill their KV to (1 MiB device budget,
+# no host tier); a client's document + question through it equals `mpirun -np 2 longctx run`
+# (the f32 codec is bitwise invisible); scancel ends it.
 head -c 32 /dev/urandom | base64 >"$T/svc.token"
 SVC_ADDR="127.0.0.1:$(free_port)"
 svc_job=$(sbatch --parsable --ntasks=2 --cpus-per-task=1 --output="$T/svc.out" \
-  --export=ALL,LONGCTX="$BIN",LONGCTX_TOKEN_FILE="$T/svc.token",LONGCTX_LISTEN="$SVC_ADDR",LONGCTX_STATE_DIR="$T/svc" \
-  "$ROOT/launch/slurm/longctx-service.sbatch" 2>"$T/svc_sbatch.txt")
+  --export=ALL,LONGCTX="$BIN",LONGCTX_TOKEN_FILE="$T/svc.token",LONGCTX_LISTEN="$SVC_ADDR",LONGCTX_STATE_DIR="$T/svc",LONGCTX_STORE_POOL=64M,LONGCTX_STORE_HOST=127.0.0.1,LONGCTX_LOG=info \
+  "$ROOT/launch/slurm/longctx-service.sbatch" --global-max 16 --kv-device-budget 1M \
+  --kv-host-budget 0 2>"$T/svc_sbatch.txt")
 svc_up=0
 for _ in $(seq 240); do
   if "$BIN" status --coordinator "$SVC_ADDR" --token-file "$T/svc.token" --timeout 5 2>/dev/null |
@@ -138,7 +141,7 @@ timeout 300 "$BIN" submit --coordinator "$SVC_ADDR" --token-file "$T/svc.token" 
 timeout 300 mpirun -np 2 --oversubscribe --allow-run-as-root --mca btl self,vader,tcp \
   --mca btl_tcp_if_include lo --mca oob_tcp_if_include lo --mca pml ob1 \
   "$BIN" run --input "$T/doc.txt" --out "$T/mpirun2_run" --query "Who pays?" --generate 8 \
-  --threads 1 --progress off >/dev/null 2>&1
+  --global-max 16 --threads 1 --progress off >/dev/null 2>&1
 if /usr/bin/python3 - "$T/svc_sub" "$T/mpirun2_run" <<'PY'
 import json, sys, numpy as np
 r = json.load(open(sys.argv[1] + "/result.json"))
@@ -149,7 +152,7 @@ same = (list(tokens[n:]) == r["appended_tokens"] and
         open(sys.argv[1] + "/generated.txt", "rb").read() == open(sys.argv[2] + "/generated.txt", "rb").read())
 sys.exit(0 if same else 1)
 PY
-then ok "job through the Slurm service equals mpirun -np 2 longctx run"
+then ok "job through the Slurm service (KV spilled to its store step) equals mpirun -np 2 longctx run"
 else bad "service job result differs or failed: $(cat "$T/svc_sub.txt")"; fi
 scancel "$svc_job" 2>/dev/null
 svc_gone=0
@@ -158,6 +161,11 @@ for _ in $(seq 120); do
   sleep 0.5
 done
 [[ $svc_gone -eq 1 ]] && ok "scancel ends the service job" || bad "service job $svc_job still queued/running"
+# The workers' KV went to the store step (one store for the one node), holding blocks at the end.
+[[ $(grep -c 'listening on' "$T/svc/stores.log") -eq 1 ]] \
+  && grep -q 'clients, [1-9][0-9]* of [0-9]* bytes in use' "$T/svc/stores.log" \
+  && ok "the service's store step held the workers' spilled KV blocks" \
+  || bad "no KV block reached the store step: $(grep -v "^srun" "$T/svc/stores.log" 2>/dev/null | tail -4)"
 
 echo "$passed passed, $failed failed"
 [[ $failed -eq 0 && $passed -gt 0 ]]
