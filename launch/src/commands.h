@@ -29,13 +29,10 @@ Runner AddRunCommand(CLI::App& app);
 Runner AddMkmodelCommand(CLI::App& app);
 // `longctx store`: a memory-only KV store process (cache/store.h).
 Runner AddStoreCommand(CLI::App& app);
-// `longctx store`: a memory-only KV store process (cache/store.h).
-Runner AddStoreCommand(CLI::App& app);
 // The control plane: the coordinator service, a worker group's rank loop, submit and status.
 Runner AddCoordinatorCommand(CLI::App& app);
 Runner AddSubmitCommand(CLI::App& app);
 Runner AddStatusCommand(CLI::App& app);
-Runner AddWorkerCommand(CLI::App& app);
 Runner AddWorkerCommand(CLI::App& app);
 
 }  // namespace longctx::cli
