@@ -328,7 +328,7 @@ void EstimateDense(RunRecord& r, std::span<const RunRecord> done, const MatrixOp
   }
   if (base && base->status != "ok") {
     r.status = "skipped";
-    r.reason = fmt::format("the {}-token dense run ({} ranks, {}) was {}; a longer one would be "
+    r.reason = fmt::format("the {}-token dense run ({} rank(s), {}) was {}; a longer one would be "
                            "too", base->n, r.ranks, r.task, base->status);
     return;
   }

@@ -100,7 +100,8 @@ json MemoryAndSpeedClaims(const std::vector<RunRecord>& runs, int ranks) {
     out.push_back(speed);
     return out;
   }
-  const double saving = 1.0 - hyb->peak_rss_max / dense_rss;
+  // Rounded to whole percent before printing, so a tie prints "0%", never "-0%".
+  const double saving = std::round(100.0 * (1.0 - hyb->peak_rss_max / dense_rss)) / 100.0 + 0.0;
   const double speedup = dense_s / hyb->prefill_s;
   const std::string est = estimated ? fmt::format(" (dense ESTIMATED, not run: {})", basis) : "";
   mem["measured"] = saving;
