@@ -12,6 +12,9 @@ namespace longctx::worker {
 namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+// Keys per partial of a global query's scan over every cached row (a fixed row grid, so the
+// partials and their merge are the same whatever tiers the blocks come from).
+constexpr int64_t kScanChunkRows = 8192;
 
 using internal::MatVec;
 
@@ -76,6 +79,11 @@ Status Decoder::Step(int32_t token, bool is_global, float* hidden_out, int32_t* 
   std::vector<float> mine(states * state_floats), parts(size_t(P) * states * state_floats);
   std::vector<float> keys_k, keys_v;  // the keys this rank's partial reads, gathered
   std::vector<float> blk_o(static_cast<size_t>(H * hd)), blk_l(static_cast<size_t>(H));
+  std::vector<float> chunk_k, chunk_v;  // a global query's scan chunk [kScanChunkRows, kvd]
+  if (is_global) {
+    chunk_k.resize(static_cast<size_t>(kScanChunkRows * kvd));
+    chunk_v.resize(chunk_k.size());
+  }
 
   // A global query reads every block: the first layer's start loading now, each next layer's
   // while the current one computes.
@@ -126,15 +134,35 @@ Status Decoder::Step(int32_t token, bool is_global, float* hidden_out, int32_t* 
       std::fill_n(out_o, H * hd, 0.0f);
       std::fill_n(out_l, H, kNegInf);
       if (all_rows) {
-        // Block by block in row order, merged: the same blocks whatever the tiers hold.
+        // The cache's blocks in row order, copied into fixed chunks of kScanChunkRows rows (the
+        // same chunks whatever the tiers hold, so the result is too); one partial per chunk,
+        // merged in row order. One kernel call per block would pay the pool's dispatch
+        // thousands of times per layer.
+        int64_t filled = 0;
+        auto flush = [&]() -> Status {
+          if (filled == 0) return Status::Ok();
+          RETURN_IF_ERROR(dense(chunk_k.data(), chunk_v.data(), filled, blk_o.data(), blk_l.data()));
+          attention::MergeStates(out_o, out_l, blk_o.data(), blk_l.data(), H, hd);
+          filled = 0;
+          return Status::Ok();
+        };
         const Status scanned = cache_->Scan(
             layer, 0, rows,
             [&](int64_t, int64_t count, const float* kp, const float* vp) -> Status {
-              RETURN_IF_ERROR(dense(kp, vp, count, blk_o.data(), blk_l.data()));
-              attention::MergeStates(out_o, out_l, blk_o.data(), blk_l.data(), H, hd);
+              while (count > 0) {
+                const int64_t take = std::min(count, kScanChunkRows - filled);
+                std::memcpy(chunk_k.data() + filled * kvd, kp, sizeof(float) * take * kvd);
+                std::memcpy(chunk_v.data() + filled * kvd, vp, sizeof(float) * take * kvd);
+                filled += take;
+                kp += take * kvd;
+                vp += take * kvd;
+                count -= take;
+                if (filled == kScanChunkRows) RETURN_IF_ERROR(flush());
+              }
               return Status::Ok();
             });
         RETURN_IF_ERROR(scanned);
+        RETURN_IF_ERROR(flush());
         if (l + 1 < c.num_hidden_layers) {
           cache_->Prefetch(layer + 1, 0, cache_->rows(layer + 1));
         }

@@ -9,8 +9,9 @@
 // The K/V come from the rank's TieredKvCache: a query that is not global reads only its window
 // and the global rows (the cache's persistent set: resident); a global query reads every block of
 // every layer, so the next layer's blocks are prefetched while the current layer computes. Over
-// all rows the partial is computed block by block and merged in row order, so the result is the
-// same (bitwise) whatever the tier budgets and the codec's round trip (exact for f32).
+// all rows the blocks are copied, in row order, into fixed chunks of 8192 rows, one partial per
+// chunk merged in row order, so the result is the same (bitwise) whatever the tier budgets and
+// the codec's round trip (exact for f32).
 #pragma once
 
 #include <cstdint>
