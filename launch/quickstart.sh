@@ -24,9 +24,12 @@ MPIRUN=(mpirun -np "$RANKS" --oversubscribe --mca btl self,vader,tcp --mca btl_t
 if [[ $(id -u) -eq 0 ]]; then MPIRUN+=(--allow-run-as-root); fi
 # One thread per rank when ranks outnumber the cores.
 THREADS=$(( $(nproc) / RANKS )); (( THREADS >= 1 )) || THREADS=1
+# The document, a question and 16 generated tokens; each rank keeps 8 MiB of its KV cache in
+# compute memory and demotes the rest (int8) to its host tier while the prefill goes on.
 "${MPIRUN[@]}" "$LONGCTX" run --model builtin:tiny --input "$WORK/doc.txt" --out "$WORK/run" \
-  --threads "$THREADS" --progress on
-echo "quickstart: $WORK/run/report.json, tokens.npy and globals.npy written"
+  --threads "$THREADS" --progress on --query "Who pays for the goods of lot 7? " --generate 16 \
+  --kv-device-budget 8M --kv-codec int8
+echo "quickstart: $WORK/run/report.json, tokens.npy, globals.npy and generated.txt written"
 
 "$LONGCTX" attention --make-sample "$WORK/attn" --n 4096 --heads 8 --kv-heads 2 --head-dim 64 >/dev/null
 "$LONGCTX" attention --q "$WORK/attn/q.npy" --k "$WORK/attn/k.npy" --v "$WORK/attn/v.npy" \
