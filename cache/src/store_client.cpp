@@ -103,6 +103,10 @@ class StoreClientImpl final : public StoreClient {
   Result<ReplyMessage> AwaitReply(PoolConn& pool, uint64_t request_id, Deadline deadline);
   Result<std::vector<std::byte>> GetLocked(const BlockKey& key, Deadline deadline);
   void FreeReplicas(const std::vector<Replica>& replicas, uint64_t bytes, Deadline deadline);
+  // Posts every pool's ops (puts, each pool's followed by its flush; or gets), all in flight
+  // together, and waits for them; `involved` receives the pools that had ops.
+  Status TransferAll(const std::vector<std::vector<RmaOp>>& ops, bool put, Deadline deadline,
+                     std::vector<size_t>* involved);
   Deadline NewDeadline() const { return comm::DeadlineIn(options_.timeout); }
   // Copies to place of each of `blocks` new blocks when `alive` pools are up: the replicas asked
   // for, or fewer once pools have died (a degraded put: warned once, counted) — a job that lost
@@ -326,6 +330,22 @@ void StoreClientImpl::FreeReplicas(const std::vector<Replica>& replicas, uint64_
   }
 }
 
+Status StoreClientImpl::TransferAll(const std::vector<std::vector<RmaOp>>& ops, bool put,
+                                    Deadline deadline, std::vector<size_t>* involved) {
+  std::vector<ucs_status_ptr_t> requests;
+  Status posted;
+  for (size_t i = 0; i < pools_.size() && posted.ok(); ++i) {
+    if (ops[i].empty()) continue;
+    involved->push_back(i);
+    PoolConn& pool = *pools_[i];
+    posted = put ? pool.ep->PostPuts(*pool.rkey, ops[i], &requests)
+                 : pool.ep->PostGets(*pool.rkey, ops[i], &requests);
+  }
+  const Status done = worker_->WaitAll(requests, deadline, put ? "batched put" : "batched get",
+                                       AliveFn(*involved));
+  return done.ok() ? posted : done;
+}
+
 Status StoreClientImpl::Put(const BlockKey& key, std::span<const std::byte> encoded) {
   if (encoded.empty()) return InvalidArgument("remote tier: {}: an empty block", key.ToString());
   std::lock_guard<std::mutex> lock(mu_);
@@ -521,16 +541,8 @@ Status StoreClientImpl::PutBatch(std::span<const BlockRef> blocks) {
                                   blocks[b].encoded.size(), r.offset});
     }
   }
-  std::vector<ucs_status_ptr_t> requests;
   std::vector<size_t> involved;
-  Status posted;
-  for (size_t i = 0; i < pools_.size() && posted.ok(); ++i) {
-    if (ops[i].empty()) continue;
-    involved.push_back(i);
-    posted = pools_[i]->ep->PostPuts(*pools_[i]->rkey, ops[i], &requests);
-  }
-  Status written = worker_->WaitAll(requests, deadline, "batched put", AliveFn(involved));
-  if (written.ok()) written = posted;
+  Status written = TransferAll(ops, /*put=*/true, deadline, &involved);
   if (!written.ok()) {
     for (size_t i : involved) {
       if (written.code() == StatusCode::kDeadlineExceeded) MarkDead(*pools_[i], written.message());
@@ -585,16 +597,8 @@ Status StoreClientImpl::GetBatchInto(std::span<const BlockKey> keys,
     ops[primary.pool].push_back(RmaOp{out[k].data(), out[k].size(), primary.offset});
     fast[k] = true;
   }
-  std::vector<ucs_status_ptr_t> requests;
   std::vector<size_t> involved;
-  Status posted;
-  for (size_t i = 0; i < pools_.size() && posted.ok(); ++i) {
-    if (ops[i].empty()) continue;
-    involved.push_back(i);
-    posted = pools_[i]->ep->PostGets(*pools_[i]->rkey, ops[i], &requests);
-  }
-  Status read = worker_->WaitAll(requests, deadline, "batched get", AliveFn(involved));
-  if (read.ok()) read = posted;
+  Status read = TransferAll(ops, /*put=*/false, deadline, &involved);
   if (!read.ok()) {
     if (read.code() == StatusCode::kDeadlineExceeded) {
       for (size_t i : involved) MarkDead(*pools_[i], read.message());
