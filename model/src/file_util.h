@@ -20,30 +20,8 @@ using ::longctx::ErrnoStatus;
 // Reads a whole regular file of at most `max_bytes` bytes (kInvalidArgument when larger).
 Result<std::string> ReadSmallFile(const std::string& path, uint64_t max_bytes);
 
-// A file written under "<path>.tmp.<pid>" and renamed onto `path` by Commit(). Destroying it
-// uncommitted removes the temporary file, so a failed write leaves nothing behind.
-class AtomicFile {
- public:
-  static Result<AtomicFile> Create(const std::string& path);
-  AtomicFile(AtomicFile&& other) noexcept;
-  AtomicFile& operator=(AtomicFile&&) = delete;
-  AtomicFile(const AtomicFile&) = delete;
-  AtomicFile& operator=(const AtomicFile&) = delete;
-  ~AtomicFile();
-
-  Status Write(const void* data, size_t bytes);
-  Status Commit();  // fsync, close, rename
-
- private:
-  AtomicFile(std::string path, std::string tmp_path, Fd fd)
-      : path_(std::move(path)), tmp_path_(std::move(tmp_path)), fd_(std::move(fd)) {}
-  std::string path_;
-  std::string tmp_path_;
-  Fd fd_;
-  bool done_ = false;
-};
-
-// AtomicFile::Create + Write + Commit.
-Status WriteFileAtomically(const std::string& path, std::string_view contents);
+// Atomic writes are core's too (longctx/core/file.h).
+using ::longctx::AtomicFile;
+using ::longctx::WriteFileAtomically;
 
 }  // namespace longctx::model::internal

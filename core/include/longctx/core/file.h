@@ -1,7 +1,10 @@
 // POSIX file plumbing shared by every component that reads or writes files: an owned file
-// descriptor (RAII) and the one mapping of errno values to Status codes.
+// descriptor (RAII), the one mapping of errno values to Status codes, and atomic writes
+// (temporary file, fsync, rename) so that no reader ever sees a half-written file.
 #pragma once
 
+#include <cstddef>
+#include <string>
 #include <string_view>
 #include <utility>
 
@@ -30,5 +33,32 @@ class UniqueFd {
 // kResourceExhausted; EIO -> kDataLoss; anything else kFailedPrecondition.
 // Message: "<message>: <strerror(err)>".
 Status ErrnoStatus(int err, std::string_view message);
+
+// A file written under "<path>.tmp.<pid>" and renamed onto `path` by Commit(). Destroying it
+// uncommitted removes the temporary file, so a failed write leaves nothing behind. Concurrent
+// writers of the same path inside one process are not supported (they share the .tmp name).
+class AtomicFile {
+ public:
+  static Result<AtomicFile> Create(const std::string& path);
+  AtomicFile(AtomicFile&& other) noexcept;
+  AtomicFile& operator=(AtomicFile&&) = delete;
+  AtomicFile(const AtomicFile&) = delete;
+  AtomicFile& operator=(const AtomicFile&) = delete;
+  ~AtomicFile();
+
+  Status Write(const void* data, size_t bytes);
+  Status Commit();  // fsync, close, rename
+
+ private:
+  AtomicFile(std::string path, std::string tmp_path, UniqueFd fd)
+      : path_(std::move(path)), tmp_path_(std::move(tmp_path)), fd_(std::move(fd)) {}
+  std::string path_;
+  std::string tmp_path_;
+  UniqueFd fd_;
+  bool done_ = false;
+};
+
+// AtomicFile::Create + Write + Commit.
+Status WriteFileAtomically(const std::string& path, std::string_view contents);
 
 }  // namespace longctx
