@@ -52,10 +52,13 @@ Isa BestIsa() {
 namespace detail {
 
 const KernelTable& Kernels(Isa isa) {
-  static const KernelTable kGenericTable{&generic::WindowGlobal, &generic::DensePartial};
+  static const KernelTable kGenericTable{&generic::WindowGlobal, &generic::DensePartial,
+      &generic::WindowGlobalBwd, &generic::DensePartialBwd, &generic::DenseScoreMoment};
 #if defined(LONGCTX_HAVE_X86_VARIANTS)
-  static const KernelTable kAvx2Table{&avx2::WindowGlobal, &avx2::DensePartial};
-  static const KernelTable kAvx512Table{&avx512::WindowGlobal, &avx512::DensePartial};
+  static const KernelTable kAvx2Table{&avx2::WindowGlobal, &avx2::DensePartial,
+      &avx2::WindowGlobalBwd, &avx2::DensePartialBwd, &avx2::DenseScoreMoment};
+  static const KernelTable kAvx512Table{&avx512::WindowGlobal, &avx512::DensePartial,
+      &avx512::WindowGlobalBwd, &avx512::DensePartialBwd, &avx512::DenseScoreMoment};
   if (isa == Isa::kAvx512) return kAvx512Table;
   if (isa == Isa::kAvx2) return kAvx2Table;
 #endif

@@ -4,6 +4,7 @@
 // by the caller (hybrid_attention.cpp); kernels assume them valid.
 #pragma once
 
+#include "longctx/attention/attention_backward.h"
 #include "longctx/attention/hybrid_attention.h"
 
 namespace longctx::attention::detail {
@@ -11,12 +12,25 @@ namespace longctx::attention::detail {
 struct KernelTable {
   void (*window_global)(const WindowGlobalArgs& args, const AttentionSpec& spec, ThreadPool* pool);
   void (*dense_partial)(const DensePartialArgs& args, const AttentionSpec& spec, ThreadPool* pool);
+  // Backward (kernel_bwd_impl.inc).
+  void (*window_global_bwd)(const WindowGlobalGradArgs& args, const AttentionSpec& spec,
+                            ThreadPool* pool);
+  void (*dense_partial_bwd)(const DensePartialGradArgs& args, const AttentionSpec& spec,
+                            ThreadPool* pool);
+  void (*dense_score_moment)(const DensePartialArgs& args, const float* lse, float* psum,
+                             const AttentionSpec& spec, ThreadPool* pool);
 };
 
 #define LONGCTX_DECLARE_KERNELS(ns)                                                        \
   namespace ns {                                                                           \
   void WindowGlobal(const WindowGlobalArgs& args, const AttentionSpec& spec, ThreadPool* pool); \
   void DensePartial(const DensePartialArgs& args, const AttentionSpec& spec, ThreadPool* pool); \
+  void WindowGlobalBwd(const WindowGlobalGradArgs& args, const AttentionSpec& spec,             \
+                       ThreadPool* pool);                                                      \
+  void DensePartialBwd(const DensePartialGradArgs& args, const AttentionSpec& spec,             \
+                       ThreadPool* pool);                                                      \
+  void DenseScoreMoment(const DensePartialArgs& args, const float* lse, float* psum,            \
+                        const AttentionSpec& spec, ThreadPool* pool);                           \
   }
 LONGCTX_DECLARE_KERNELS(generic)
 #if defined(LONGCTX_HAVE_X86_VARIANTS)
