@@ -34,5 +34,6 @@ Runner AddCoordinatorCommand(CLI::App& app);
 Runner AddSubmitCommand(CLI::App& app);
 Runner AddStatusCommand(CLI::App& app);
 Runner AddWorkerCommand(CLI::App& app);
+Runner AddDataCommand(CLI::App& app);  // `longctx data`: synthetic task data (train/)
 
 }  // namespace longctx::cli

@@ -32,6 +32,8 @@ int main(int argc, char** argv) {
   runners[app.add_subcommand("status", "worker groups and jobs of the coordinator")] = nullptr;
   runners[app.add_subcommand("worker", "a worker group serving the coordinator (under mpirun)")] =
       nullptr;
+  runners[app.add_subcommand("data", "write a synthetic task data set (passkey, niah, vt, lm)")] =
+      nullptr;
   for (auto& [sub, runner] : runners) {
     if (sub->get_name() == "attention") runner = longctx::cli::AddAttentionCommand(*sub);
     if (sub->get_name() == "bench") runner = longctx::cli::AddBenchCommand(*sub);
@@ -42,6 +44,7 @@ int main(int argc, char** argv) {
     if (sub->get_name() == "submit") runner = longctx::cli::AddSubmitCommand(*sub);
     if (sub->get_name() == "status") runner = longctx::cli::AddStatusCommand(*sub);
     if (sub->get_name() == "worker") runner = longctx::cli::AddWorkerCommand(*sub);
+    if (sub->get_name() == "data") runner = longctx::cli::AddDataCommand(*sub);
   }
   try {
     app.parse(argc, argv);
