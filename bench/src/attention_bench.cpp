@@ -12,6 +12,7 @@
 
 #include <fmt/format.h>
 
+#include "longctx/attention/attention_backward.h"
 #include "longctx/attention/hybrid_attention.h"
 #include "longctx/core/thread_pool.h"
 
@@ -81,9 +82,10 @@ Status RunAttentionBench(const AttentionBenchOptions& o) {
     fmt::print("# OpenBLAS sgemm 2048^3, {} thread(s): {:.1f} GFLOP/s\n", o.threads[t], sgemm[t]);
   }
   fmt::print("# isa={} dtype={} heads={}/{} causal fusion=union; GFLOP/s counts allowed pairs x "
-             "4d only\n", attention::IsaName(isa), o.dtype, o.heads, o.kv_heads);
-  fmt::print("{:>7} {:>4} {:>5} {:>5} {:>3} {:>9} {:>9} {:>7}\n", "n", "d", "W", "globs", "thr",
-             "seconds", "GFLOP/s", "/sgemm");
+             "4d only (backward: x 10d, FlashAttention-2's 2.5x; f32 only)\n",
+             attention::IsaName(isa), o.dtype, o.heads, o.kv_heads);
+  fmt::print("{:>7} {:>4} {:>5} {:>5} {:>3} {:>9} {:>9} {:>7} {:>9} {:>9} {:>7}\n", "n", "d", "W",
+             "globs", "thr", "seconds", "GFLOP/s", "/sgemm", "bwd_s", "bwd_GF/s", "bwd/fwd");
   std::fflush(stdout);
 
   std::string json = "[\n";
@@ -135,16 +137,34 @@ Status RunAttentionBench(const AttentionBenchOptions& o) {
               if (rep > 0) best = std::min(best, Seconds(t0));
             }
             const double gf = flops / best * 1e-9;
-            fmt::print("{:>7} {:>4} {:>5} {:>5} {:>3} {:>9.4f} {:>9.2f} {:>6.1f}%\n", n, d, w,
-                       globals.size(), o.threads[t], best, gf, 100.0 * gf / sgemm[t]);
+            // Backward (f32 only): HybridAttentionBackward from this forward's out/lse.
+            double bwd = 0.0;
+            if (dtype == DType::kF32) {
+              std::vector<float> dout(out.size()), dq(out.size()), dk(kf.size()), dv(vf.size());
+              Fill(dout, 14);
+              bwd = 1e30;
+              for (int rep = 0; rep <= o.reps; ++rep) {
+                const auto t0 = Clock::now();
+                RETURN_IF_ERROR(attention::HybridAttentionBackward(
+                    q, k, v, globals, spec, out.data(), lse.data(), dout.data(), dq.data(),
+                    dk.data(), dv.data(), exec));
+                if (rep > 0) bwd = std::min(bwd, Seconds(t0));
+              }
+            }
+            const double bgf = bwd > 0.0 ? 2.5 * flops / bwd * 1e-9 : 0.0;
+            fmt::print("{:>7} {:>4} {:>5} {:>5} {:>3} {:>9.4f} {:>9.2f} {:>6.1f}% {:>9.4f} {:>9.2f} "
+                       "{:>7.2f}\n", n, d, w, globals.size(), o.threads[t], best, gf,
+                       100.0 * gf / sgemm[t], bwd, bgf, bwd / best);
             std::fflush(stdout);
             json += fmt::format(
                 "{}  {{\"n\": {}, \"d\": {}, \"window\": {}, \"globals\": {}, \"threads\": {}, "
                 "\"heads\": {}, \"kv_heads\": {}, \"dtype\": \"{}\", \"isa\": \"{}\", "
                 "\"seconds\": {:.6f}, \"gflops\": {:.3f}, \"sgemm_gflops\": {:.3f}, "
-                "\"ratio_to_sgemm\": {:.4f}}}",
+                "\"ratio_to_sgemm\": {:.4f}, \"bwd_seconds\": {:.6f}, \"bwd_gflops\": {:.3f}, "
+                "\"bwd_to_fwd\": {:.3f}}}",
                 first_json ? "" : ",\n", n, d, w, globals.size(), o.threads[t], o.heads,
-                o.kv_heads, o.dtype, attention::IsaName(isa), best, gf, sgemm[t], gf / sgemm[t]);
+                o.kv_heads, o.dtype, attention::IsaName(isa), best, gf, sgemm[t], gf / sgemm[t], bwd,
+                bgf, bwd / best);
             first_json = false;
           }
         }
