@@ -83,6 +83,11 @@ Result<std::vector<int64_t>> ParseWindows(const std::string& text) {
 }
 
 void EngineFlags::Register(CLI::App& app) {
+  RegisterModel(app);
+  kv.Register(app);
+}
+
+void EngineFlags::RegisterModel(CLI::App& app) {
   app.add_option("--model", model, "builtin:tiny | builtin:small | a HF model directory")
       ->capture_default_str();
   app.add_option("--seed", seed, "seed of a builtin model")->capture_default_str();
@@ -92,7 +97,6 @@ void EngineFlags::Register(CLI::App& app) {
   app.add_option("--sinks", sinks, "leading sink tokens");
   app.add_option("--fusion", fusion, "union | weighted:A");
   app.add_option("--threads", threads, "threads per rank (0 = all cores)")->capture_default_str();
-  kv.Register(app);
 }
 
 Result<worker::EngineOptions> EngineFlags::Options(bool keep_kv) const {

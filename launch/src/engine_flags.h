@@ -48,6 +48,8 @@ struct EngineFlags {
   KvFlags kv;
 
   void Register(CLI::App& app);
+  // --model, --seed, the hybrid overrides and --threads only (commands without a KV cache).
+  void RegisterModel(CLI::App& app);
   // The engine's options (no remote tier: JoinRemote is collective, the caller runs it).
   Result<worker::EngineOptions> Options(bool keep_kv) const;
 };

@@ -8,6 +8,7 @@
 
 #include <fmt/format.h>
 
+#include "exchange.h"
 #include "longctx/attention/lse_merge.h"
 
 namespace longctx::worker {
@@ -16,33 +17,16 @@ namespace {
 using attention::TokenView;
 using Clock = std::chrono::steady_clock;
 
-// Message tags of one attention call. A pair of ranks exchanges at most one message per tag.
-constexpr int kTagHaloK = 101;
-constexpr int kTagHaloV = 102;
+// Message tag of the partials. A pair of ranks exchanges at most one message per tag.
 constexpr int kTagPartials = 103;
 
 double Since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-// Index range [first, last) of the sorted globals that fall in [lo, hi).
-std::pair<int64_t, int64_t> GlobalsIn(std::span<const int64_t> g, int64_t lo, int64_t hi) {
-  const auto a = std::lower_bound(g.begin(), g.end(), lo);
-  const auto b = std::lower_bound(g.begin(), g.end(), hi);
-  return {int64_t(a - g.begin()), int64_t(b - g.begin())};
-}
-
-// The global queries whose partial over rank r's keys is non-empty: indexes [first, g).
-// Causal: a query at p reads keys <= p, so only globals at or after the shard's start.
-int64_t FirstVisibleGlobal(const attention::ShardPlan& plan, std::span<const int64_t> g, int r) {
-  if (plan.rows(r) == 0) return int64_t(g.size());
-  if (!plan.causal) return 0;
-  return int64_t(std::lower_bound(g.begin(), g.end(), plan.begin(r)) - g.begin());
-}
-
-TokenView RowsView(const TokenView& t, const std::byte* base, int64_t rows) {
-  return TokenView{base, t.dtype, rows, t.heads, t.head_dim, t.heads * t.head_dim};
-}
+using internal::FirstVisibleGlobal;
+using internal::GlobalsIn;
+using internal::RowsView;
 
 }  // namespace
 
@@ -94,101 +78,21 @@ Status DistributedAttention(comm::Communicator& comm, const attention::ShardPlan
   st.globals_owned = gi1 - gi0;
 
   // ---- 1. halo: post every receive and send before anything else -------------------------
-  // Halo rows land in two small buffers, [k0, s) and [e, k1) (< W rows each); the own rows
-  // are never copied wholesale.
   const auto [k0, k1] = plan.KeyRange(me);
-  auto& left_k = ws.left_k;
-  auto& left_v = ws.left_v;
-  auto& right_k = ws.right_k;
-  auto& right_v = ws.right_v;
-  left_k.resize(rows > 0 ? size_t(s - k0) * kv_row : 0);
-  left_v.resize(left_k.size());
-  right_k.resize(rows > 0 ? size_t(k1 - e) * kv_row : 0);
-  right_v.resize(right_k.size());
   std::vector<comm::RequestPtr> halo;
-  for (int r = 0; r < P; ++r) {
-    if (r == me) continue;
-    // What I need from r: my key range intersected with its rows.
-    const int64_t lo = std::max(k0, plan.begin(r)), hi = std::min(k1, plan.end(r));
-    if (rows > 0 && lo < hi) {
-      const size_t bytes = size_t(hi - lo) * kv_row;
-      const bool left = hi <= s;
-      const size_t offset = size_t(left ? lo - k0 : lo - e) * kv_row;
-      for (auto [buf, tag] : {std::pair{left ? &left_k : &right_k, kTagHaloK},
-                              std::pair{left ? &left_v : &right_v, kTagHaloV}}) {
-        ASSIGN_OR_RETURN(comm::RequestPtr req,
-                         comm.Irecv(comm::HostBuffer(buf->data() + offset, bytes), r, tag));
-        halo.push_back(std::move(req));
-      }
-      st.halo.received += 2 * bytes;
-      st.halo_rows += hi - lo;
-    }
-    // What r needs from me: its key range intersected with my rows.
-    const auto [rk0, rk1] = plan.KeyRange(r);
-    const int64_t slo = std::max(rk0, s), shi = std::min(rk1, e);
-    if (plan.rows(r) > 0 && slo < shi) {
-      const size_t bytes = size_t(shi - slo) * kv_row;
-      ASSIGN_OR_RETURN(comm::RequestPtr rk,
-                       comm.Isend(comm::HostBuffer(k.Row(slo - s), bytes), r, kTagHaloK));
-      ASSIGN_OR_RETURN(comm::RequestPtr rv,
-                       comm.Isend(comm::HostBuffer(shard.v.Row(slo - s), bytes), r, kTagHaloV));
-      halo.push_back(std::move(rk));
-      halo.push_back(std::move(rv));
-      st.halo.sent += 2 * bytes;
-    }
-  }
-  st.halo.min_received = rows > 0 ? 2 * size_t((k1 - k0) - rows) * kv_row : 0;
+  RETURN_IF_ERROR(internal::PostHalo(comm, plan, k, shard.v, ws, &halo, &st));
+  const auto& left_k = ws.left_k;
+  const auto& left_v = ws.left_v;
+  const auto& right_k = ws.right_k;
+  const auto& right_v = ws.right_v;
 
   // ---- 2. global K/V and Q: one all-gather, each rank contributing the globals it owns -----
-  // Rank r's block is [its global K rows | V rows | Q rows]; one collective instead of three
-  // (OpenMPI's non-blocking collectives cost ~0.2 ms each here, more than the bytes).
-  auto t0 = Clock::now();
-  const size_t global_row = 2 * kv_row + q_row;
-  std::vector<size_t> counts(static_cast<size_t>(P));
-  std::vector<int64_t> first_global(static_cast<size_t>(P) + 1, 0);
-  for (int r = 0; r < P; ++r) {
-    const auto [a, b] = GlobalsIn(globals, plan.begin(r), plan.end(r));
-    counts[size_t(r)] = size_t(b - a) * global_row;
-    first_global[size_t(r)] = a;
-  }
-  first_global[size_t(P)] = g;
+  RETURN_IF_ERROR(internal::GatherGlobals(comm, plan, globals, q, k, shard.v, ws, deadline, &st));
   const int64_t mine = gi1 - gi0;
-  auto& block = ws.block;
-  auto& gathered = ws.gathered;
-  block.resize(size_t(mine) * global_row);
-  gathered.resize(size_t(g) * global_row);
-  for (int64_t i = 0; i < mine; ++i) {
-    const int64_t t = globals[size_t(gi0 + i)] - s;
-    std::memcpy(block.data() + size_t(i) * kv_row, k.Row(t), kv_row);
-    std::memcpy(block.data() + size_t(mine) * kv_row + size_t(i) * kv_row, shard.v.Row(t), kv_row);
-    std::memcpy(block.data() + 2 * size_t(mine) * kv_row + size_t(i) * q_row, q.Row(t), q_row);
-  }
-  RETURN_IF_ERROR(comm.AllGatherV(comm::HostBuffer(block.data(), block.size()),
-                                  comm::HostBuffer(gathered.data(), gathered.size()), counts,
-                                  deadline));
-  // Unpack into position-ordered K, V and Q of all g globals.
-  auto& gk = ws.gk;
-  auto& gv = ws.gv;
-  auto& gq = ws.gq;
-  gk.resize(size_t(g) * kv_row);
-  gv.resize(gk.size());
-  gq.resize(size_t(g) * q_row);
-  size_t offset = 0;
-  for (int r = 0; r < P; ++r) {
-    const int64_t a = first_global[size_t(r)];
-    const size_t cnt = size_t(first_global[size_t(r) + 1] - a);
-    const std::byte* src = gathered.data() + offset;
-    if (cnt == 0) continue;  // (and no memcpy from a null, empty buffer)
-    std::memcpy(gk.data() + size_t(a) * kv_row, src, cnt * kv_row);
-    std::memcpy(gv.data() + size_t(a) * kv_row, src + cnt * kv_row, cnt * kv_row);
-    std::memcpy(gq.data() + size_t(a) * q_row, src + 2 * cnt * kv_row, cnt * q_row);
-    offset += counts[size_t(r)];
-  }
-  st.global_kv.seconds = Since(t0);  // the one gather; global_q's share is reported here too
-  st.global_kv.received = st.global_kv.min_received = 2 * size_t(g - mine) * kv_row;
-  st.global_kv.sent = 2 * size_t(mine) * kv_row * size_t(P - 1);
-  st.global_q.received = st.global_q.min_received = size_t(g - mine) * q_row;
-  st.global_q.sent = size_t(mine) * q_row * size_t(P - 1);
+  const auto& gk = ws.gk;
+  const auto& gv = ws.gv;
+  const auto& gq = ws.gq;
+  auto t0 = Clock::now();
 
   // ---- 3. own queries: the interior while the halo is in flight, then the edges -----------
   const TokenView gkv = RowsView(k, gk.data(), g), gvv = RowsView(shard.v, gv.data(), g);

@@ -95,11 +95,7 @@ Status Engine::Prefill(const std::string& doc_id, std::span<const int32_t> ids,
                           ids[size_t(i)], i, c.vocab_size);
       }
     }
-    attention::SelectionConfig sel;
-    sel.global_ratio = c.hybrid.global_ratio;
-    sel.global_max = c.hybrid.global_max.value_or(-1);
-    sel.sinks = c.hybrid.sinks;
-    ASSIGN_OR_RETURN(globals, attention::SelectGlobals(classes, sel));
+    ASSIGN_OR_RETURN(globals, attention::SelectGlobals(classes, SelectionFor(c)));
     // Shards balanced for the widest layer's window (every layer keeps the same rows).
     for (int64_t l = 0; l < L; ++l) widest = std::max(widest, c.Window(l));
     attention::AttentionSpec plan_spec = LayerSpec(c, 0);

@@ -67,6 +67,14 @@ int32_t GreedyToken(const model::ModelConfig& config, const Weights& weights,
 
 void SetGemmThreads(int threads) { openblas_set_num_threads(std::max(1, threads)); }
 
+attention::SelectionConfig SelectionFor(const model::ModelConfig& c) {
+  attention::SelectionConfig sel;
+  sel.global_ratio = c.hybrid.global_ratio;
+  sel.global_max = c.hybrid.global_max.value_or(-1);
+  sel.sinks = c.hybrid.sinks;
+  return sel;
+}
+
 attention::AttentionSpec LayerSpec(const model::ModelConfig& config, int64_t layer) {
   attention::AttentionSpec spec;
   spec.window = config.Window(layer);
@@ -106,6 +114,22 @@ void ApplyRope(float* x, int64_t rows, int64_t heads, int64_t hd, const RopeTabl
         const float a = v[i], b = v[i + half];
         v[i] = a * cs[i] - b * sn[i];
         v[i + half] = b * cs[i] + a * sn[i];
+      }
+    }
+  }
+}
+
+void ApplyRopeBackward(float* x, int64_t rows, int64_t heads, int64_t hd, const RopeTable& t) {
+  const int64_t half = hd / 2;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* cs = t.cos.data() + r * half;
+    const float* sn = t.sin.data() + r * half;
+    for (int64_t h = 0; h < heads; ++h) {
+      float* v = x + (r * heads + h) * hd;
+      for (int64_t i = 0; i < half; ++i) {
+        const float a = v[i], b = v[i + half];
+        v[i] = a * cs[i] + b * sn[i];
+        v[i + half] = b * cs[i] - a * sn[i];
       }
     }
   }

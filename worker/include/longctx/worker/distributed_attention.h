@@ -66,6 +66,39 @@ Status DistributedAttention(comm::Communicator& comm, const attention::ShardPlan
                             const attention::ExecOptions& exec, DistributedStats* stats,
                             const DistributedOptions& options = {});
 
+// ---- backward (training; DESIGN.md §6) ----------------------------------------------------
+
+// What the backward of one layer's attention needs besides Q/K/V: the forward's own-row results
+// and the gradient of the loss with respect to them.
+struct AttentionGradInputs {
+  const float* out = nullptr;   // [rows, H, d] DistributedAttention's out for the own rows
+  const float* lse = nullptr;   // [rows, H]    its lse
+  const float* dout = nullptr;  // [rows, H, d] dLoss/dout
+  // Weight c of the entropy term c * sum over (global query, head) of the entropy (nats) of the
+  // query's softmax over all its visible keys. 0: no entropy term.
+  float entropy_weight = 0.0f;
+};
+
+struct AttentionGrads {
+  float* dq = nullptr;  // [rows, H, d]   overwritten: dLoss/dQ of the own rows
+  float* dk = nullptr;  // [rows, Hkv, d] overwritten: dLoss/dK of the own rows (all ranks' parts)
+  float* dv = nullptr;  // [rows, Hkv, d]
+  double entropy_sum = 0.0;  // out: sum of the global queries' entropies (same on every rank)
+};
+
+// The backward of DistributedAttention over the same plan, globals and spec (f32 Q/K/V only).
+// Mirrors the forward's exchanges: the halo K/V and the globals' K/V/Q again, the gradients of
+// halo keys back to their owners, the global queries' dO/LSE/D rows to every rank (each computes
+// their partial dQ and its own keys' dK/dV), and the global keys' dK/dV and global queries' dQ
+// reduced to their owners. O((W + g) * H * d) bytes per rank, independent of n. Equal to the
+// one-process backward up to fp32 rounding; bitwise repeatable for a fixed rank count.
+Status DistributedAttentionBackward(comm::Communicator& comm, const attention::ShardPlan& plan,
+                                    std::span<const int64_t> globals,
+                                    const attention::AttentionSpec& spec, const ShardTensors& shard,
+                                    const AttentionGradInputs& in, AttentionGrads* grads,
+                                    const attention::ExecOptions& exec, DistributedStats* stats,
+                                    DistributedWorkspace* workspace = nullptr);
+
 // One line per phase: "halo  sent 1.2 MiB  recv 1.2 MiB  min 1.2 MiB (1.00x)  0.003 s".
 std::string FormatStats(const DistributedStats& s);
 

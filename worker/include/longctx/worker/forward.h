@@ -10,6 +10,7 @@
 #include <span>
 #include <vector>
 
+#include "longctx/attention/global_selection.h"
 #include "longctx/attention/hybrid_attention.h"
 #include "longctx/attention/shard_plan.h"
 #include "longctx/cache/tiered_cache.h"
@@ -78,6 +79,9 @@ int32_t GreedyToken(const model::ModelConfig& config, const Weights& weights, co
 // oversubscribe its cores.
 void SetGemmThreads(int threads);
 
+// The global-token selection rules of `config` (its "longctx" block: ratio, cap, sinks).
+attention::SelectionConfig SelectionFor(const model::ModelConfig& config);
+
 // The attention spec of a layer of `config` (window, fusion, causal).
 attention::AttentionSpec LayerSpec(const model::ModelConfig& config, int64_t layer);
 
@@ -91,5 +95,7 @@ RopeTable MakeRopeTable(int64_t rows, int64_t hd, int64_t pos0, double theta);
 
 // HF rotate-half RoPE in place on x [rows, heads, hd] with the table's rows.
 void ApplyRope(float* x, int64_t rows, int64_t heads, int64_t hd, const RopeTable& table);
+// The backward of ApplyRope (a rotation): rotates by the negative angles, in place.
+void ApplyRopeBackward(float* dx, int64_t rows, int64_t heads, int64_t hd, const RopeTable& table);
 
 }  // namespace longctx::worker

@@ -1,0 +1,42 @@
+#include "longctx/train/sample_step.h"
+
+#include <string>
+
+namespace longctx::train {
+
+std::vector<attention::TokenClass> ClassifyByteIds(std::span<const int32_t> ids) {
+  std::string bytes(ids.size(), '\0');
+  for (size_t i = 0; i < ids.size(); ++i) {
+    bytes[i] = ids[i] >= 0 && ids[i] < 256 ? char(ids[i]) : '\x01';
+  }
+  return attention::ClassifyBytes(bytes);
+}
+
+Result<std::vector<int64_t>> SampleGlobals(const model::ModelConfig& c, const Sample& s) {
+  const std::vector<attention::TokenClass> classes = ClassifyByteIds(s.ids);
+  for (int64_t p : s.marked) {
+    if (p < 0 || p >= int64_t(s.ids.size())) {
+      return InvalidArgument("marked global position {} is outside [0, {})", p, s.ids.size());
+    }
+  }
+  return attention::SelectGlobals(classes, worker::SelectionFor(c), s.marked);
+}
+
+Status AccumulateSampleGradients(comm::Communicator& comm, const worker::ParamBlock& params,
+                                 const Sample& s, const worker::LossWeights& lw,
+                                 const attention::ExecOptions& exec, float* grads,
+                                 worker::LossTerms* loss, std::vector<int64_t>* globals_out,
+                                 worker::TrainStepStats* stats) {
+  const model::ModelConfig& c = params.config();
+  ASSIGN_OR_RETURN(std::vector<int64_t> globals, SampleGlobals(c, s));
+  ASSIGN_OR_RETURN(std::vector<int64_t> bounds,
+                   worker::TrainShardBounds(c, int64_t(s.ids.size()), globals, comm.size()));
+  worker::TrainSequence seq{s.ids, s.loss_mask, globals};
+  RETURN_IF_ERROR(worker::ForwardBackward(comm, c, params.WeightsView(), params.length_head(),
+                                          bounds, seq, lw, exec, params.Grads(grads), loss,
+                                          stats));
+  if (globals_out) *globals_out = std::move(globals);
+  return Status::Ok();
+}
+
+}  // namespace longctx::train

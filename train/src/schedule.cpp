@@ -1,0 +1,129 @@
+#include "longctx/train/schedule.h"
+
+#include <algorithm>
+#include <charconv>
+#include <cmath>
+
+#include <fmt/format.h>
+
+namespace longctx::train {
+namespace {
+
+Result<int64_t> ParseCount(std::string_view s, std::string_view what) {
+  int64_t mult = 1;
+  if (!s.empty() && (s.back() == 'K' || s.back() == 'k')) {
+    mult = 1024;
+    s.remove_suffix(1);
+  } else if (!s.empty() && (s.back() == 'M' || s.back() == 'm')) {
+    mult = 1024 * 1024;
+    s.remove_suffix(1);
+  }
+  int64_t v = 0;
+  const auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (s.empty() || ec != std::errc() || p != s.data() + s.size() || v <= 0 ||
+      v > (int64_t{1} << 40) / mult) {
+    return InvalidArgument("--curriculum: bad {} '{}' (a positive integer, K/M suffix allowed)",
+                           what, s);
+  }
+  return v * mult;
+}
+
+}  // namespace
+
+Result<std::vector<Stage>> ParseCurriculum(std::string_view text) {
+  std::vector<Stage> stages;
+  if (text.empty()) return InvalidArgument("--curriculum: empty (e.g. 2K:400,16K:100)");
+  size_t pos = 0;
+  while (true) {
+    const size_t comma = std::min(text.find(',', pos), text.size());
+    const std::string_view item = text.substr(pos, comma - pos);
+    const size_t colon = item.find(':');
+    if (colon == std::string_view::npos) {
+      return InvalidArgument("--curriculum: stage '{}' is not LENGTH:STEPS", item);
+    }
+    Stage st;
+    ASSIGN_OR_RETURN(st.seq_len, ParseCount(item.substr(0, colon), "length"));
+    ASSIGN_OR_RETURN(st.steps, ParseCount(item.substr(colon + 1), "step count"));
+    if (st.seq_len < 2) return InvalidArgument("--curriculum: a sequence needs >= 2 tokens");
+    stages.push_back(st);
+    if (comma == text.size()) break;
+    pos = comma + 1;
+  }
+  return stages;
+}
+
+std::string FormatCurriculum(const std::vector<Stage>& stages) {
+  std::string out;
+  for (const Stage& s : stages) {
+    if (!out.empty()) out += ',';
+    out += fmt::format("{}:{}", s.seq_len, s.steps);
+  }
+  return out;
+}
+
+StagePosition Locate(const std::vector<Stage>& stages, int64_t step) {
+  StagePosition p;
+  int64_t first = 0;
+  for (size_t i = 0; i < stages.size(); ++i) {
+    if (step < first + stages[i].steps) {
+      p.stage = int(i);
+      p.step_in_stage = step - first;
+      p.stage_steps = stages[i].steps;
+      return p;
+    }
+    first += stages[i].steps;
+  }
+  p.done = true;
+  p.stage = stages.empty() ? 0 : int(stages.size()) - 1;
+  return p;
+}
+
+double StageLearningRate(int64_t i, int64_t steps, double max_lr, double min_lr) {
+  const int64_t warmup = std::max<int64_t>(1, (steps + 9) / 10);
+  if (i < warmup) return max_lr * double(i + 1) / double(warmup);
+  const int64_t decay = std::max<int64_t>(1, steps - warmup);
+  const double progress = std::min(1.0, double(i - warmup + 1) / double(decay));
+  return min_lr + 0.5 * (max_lr - min_lr) * (1.0 + std::cos(M_PI * progress));
+}
+
+TaskMix StageTaskMix(int stage, int stages, const std::array<bool, kMixTasks>& enabled) {
+  // From simple retrieval to multi-step tasks: t = 0 at the first stage, 1 at the last.
+  const double t = stages > 1 ? double(stage) / double(stages - 1) : 0.0;
+  TaskMix mix = {0.35 - 0.15 * t,   // passkey
+                 0.30 - 0.10 * t,   // niah
+                 0.10 + 0.15 * t,   // multikey
+                 0.05 + 0.15 * t,   // vt
+                 0.20 - 0.05 * t};  // lm
+  double sum = 0.0;
+  for (int i = 0; i < kMixTasks; ++i) {
+    if (!enabled[size_t(i)]) mix[size_t(i)] = 0.0;
+    sum += mix[size_t(i)];
+  }
+  for (double& w : mix) w = sum > 0 ? w / sum : 0.0;
+  return mix;
+}
+
+TaskMix MinedTaskMix(const TaskMix& base, const std::array<double, kMixTasks>& ema) {
+  double mean = 0.0;
+  int known = 0;
+  for (int i = 0; i < kMixTasks; ++i) {
+    if (base[size_t(i)] > 0 && ema[size_t(i)] > 0) {
+      mean += ema[size_t(i)];
+      ++known;
+    }
+  }
+  if (known == 0) return base;
+  mean /= known;
+  TaskMix mix = base;
+  double sum = 0.0;
+  for (int i = 0; i < kMixTasks; ++i) {
+    if (base[size_t(i)] > 0 && ema[size_t(i)] > 0) {
+      mix[size_t(i)] = base[size_t(i)] * std::clamp(ema[size_t(i)] / mean, 0.5, 2.0);
+    }
+    sum += mix[size_t(i)];
+  }
+  for (double& w : mix) w /= sum;
+  return mix;
+}
+
+}  // namespace longctx::train
