@@ -56,7 +56,6 @@ for i, line in enumerate(lines):
     if task == "passkey":
         key = a.decode().strip(" .")
         assert f"The pass key is {key}. Remember it.".encode() in ctx
-print("ok")
 PYEOF
   then ok "$task: files agree"; else bad "$task: files disagree"; fi
   [[ -z "$(find "$T/$task" -name '*.tmp.*')" ]] && ok "$task: no temporary file left" \
@@ -100,11 +99,14 @@ expect_error "bad split" data --task lm --tokens 2K --split test --out "$T/keep"
 expect_error "negative count" data --task lm --tokens 2K --count -1 --out "$T/keep" "${F[@]}"
 expect_error "zero keys" data --task multikey --tokens 4K --keys 0 --out "$T/keep" "${F[@]}"
 expect_error "zero hops" data --task vt --tokens 4K --hops 0 --out "$T/keep" "${F[@]}"
+expect_error "too many keys" data --task multikey --tokens 1M --keys 100000 --out "$T/keep" "${F[@]}"
 expect_error "missing filler file" data --task lm --tokens 2K --out "$T/keep" --filler "$T/none.txt"
 printf 'One paragraph only.\n' >"$T/tiny.txt"
 expect_error "filler too small" data --task lm --tokens 2K --out "$T/keep" --filler "$T/tiny.txt"
 expect_error "non-numeric seed" data --task lm --tokens 2K --seed x --out "$T/keep" "${F[@]}"
 [[ -z "$(ls -A "$T/keep")" ]] && ok "bad flags wrote nothing" || bad "bad flags wrote $(ls "$T/keep")"
+expect_error "bad flag creates no --out" data --task vt --tokens 4K --hops 0 --out "$T/new" "${F[@]}"
+[[ ! -e "$T/new" ]] && ok "no --out created on a bad flag" || bad "--out created on a bad flag"
 
 echo "$passed passed, $failed failed"
 [[ $failed -eq 0 && $passed -gt 0 ]]

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -188,6 +189,10 @@ TEST(TaskData, TooFewTokensNamesTheMinimum) {
   EXPECT_FALSE(MakeTaskDocument(Task::kPasskey, 1000, 1, TestCorpus(), {.depth = 1.5}).ok());
   EXPECT_FALSE(MakeTaskDocument(Task::kMultikey, 4000, 1, TestCorpus(), {.keys = 0}).ok());
   EXPECT_FALSE(MakeTaskDocument(Task::kVt, 4000, 1, TestCorpus(), {.hops = 0}).ok());
+  EXPECT_FALSE(CheckTaskOptions(Task::kPasskey, {.depth = std::nan("")}).ok());
+  EXPECT_TRUE(CheckTaskOptions(Task::kPasskey, {.depth = -1}).ok());
+  EXPECT_FALSE(CheckTaskOptions(Task::kMultikey, {.keys = 100000}).ok());
+  EXPECT_GT(MinTokens(Task::kMultikey, {.keys = 100000}), MinTokens(Task::kMultikey));  // clamped
 }
 
 TEST(TaskData, DeterministicInSeedAndDifferentAcrossSeeds) {

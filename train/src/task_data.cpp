@@ -24,6 +24,8 @@ namespace {
 constexpr int64_t kMinFillerBytes = 64;
 // The depth a needle lands at may move this share of the filler to reach a sentence boundary.
 constexpr double kDepthTolerance = 0.01;
+// vt: the most copies per chain.
+constexpr int64_t kMaxHops = 1000;
 
 // Common English nouns for RULER's "special magic number for {word}" (at most kMaxWordLen
 // letters, all distinct).
@@ -244,21 +246,6 @@ TaskParts DrawParts(Task task, const TaskOptions& o, std::mt19937_64& rng, bool 
   return parts;
 }
 
-Status CheckOptions(Task task, const TaskOptions& o) {
-  if (!(o.depth < 0) && !(o.depth >= 0 && o.depth <= 1)) {
-    return InvalidArgument("depth must be in [0, 1] (or negative for a random depth), got {}",
-                           o.depth);
-  }
-  if (task == Task::kMultikey && (o.keys < 1 || o.keys > int64_t(kWords.size()) - 1)) {
-    return InvalidArgument("multikey: keys (distractor needles) must be in [1, {}], got {}",
-                           kWords.size() - 1, o.keys);
-  }
-  if (task == Task::kVt && (o.hops < 1 || o.hops > 1000)) {
-    return InvalidArgument("vt: hops must be in [1, 1000], got {}", o.hops);
-  }
-  return Status::Ok();
-}
-
 }  // namespace
 
 Result<Task> ParseTask(std::string_view name) {
@@ -287,10 +274,29 @@ Result<Split> ParseSplit(std::string_view name) {
 
 std::string_view SplitName(Split split) { return split == Split::kTrain ? "train" : "eval"; }
 
+Status CheckTaskOptions(Task task, const TaskOptions& o) {
+  if (!(o.depth < 0) && !(o.depth >= 0 && o.depth <= 1)) {
+    return InvalidArgument("depth must be in [0, 1] (or negative for a random depth), got {}",
+                           o.depth);
+  }
+  if (task == Task::kMultikey && (o.keys < 1 || o.keys > int64_t(kWords.size()) - 1)) {
+    return InvalidArgument("multikey: keys (distractor needles) must be in [1, {}], got {}",
+                           kWords.size() - 1, o.keys);
+  }
+  if (task == Task::kVt && (o.hops < 1 || o.hops > kMaxHops)) {
+    return InvalidArgument("vt: hops must be in [1, {}], got {}", kMaxHops, o.hops);
+  }
+  return Status::Ok();
+}
+
 int64_t MinTokens(Task task, const TaskOptions& options) {
   if (task == Task::kLm) return 2;
+  TaskOptions o = options;
+  o.depth = 0;
+  o.keys = std::clamp<int64_t>(o.keys, 1, int64_t(kWords.size()) - 1);
+  o.hops = std::clamp<int64_t>(o.hops, 1, kMaxHops);
   std::mt19937_64 rng(0);
-  const TaskParts parts = DrawParts(task, options, rng, /*longest=*/true);
+  const TaskParts parts = DrawParts(task, o, rng, /*longest=*/true);
   return NeedleBytes(parts.needles) + int64_t(parts.question.size() + parts.answer.size()) +
          kMinFillerBytes;
 }
@@ -301,7 +307,7 @@ uint64_t DocumentSeed(uint64_t seed, int64_t index) {
 
 Result<TaskDocument> MakeTaskDocument(Task task, int64_t tokens, uint64_t seed,
                                       const FillerCorpus& filler, const TaskOptions& options) {
-  RETURN_IF_ERROR(CheckOptions(task, options));
+  RETURN_IF_ERROR(CheckTaskOptions(task, options));
   const int64_t min_tokens = MinTokens(task, options);
   if (tokens < min_tokens) {
     return InvalidArgument("{}: {} tokens is too short; this task needs at least {}",

@@ -98,9 +98,13 @@ struct TaskOptions {
   Split split = Split::kTrain;  // which paragraphs of the filler corpus to use
 };
 
+// kInvalidArgument naming the option when `options` is out of range for `task` (depth above 1
+// or NaN; multikey keys outside [1, 199]; vt hops outside [1, 1000]).
+Status CheckTaskOptions(Task task, const TaskOptions& options);
+
 // The smallest `tokens` MakeTaskDocument accepts for this task and options: the fixed text
 // (needles, question, answer, with the longest words the task can draw) plus 64 filler bytes;
-// 2 for lm.
+// 2 for lm. Options out of range are clamped into it here (CheckTaskOptions reports them).
 int64_t MinTokens(Task task, const TaskOptions& options = {});
 
 // A document of exactly `tokens` tokens (ids.size() == tokens). Deterministic in (task, tokens,
