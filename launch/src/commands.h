@@ -34,6 +34,9 @@ Runner AddCoordinatorCommand(CLI::App& app);
 Runner AddSubmitCommand(CLI::App& app);
 Runner AddStatusCommand(CLI::App& app);
 Runner AddWorkerCommand(CLI::App& app);
+// `longctx tokenize` / `detokenize`: text <-> ids with a tokenizer.json (model/tokenizer.h).
+Runner AddTokenizeCommand(CLI::App& app);
+Runner AddDetokenizeCommand(CLI::App& app);
 Runner AddDataCommand(CLI::App& app);  // `longctx data`: synthetic task data (train/)
 
 }  // namespace longctx::cli

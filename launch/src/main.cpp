@@ -34,7 +34,13 @@ int main(int argc, char** argv) {
       nullptr;
   runners[app.add_subcommand("data", "write a synthetic task data set (passkey, niah, vt, lm)")] =
       nullptr;
+  runners[app.add_subcommand("tokenize", "text -> token ids (.npy) with a tokenizer.json")] =
+      nullptr;
+  runners[app.add_subcommand("detokenize", "token ids (.npy) -> text with a tokenizer.json")] =
+      nullptr;
   for (auto& [sub, runner] : runners) {
+    if (sub->get_name() == "tokenize") runner = longctx::cli::AddTokenizeCommand(*sub);
+    if (sub->get_name() == "detokenize") runner = longctx::cli::AddDetokenizeCommand(*sub);
     if (sub->get_name() == "attention") runner = longctx::cli::AddAttentionCommand(*sub);
     if (sub->get_name() == "bench") runner = longctx::cli::AddBenchCommand(*sub);
     if (sub->get_name() == "run") runner = longctx::cli::AddRunCommand(*sub);

@@ -1,14 +1,28 @@
 // The reference side of tests/tokenizer/run_tokenizer_test.sh: encodes and decodes the corpus with
 // the `tokenizers` npm package (the Rust library's Node binding) and, as a cross-check, with
 // @huggingface/tokenizers (JavaScript). Usage: node reference.js NODE_MODULES TOKENIZER.json
-// CORPUS.json OUT.json. Corpus entries are {"text": s} or {"hex": bytes}; bytes are turned into a
+// CORPUS.json OUT.json. Or: node reference.js NODE_MODULES TOKENIZER.json --file TEXT OUT.json
+// (ids of a whole file with special tokens, its decode, and the encode time in seconds on one
+// thread, for `longctx bench tokenize`). Corpus entries are {"text": s} or {"hex": bytes}; bytes are turned into a
 // string as Node does (ill-formed UTF-8 -> U+FFFD per maximal subpart), the input the library gets.
 const path = require('path');
 const fs = require('fs');
-const [nodeModules, tokPath, corpusPath, outPath] = process.argv.slice(2);
+const [nodeModules, tokPath, corpusPath, outPath, fileOut] = process.argv.slice(2);
 const { Tokenizer } = require(path.join(nodeModules, 'tokenizers'));
 
+async function encodeFile() {
+  const tok = Tokenizer.fromFile(tokPath);
+  const text = fs.readFileSync(outPath).toString('utf8');
+  const t0 = process.hrtime.bigint();
+  const enc = await tok.encode(text, null, { addSpecialTokens: true });
+  const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+  const ids = Array.from(enc.getIds());
+  const decoded = await tok.decode(ids, false);
+  fs.writeFileSync(fileOut, JSON.stringify({ ids, decoded, seconds, bytes: Buffer.byteLength(text) }));
+}
+
 (async () => {
+  if (corpusPath === '--file') return encodeFile();
   const corpus = JSON.parse(fs.readFileSync(corpusPath, 'utf8'));
   const tok = Tokenizer.fromFile(tokPath);
   let js = null;
