@@ -39,7 +39,7 @@ MPIRUN = ["mpirun", "--oversubscribe", "--allow-run-as-root", "--mca", "btl", "s
 GRAD_TOL = 1e-4    # per tensor relative L2, longctx (fp32) vs float64 reference
 LOSS_TOL = 1e-5    # loss and each term, relative
 RANK_TOL = 1e-5    # per tensor relative L2, P ranks vs 1
-MASK_DTYPE = np.uint8
+MASK_DTYPE = np.int64
 
 DOC = (
     "The committee met on a grey morning in March. Nobody expected the vote to be close, but the "
@@ -53,6 +53,10 @@ DOC = (
     "Outside, the river ran high and brown after the rain. Children threw sticks from the old "
     "wooden bridge and watched them race under it. It had stood for ninety years; it could "
     "stand a little longer, surely? The ferryman thought so, and he had seen every flood.\n\n")
+
+# Punctuation-dense text: with a high --global-ratio nearly every other token is global, so
+# globals fall on (or next to) every shard edge whatever the shard boundaries are.
+DENSE = ("Red, green, blue; one: two. Yes! No? Up, down; left: right.\n\nA, b; c: d. E! F? ")
 
 passed = 0
 failed = 0
@@ -77,8 +81,8 @@ def relerr(a, b):
     return d / nb if nb > 0 else d
 
 
-def token_ids(n, offset):
-    data = (DOC * (1 + (n + offset) // len(DOC) + 1)).encode()
+def token_ids(n, offset, text=DOC):
+    data = (text * (1 + (n + offset) // len(text) + 1)).encode()
     return np.frombuffer(data[offset:offset + n], dtype=np.uint8).astype(np.int64)
 
 
@@ -380,7 +384,7 @@ def compare_to_reference(case, mdir, ids, mask, flags, report, globals_, grads):
     # every gradient tensor
     missing = sorted(set(ref) - set(grads))
     unexpected = sorted(set(grads) - set(ref))
-    bad, worst = [], ("", 0.0)
+    bad, worst = [], ("", -1.0)
     for k in sorted(set(ref) & set(grads)):
         if tuple(grads[k].shape) != tuple(ref[k].shape):
             bad.append("%s shape %s, expected %s" % (k, list(grads[k].shape), list(ref[k].shape)))
@@ -389,7 +393,7 @@ def compare_to_reference(case, mdir, ids, mask, flags, report, globals_, grads):
         if not e <= GRAD_TOL:
             bad.append("%s rel L2 %.2e (|ref| %.3e, |got| %.3e)" % (k, e, np.linalg.norm(ref[k]),
                                                                    np.linalg.norm(grads[k])))
-        if not e <= worst[1]:
+        if not e < worst[1]:
             worst = (k, e)
     ok = not bad and not missing and not unexpected
     check(ok, "%s: %d gradient tensors vs float64 reference, worst %s %.2e (reference %.1fs)%s%s" % (
@@ -406,7 +410,7 @@ def compare_ranks(case, ranks, r1, rP):
     repP, gP, grP, dt = rP
     same_g = np.array_equal(g1, gP)
     lerr = abs(repP.get("loss", float("nan")) - rep1["loss"]) / max(abs(rep1["loss"]), 1e-30)
-    bad, worst = [], ("", 0.0)
+    bad, worst = [], ("", -1.0)
     if set(gr1) != set(grP):
         bad.append("tensor names differ: %s" % sorted(set(gr1) ^ set(grP)))
     for k in sorted(set(gr1) & set(grP)):
@@ -416,8 +420,10 @@ def compare_ranks(case, ranks, r1, rP):
         e = relerr(grP[k], gr1[k])
         if not e <= RANK_TOL:
             bad.append("%s rel L2 %.2e" % (k, e))
-        if not e <= worst[1]:
+        if not e < worst[1]:
             worst = (k, e)
+    if repP.get("ranks", ranks) != ranks:
+        bad.append("report.json says %s ranks" % repP.get("ranks"))
     ok = same_g and lerr <= RANK_TOL and not bad
     check(ok, "%s: mpirun -np %d vs 1 process: globals %s, loss rel %.1e, worst tensor %s %.2e (%.1fs)"
           % (case, ranks, "equal" if same_g else "DIFFER (%s vs %s)" % (gP.tolist(), g1.tolist()),
@@ -467,19 +473,24 @@ def against_binary(binary, only=None, keep=None):
         # distributed: short shards (n ~ 100, W 64 on up to 4 ranks), dense globals (many on
         # shard edges, sinks at the front)
         mpi_cases = [
-            ("mpi tiny union W64 all-losses ratio0.3", "t_tied_kv1",
-             dict(tied=True, hkv=1, length_head=True), 100, 45,
-             ["--window", "64", "--global-ratio", "0.3", "--loss", all_loss], None),
-            ("mpi tiny weighted:0.7 W64,9 ce+entropy masked ratio0.2", "t_untied", {}, 104, 333,
-             ["--fusion", "weighted:0.7", "--window", "64,9", "--global-ratio", "0.2",
-              "--loss", "ce,entropy:0.3"], 30),
+            ("mpi tiny union W64 all-losses dense-globals ratio0.5", "t_tied_kv1",
+             dict(tied=True, hkv=1, length_head=True), 100, 3,
+             ["--window", "64", "--global-ratio", "0.5", "--loss", all_loss], None, DENSE),
+            ("mpi tiny weighted:0.7 W64,9 ce+entropy masked sparse-globals", "t_untied", {}, 104,
+             333, ["--fusion", "weighted:0.7", "--window", "64,9", "--global-ratio", "0.2",
+                   "--loss", "ce,entropy:0.3"], 30, DOC),
+            ("mpi tiny weighted:0.7 W64,9 all-losses dense-globals ratio0.4 sinks2", "t_kv4_len",
+             dict(hkv=4, length_head=True), 97, 20,
+             ["--fusion", "weighted:0.7", "--window", "64,9", "--global-ratio", "0.4",
+              "--sinks", "2", "--loss", all_loss], 40, DENSE),
         ]
-        for idx, (name, key, kw, n, off, flags, tail) in enumerate(cases + mpi_cases):
+        cases = [c + (DOC,) for c in cases]
+        for idx, (name, key, kw, n, off, flags, tail, text) in enumerate(cases + mpi_cases):
             if only and only not in name:
                 continue
             try:
                 mdir = model(key, **kw)
-                ids = token_ids(n, off)
+                ids = token_ids(n, off, text)
                 mask = None
                 if tail is not None:
                     mask = np.zeros(n, dtype=np.int64)
