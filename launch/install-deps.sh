@@ -14,6 +14,7 @@ PACKAGES=(
   libprotobuf-dev protobuf-compiler libboost-dev  # the coordinator (Protobuf, Boost.Asio)
   libucx-dev ucx-utils libhiredis-dev   # the UCX KV store; hiredis for `bench kvstore`
   python3-matplotlib                    # the plots of `longctx bench matrix`
+  libpcre2-dev libicu-dev               # tokenizer.json: Split regexes (\p{L} ...), NFC/NFKC
   debian-handbook                       # English prose: the filler of `longctx data` (docs/training.md)
 )
 # ... and what the test suite adds (tests/run.sh): GoogleTest, and python3-torch/numpy as the

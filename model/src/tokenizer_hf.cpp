@@ -830,7 +830,7 @@ struct HfTokenizer::Impl {
   // Added tokens.
   std::vector<AddedToken> added;
   std::vector<uint8_t> special;  // per id: an added special token (skipped by skip_special)
-  std::vector<uint8_t> is_added;  // per id: decoded as its content
+  std::vector<uint8_t> present;  // per id: names a token (vocabulary or added)
   AddedTrie raw_trie, norm_trie;
   // Pipeline.
   std::unique_ptr<Normalizer> normalizer;
@@ -1285,55 +1285,69 @@ Result<std::unique_ptr<HfTokenizer>> HfTokenizer::FromJson(std::string_view text
       ASSIGN_OR_RETURN(impl->decoder, ParseDecoder(j["decoder"]));
     }
     RETURN_IF_ERROR(ParsePostProcessor(*impl, j.value("post_processor", json()), &impl->post));
-    // Added tokens: special ones first, then the others (the library's add_special_tokens then
-    // add_tokens); an id from the model vocabulary wins over the file's.
+    // Added tokens, as the library's AddedVocabulary::add_tokens in file order: a token whose
+    // content is in the model vocabulary takes that id; any other gets the next id after the
+    // model's (the file's "id" is not read, as the library does not). A `normalized` token's
+    // content is normalized (what it matches and decodes as). Patterns: special ones first.
     const json& added = j.value("added_tokens", json::array());
     if (!added.is_array()) return InvalidArgument("\"added_tokens\" must be an array");
     std::vector<AddedToken> list;
+    const auto model_size = int32_t(impl->vocab.size());
+    int32_t max_added = -1;
+    std::unordered_map<std::string, size_t> seen;
     for (const json& a : added) {
-      if (!a.is_object() || !a.contains("content") || !a["content"].is_string() ||
-          !a.contains("id") || !a["id"].is_number_integer()) {
-        return InvalidArgument("added_tokens: entry without content and id: {}", internal::Repr(a));
+      if (!a.is_object() || !a.contains("content") || !a["content"].is_string()) {
+        return InvalidArgument("added_tokens: entry without a content: {}", internal::Repr(a));
       }
       AddedToken t;
       t.content = a["content"].get<std::string>();
-      t.id = a["id"].get<int32_t>();
-      if (t.id < 0) return InvalidArgument("added token '{}' has a negative id", t.content);
+      if (t.content.empty()) continue;
       t.special = a.value("special", false);
       t.normalized = a.value("normalized", !t.special);
       t.lstrip = a.value("lstrip", false);
       t.rstrip = a.value("rstrip", false);
       t.single_word = a.value("single_word", false);
+      if (t.normalized && impl->normalizer) RETURN_IF_ERROR(impl->normalizer->Apply(&t.content));
+      if (t.content.empty()) continue;
+      auto it = seen.find(t.content);
+      if (it != seen.end()) {  // the same content again: the later flags win, the id stays
+        t.id = list[it->second].id;
+        list[it->second] = t;
+        continue;
+      }
       const int32_t model_id = impl->VocabId(t.content);
       if (model_id >= 0) t.id = model_id;
+      else if (max_added < 0) t.id = model_size;
+      else t.id = max_added >= model_size ? max_added + 1 : model_size;
+      max_added = std::max(max_added, t.id);
+      seen[t.content] = list.size();
       list.push_back(std::move(t));
     }
     std::stable_partition(list.begin(), list.end(), [](const AddedToken& t) { return t.special; });
     int32_t max_id = int32_t(impl->id_to_token.size()) - 1;
     for (const AddedToken& t : list) max_id = std::max(max_id, t.id);
+    impl->present.assign(impl->id_to_token.size(), 1);
     impl->id_to_token.resize(size_t(max_id) + 1);
+    impl->present.resize(size_t(max_id) + 1, 0);
     impl->special.assign(size_t(max_id) + 1, 0);
-    impl->is_added.assign(size_t(max_id) + 1, 0);
     for (size_t k = 0; k < list.size(); ++k) {
       const AddedToken& t = list[k];
       impl->id_to_token[size_t(t.id)] = t.content;
-      impl->is_added[size_t(t.id)] = 1;
+      impl->present[size_t(t.id)] = 1;
       if (t.special) impl->special[size_t(t.id)] = 1;
-      if (t.normalized) {
-        std::string n = t.content;
-        if (impl->normalizer) RETURN_IF_ERROR(impl->normalizer->Apply(&n));
-        impl->norm_trie.Insert(n, int32_t(k));
-      } else {
-        impl->raw_trie.Insert(t.content, int32_t(k));
-      }
+      (t.normalized ? impl->norm_trie : impl->raw_trie).Insert(t.content, int32_t(k));
     }
     impl->added = std::move(list);
-    for (int32_t id : impl->post.prefix) {
-      if (id < 0 || id > max_id) return InvalidArgument("post_processor: id {} outside the vocabulary", id);
+    // Post-processor ids need not name a token (the library then decodes them as nothing).
+    for (const auto* v : {&impl->post.prefix, &impl->post.suffix}) {
+      for (int32_t id : *v) {
+        if (id < 0) return InvalidArgument("post_processor: negative id {}", id);
+        max_id = std::max(max_id, id);
+      }
     }
-    for (int32_t id : impl->post.suffix) {
-      if (id < 0 || id > max_id) return InvalidArgument("post_processor: id {} outside the vocabulary", id);
-    }
+    impl->id_to_token.resize(size_t(max_id) + 1);
+    impl->present.resize(size_t(max_id) + 1, 0);
+    impl->special.resize(size_t(max_id) + 1, 0);
     if (impl->post.prefix.size() == 1) impl->bos = impl->post.prefix[0];
     return Status::Ok();
   }();
@@ -1373,6 +1387,7 @@ Result<std::string> HfTokenizer::Decode(std::span<const int32_t> ids,
     if (id < 0 || id >= n) {
       return OutOfRange("token id {} at position {} is outside the vocabulary [0, {})", id, i, n);
     }
+    if (!impl_->present[size_t(id)]) continue;  // an id with no token decodes as nothing
     if (skip_special_tokens && impl_->special[size_t(id)]) continue;
     tokens.push_back(impl_->id_to_token[size_t(id)]);
   }
