@@ -34,9 +34,12 @@ Runner AddCoordinatorCommand(CLI::App& app);
 Runner AddSubmitCommand(CLI::App& app);
 Runner AddStatusCommand(CLI::App& app);
 Runner AddWorkerCommand(CLI::App& app);
+Runner AddDataCommand(CLI::App& app);  // `longctx data`: synthetic task data (train/)
 // `longctx tokenize` / `detokenize`: text <-> ids with a tokenizer.json (model/tokenizer.h).
 Runner AddTokenizeCommand(CLI::App& app);
 Runner AddDetokenizeCommand(CLI::App& app);
-Runner AddDataCommand(CLI::App& app);  // `longctx data`: synthetic task data (train/)
+// Training (DESIGN.md §6): one sequence's loss and gradients.
+Runner AddGradCommand(CLI::App& app);
+Runner AddTrainCommand(CLI::App& app);
 
 }  // namespace longctx::cli

@@ -34,6 +34,10 @@ int main(int argc, char** argv) {
       nullptr;
   runners[app.add_subcommand("data", "write a synthetic task data set (passkey, niah, vt, lm)")] =
       nullptr;
+  runners[app.add_subcommand("grad", "the loss and gradients of one sequence (training)")] =
+      nullptr;
+  runners[app.add_subcommand("train", "train a model: curriculum, AdamW, sequence parallel")] =
+      nullptr;
   runners[app.add_subcommand("tokenize", "text -> token ids (.npy) with a tokenizer.json")] =
       nullptr;
   runners[app.add_subcommand("detokenize", "token ids (.npy) -> text with a tokenizer.json")] =
@@ -51,6 +55,8 @@ int main(int argc, char** argv) {
     if (sub->get_name() == "status") runner = longctx::cli::AddStatusCommand(*sub);
     if (sub->get_name() == "worker") runner = longctx::cli::AddWorkerCommand(*sub);
     if (sub->get_name() == "data") runner = longctx::cli::AddDataCommand(*sub);
+    if (sub->get_name() == "grad") runner = longctx::cli::AddGradCommand(*sub);
+    if (sub->get_name() == "train") runner = longctx::cli::AddTrainCommand(*sub);
   }
   try {
     app.parse(argc, argv);

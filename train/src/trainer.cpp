@@ -168,12 +168,14 @@ ax[1].plot(steps, [r["lr"] for r in rows], color="gray"); ax[1].set_xlabel("step
 for r0, r1 in zip(rows, rows[1:]):
     if r1["stage"] != r0["stage"]:
         for a in ax: a.axvline(r1["step"], color="k", ls=":", lw=0.6)
-fig.tight_layout(); fig.savefig("{0}/train.png.tmp", dpi=110)
+fig.tight_layout(); fig.savefig("{0}/train.png.tmp", dpi=110, format="png")
 )PY",
                                          out);
   const std::string py = out + "/.plot_train.py";
   if (!WriteFileAtomically(py, script).ok()) return;
-  const std::string cmd = fmt::format("python3 '{}' >/dev/null 2>&1", py);
+  // Debian's interpreter, where python3-matplotlib lives (an earlier python3 on PATH may lack it).
+  const char* python = ::access("/usr/bin/python3", X_OK) == 0 ? "/usr/bin/python3" : "python3";
+  const std::string cmd = fmt::format("{} '{}' >/dev/null 2>&1", python, py);
   if (std::system(cmd.c_str()) == 0) {
     std::error_code ec;
     fs::rename(out + "/train.png.tmp", out + "/train.png", ec);
