@@ -58,8 +58,8 @@ Status WindowGlobalBackward(const WindowGlobalGradArgs& a, const AttentionSpec& 
   const int64_t first = a.q_pos0, last = a.q_pos0 + a.q.rows - 1;
   const int64_t need_lo = std::max<int64_t>(0, first - spec.window + 1);
   const int64_t need_hi = spec.causal ? last + 1 : std::min(a.seq_len, last + spec.window);
-  if (first < 0 || last >= a.seq_len || a.kv_pos0 > need_lo ||
-      a.kv_pos0 + a.k.rows < need_hi || a.kv_pos0 + a.k.rows > a.seq_len) {
+  if (first < 0 || last >= a.seq_len || a.kv_pos0 > need_lo || a.kv_pos0 + a.k.rows < need_hi ||
+      a.kv_pos0 + a.k.rows > a.seq_len) {
     return InvalidArgument(
         "local K/V [{}, {}) does not cover the windows of queries [{}, {}] (needs [{}, {}) "
         "within [0, {}))",
@@ -112,8 +112,8 @@ Status DensePartialScoreMoment(const DensePartialArgs& a, const float* lse, floa
 
 Status HybridAttentionBackward(const TokenView& q, const TokenView& k, const TokenView& v,
                                std::span<const int64_t> globals, const AttentionSpec& spec,
-                               const float* out, const float* lse, const float* dout,
-                               float* dq, float* dk, float* dv, const ExecOptions& exec,
+                               const float* out, const float* lse, const float* dout, float* dq,
+                               float* dk, float* dv, const ExecOptions& exec,
                                const float* entropy_coef) {
   RETURN_IF_ERROR(ValidateAttentionInputs(q, k, v, globals, spec));
   RETURN_IF_ERROR(CheckF32(q, "q"));

@@ -79,9 +79,9 @@ Grads ZeroGrads(const Case& c) {
 
 Grads Reference(const Case& c, const Data& x) {
   Grads g = ZeroGrads(c);
-  const Status st = ReferenceAttentionBackward(x.qv, x.kv, x.vv, c.globals, x.spec, x.dout.data(),
-                                               g.dq.data(), g.dk.data(), g.dv.data(),
-                                               c.entropy ? x.coef.data() : nullptr);
+  const Status st =
+      ReferenceAttentionBackward(x.qv, x.kv, x.vv, c.globals, x.spec, x.dout.data(), g.dq.data(),
+                                 g.dk.data(), g.dv.data(), c.entropy ? x.coef.data() : nullptr);
   EXPECT_TRUE(st.ok()) << st.ToString();
   return g;
 }
@@ -126,10 +126,10 @@ std::vector<Isa> Isas() {
 std::string Describe(const Case& c) {
   std::string g;
   for (size_t i = 0; i < c.globals.size() && i < 8; ++i) g += std::to_string(c.globals[i]) + ",";
-  return fmt::format("n={} H={} Hkv={} d={} W={} {} {} A={} globals({})={}{} entropy={}", c.n,
-                     c.H, c.Hkv, c.d, c.W, c.causal ? "causal" : "bidi",
-                     c.fusion == Fusion::kUnion ? "union" : "weighted", c.alpha,
-                     c.globals.size(), g, c.globals.size() > 8 ? "..." : "", c.entropy);
+  return fmt::format("n={} H={} Hkv={} d={} W={} {} {} A={} globals({})={}{} entropy={}", c.n, c.H,
+                     c.Hkv, c.d, c.W, c.causal ? "causal" : "bidi",
+                     c.fusion == Fusion::kUnion ? "union" : "weighted", c.alpha, c.globals.size(),
+                     g, c.globals.size() > 8 ? "..." : "", c.entropy);
 }
 
 // Every ISA, without a pool and with a 2-thread pool (twice: bitwise repeatable).
@@ -192,17 +192,25 @@ TEST(AttentionBackward, RandomizedAgainstReference) {
     c.fusion = (trial / 2) % 2 == 0 ? Fusion::kUnion : Fusion::kWeighted;
     c.alpha = alphas[(trial / 4) % 3];
     switch (trial % 6) {
-      case 0: break;                                                          // none
-      case 1: c.globals = RandomGlobals(c.n, 0.02, rng); break;               // a few
-      case 2: c.globals = RandomGlobals(c.n, 0.4, rng); break;                // many
-      case 3: c.globals = {0}; if (c.n > 1) c.globals.push_back(c.n - 1); break;  // edges
-      case 4:                                                                 // adjacent runs
+      case 0:
+        break;  // none
+      case 1:
+        c.globals = RandomGlobals(c.n, 0.02, rng);
+        break;  // a few
+      case 2:
+        c.globals = RandomGlobals(c.n, 0.4, rng);
+        break;  // many
+      case 3:
+        c.globals = {0};
+        if (c.n > 1) c.globals.push_back(c.n - 1);
+        break;  // edges
+      case 4:   // adjacent runs
         for (int64_t i = 0; i < c.n; ++i) {
           if (i % 50 < 6 || i == c.n - 1) c.globals.push_back(i);
         }
         break;
       case 5:
-        for (int64_t i = 0; i < c.n; ++i) c.globals.push_back(i);             // all
+        for (int64_t i = 0; i < c.n; ++i) c.globals.push_back(i);  // all
         break;
     }
     c.entropy = trial % 3 == 1;
@@ -247,7 +255,8 @@ double Loss(const Case& c, const std::vector<double>& q, const std::vector<doubl
       std::vector<double> s(static_cast<size_t>(n));
       for (int64_t j = 0; j < n; ++j) {
         double x = 0.0;
-        for (int64_t e = 0; e < d; ++e) x += q[size_t((i * H + h) * d + e)] * k[size_t((j * Hkv + h / G) * d + e)];
+        for (int64_t e = 0; e < d; ++e)
+          x += q[size_t((i * H + h) * d + e)] * k[size_t((j * Hkv + h / G) * d + e)];
         s[size_t(j)] = scale * x;
       }
       auto attend = [&](auto allowed, std::vector<double>* o) {  // returns false if empty
@@ -261,7 +270,8 @@ double Loss(const Case& c, const std::vector<double>& q, const std::vector<doubl
           if (!allowed(j)) continue;
           const double p = std::exp(s[size_t(j)] - mx);
           sum += p;
-          for (int64_t e = 0; e < d; ++e) (*o)[size_t(e)] += p * v[size_t((j * Hkv + h / G) * d + e)];
+          for (int64_t e = 0; e < d; ++e)
+            (*o)[size_t(e)] += p * v[size_t((j * Hkv + h / G) * d + e)];
         }
         for (double& e : *o) e /= sum;
         return true;
@@ -277,7 +287,8 @@ double Loss(const Case& c, const std::vector<double>& q, const std::vector<doubl
         attend(win, &ow);
         if (attend(glob, &og)) {
           o.resize(size_t(d));
-          for (int64_t e = 0; e < d; ++e) o[size_t(e)] = c.alpha * ow[size_t(e)] + (1 - c.alpha) * og[size_t(e)];
+          for (int64_t e = 0; e < d; ++e)
+            o[size_t(e)] = c.alpha * ow[size_t(e)] + (1 - c.alpha) * og[size_t(e)];
         } else {
           o = ow;
         }
@@ -348,7 +359,8 @@ void CheckComposition(const Case& c, const std::vector<int64_t>& bounds, uint64_
   ThreadPool pool(2);
   const ExecOptions exec{&pool, Isa::kAuto};
   std::vector<float> out(size_t(n * H * d)), lse(size_t(n * H));
-  ASSERT_TRUE(HybridAttention(x.qv, x.kv, x.vv, c.globals, x.spec, out.data(), lse.data(), exec).ok());
+  ASSERT_TRUE(
+      HybridAttention(x.qv, x.kv, x.vv, c.globals, x.spec, out.data(), lse.data(), exec).ok());
   const Grads whole = Optimized(c, x, exec);
 
   Grads sum = ZeroGrads(c);
@@ -475,9 +487,9 @@ TEST(AttentionBackward, ShardedCompositionEqualsWhole) {
     for (bool causal : {true, false}) {
       Case c{260, 4, 2, 64, 24, causal, f, 0.7f, {0, 1, 2, 3, 40, 100, 101, 180, 259}};
       c.entropy = true;
-      CheckComposition(c, {0, 97, 110, 260}, 3);   // a shard shorter than W
+      CheckComposition(c, {0, 97, 110, 260}, 3);  // a shard shorter than W
       CheckComposition(c, {0, 130, 260}, 4);
-      CheckComposition(c, {0, 0, 5, 260}, 6);      // an empty shard, a tiny one
+      CheckComposition(c, {0, 0, 5, 260}, 6);  // an empty shard, a tiny one
     }
   }
 }

@@ -34,17 +34,17 @@ namespace longctx::attention {
 // dk/dv receive the contributions of THESE queries only (a key in the halo gets the part of its
 // gradient that comes from this shard's queries; its owner sums). dgk/dgv likewise.
 struct WindowGlobalGradArgs {
-  TokenView q, k, v, gk, gv;          // exactly as WindowGlobalArgs (f32 only)
+  TokenView q, k, v, gk, gv;  // exactly as WindowGlobalArgs (f32 only)
   int64_t q_pos0 = 0, kv_pos0 = 0, seq_len = 0;
   std::span<const int64_t> global_pos;
-  const float* dout = nullptr;        // [q.rows, H, d] dense
-  float* dq = nullptr;                // [q.rows, H, d]      accumulated (+=)
-  float* dk = nullptr;                // [k.rows, Hkv, d]    accumulated (+=) (local keys)
-  float* dv = nullptr;                // [k.rows, Hkv, d]    accumulated (+=)
-  float* dgk = nullptr;               // [global_pos.size(), Hkv, d] accumulated (+=); required
-  float* dgv = nullptr;               //   when global_pos is not empty
-  float* window_dot = nullptr;        // optional [q.rows, H]: written (=) for global-query rows
-                                      //   (weighted only); other entries are left untouched
+  const float* dout = nullptr;  // [q.rows, H, d] dense
+  float* dq = nullptr;          // [q.rows, H, d]      accumulated (+=)
+  float* dk = nullptr;          // [k.rows, Hkv, d]    accumulated (+=) (local keys)
+  float* dv = nullptr;          // [k.rows, Hkv, d]    accumulated (+=)
+  float* dgk = nullptr;         // [global_pos.size(), Hkv, d] accumulated (+=); required
+  float* dgv = nullptr;         //   when global_pos is not empty
+  float* window_dot = nullptr;  // optional [q.rows, H]: written (=) for global-query rows
+                                //   (weighted only); other entries are left untouched
 };
 Status WindowGlobalBackward(const WindowGlobalGradArgs& args, const AttentionSpec& spec,
                             const ExecOptions& exec = {});
@@ -63,14 +63,14 @@ struct DensePartialGradArgs {
   TokenView q, k, v;
   std::span<const int64_t> q_pos;
   int64_t kv_pos0 = 0;
-  const float* lse = nullptr;          // [rows, H] natural log
-  const float* dout = nullptr;         // [rows, H, d]
-  const float* delta = nullptr;        // [rows, H]
-  const float* entropy_coef = nullptr; // optional [rows, H]
-  const float* entropy = nullptr;      // [rows, H] nats, required when entropy_coef is set
-  float* dq = nullptr;                 // [rows, H, d]   accumulated (+=): this key range's part
-  float* dk = nullptr;                 // [k.rows, Hkv, d] accumulated (+=)
-  float* dv = nullptr;                 // [k.rows, Hkv, d] accumulated (+=)
+  const float* lse = nullptr;           // [rows, H] natural log
+  const float* dout = nullptr;          // [rows, H, d]
+  const float* delta = nullptr;         // [rows, H]
+  const float* entropy_coef = nullptr;  // optional [rows, H]
+  const float* entropy = nullptr;       // [rows, H] nats, required when entropy_coef is set
+  float* dq = nullptr;                  // [rows, H, d]   accumulated (+=): this key range's part
+  float* dk = nullptr;                  // [k.rows, Hkv, d] accumulated (+=)
+  float* dv = nullptr;                  // [k.rows, Hkv, d] accumulated (+=)
 };
 Status DensePartialBackward(const DensePartialGradArgs& args, const AttentionSpec& spec,
                             const ExecOptions& exec = {});
@@ -89,8 +89,8 @@ Status DensePartialScoreMoment(const DensePartialArgs& args_with_q_k_v_qpos_kvpo
 // entropy term of the global queries' all-visible-keys rows.
 Status HybridAttentionBackward(const TokenView& q, const TokenView& k, const TokenView& v,
                                std::span<const int64_t> globals, const AttentionSpec& spec,
-                               const float* out, const float* lse, const float* dout,
-                               float* dq, float* dk, float* dv, const ExecOptions& exec = {},
+                               const float* out, const float* lse, const float* dout, float* dq,
+                               float* dk, float* dv, const ExecOptions& exec = {},
                                const float* entropy_coef = nullptr);
 
 }  // namespace longctx::attention
