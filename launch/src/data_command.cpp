@@ -41,12 +41,12 @@ Status RunData(const DataFlags& f) {
   // Check the task's options and length before reading any filler or touching --out.
   RETURN_IF_ERROR(train::CheckTaskOptions(task, options));
   if (const int64_t min = train::MinTokens(task, options); int64_t(tokens) < min) {
-    return InvalidArgument("--tokens {}: too short for {}, which needs at least {} tokens",
-                           tokens, train::TaskName(task), min);
+    return InvalidArgument("--tokens {}: too short for {}, which needs at least {} tokens", tokens,
+                           train::TaskName(task), min);
   }
-  ASSIGN_OR_RETURN(const train::FillerCorpus corpus,
-                   f.filler.empty() ? train::FillerCorpus::LoadDefault()
-                                    : train::FillerCorpus::Load(f.filler));
+  ASSIGN_OR_RETURN(const train::FillerCorpus corpus, f.filler.empty()
+                                                         ? train::FillerCorpus::LoadDefault()
+                                                         : train::FillerCorpus::Load(f.filler));
   std::error_code ec;
   std::filesystem::create_directories(f.out, ec);
   if (ec) {
@@ -63,10 +63,11 @@ Status RunData(const DataFlags& f) {
     index += '\n';
   }
   RETURN_IF_ERROR(WriteFileAtomically(f.out + "/index.jsonl", index));
-  fmt::print("longctx data: {} {} document(s) of {} tokens ({} split, {} filler paragraphs) in "
-             "{}\n",
-             f.count, train::TaskName(task), tokens, train::SplitName(options.split),
-             corpus.paragraphs(options.split), f.out);
+  fmt::print(
+      "longctx data: {} {} document(s) of {} tokens ({} split, {} filler paragraphs) in "
+      "{}\n",
+      f.count, train::TaskName(task), tokens, train::SplitName(options.split),
+      corpus.paragraphs(options.split), f.out);
   return Status::Ok();
 }
 

@@ -18,6 +18,8 @@
 #include <string>
 #include <vector>
 
+#include <fmt/format.h>
+
 #include "longctx/attention/global_selection.h"
 #include "longctx/core/npy.h"
 
@@ -219,7 +221,7 @@ TEST(TaskData, PasskeyNeedleAndAnswerAgree) {
     EXPECT_EQ(m[1], m[2]);
     EXPECT_EQ(int64_t(m.position(0)), d.needle_begins[0]);
     EXPECT_EQ(d.question, "\n\nWhat is the pass key? The pass key is");
-    EXPECT_EQ(d.answer, " " + m[1].str() + ".");
+    EXPECT_EQ(d.answer, fmt::format(" {}.", m[1].str()));
     // Exactly one needle.
     EXPECT_EQ(d.context.find("pass key", size_t(m.position(0)) + size_t(m.length(0))),
               std::string::npos);
@@ -235,14 +237,15 @@ TEST(TaskData, NiahNeedleAndAnswerAgree) {
     std::smatch qm;
     ASSERT_TRUE(std::regex_match(d.question, qm, q)) << d.question;
     EXPECT_EQ(qm[1], qm[2]);
-    const std::string needle = "One of the special magic numbers for " + qm[1].str() + " is:";
+    const std::string needle =
+        fmt::format("One of the special magic numbers for {} is:", qm[1].str());
     const size_t at = d.context.find(needle);
     ASSERT_NE(at, std::string::npos);
     EXPECT_EQ(int64_t(at), d.needle_begins[0]);
     const std::string number = d.context.substr(at + needle.size() + 1, 7);
     EXPECT_TRUE(std::all_of(number.begin(), number.end(), ::isdigit)) << number;
     EXPECT_EQ(d.context[at + needle.size() + 8], '.');
-    EXPECT_EQ(d.answer, " " + number + ".");
+    EXPECT_EQ(d.answer, fmt::format(" {}.", number));
   }
 }
 
@@ -263,9 +266,9 @@ TEST(TaskData, MultikeyAsksForOnePresentWord) {
       EXPECT_EQ(int64_t(numbers.size()), keys + 1);
       int asked = 0;
       for (auto& [w, n] : found) {
-        if (d.question.find(" for " + w + " mentioned") != std::string::npos) {
+        if (d.question.find(fmt::format(" for {} mentioned", w)) != std::string::npos) {
           ++asked;
-          EXPECT_EQ(d.answer, " " + n + ".");
+          EXPECT_EQ(d.answer, fmt::format(" {}.", n));
         }
       }
       EXPECT_EQ(asked, 1) << d.question;
@@ -306,7 +309,7 @@ TEST(TaskData, VariableTrackingChainIsConsistent) {
         }
         if (from == value || holders.count(from)) {
           holders.insert(name);
-          expected += " " + name;
+          expected += fmt::format(" {}", name);
         }
       }
       EXPECT_EQ(statements, 2 * (hops + 1));
@@ -314,7 +317,7 @@ TEST(TaskData, VariableTrackingChainIsConsistent) {
       EXPECT_NE(numbers[0], numbers[1]);
       EXPECT_TRUE(numbers[0] == value || numbers[1] == value);
       EXPECT_EQ(int64_t(holders.size()), hops + 1);
-      EXPECT_EQ(d.answer, expected + ".");
+      EXPECT_EQ(d.answer, fmt::format("{}.", expected));
       EXPECT_EQ(int64_t(d.depths.size()), 2 * (hops + 1));
     }
   }
@@ -334,8 +337,9 @@ TEST(TaskData, NeedleLandsAtTheRequestedDepth) {
           EXPECT_NEAR(double(d.needle_begins[0]) / double(d.context.size()), depth, 0.01);
           const int64_t p = d.needle_begins[0];
           const bool sentence =
-              p == 0 || (d.context[size_t(p) - 1] == ' ' &&
-                         std::strchr(".!?", d.context[size_t(p) - 2]) != nullptr) ||
+              p == 0 ||
+              (d.context[size_t(p) - 1] == ' ' &&
+               std::strchr(".!?", d.context[size_t(p) - 2]) != nullptr) ||
               (d.context[size_t(p) - 1] == '\n' && d.context[size_t(p) - 2] == '\n');
           EXPECT_TRUE(sentence) << d.context.substr(size_t(std::max<int64_t>(p - 40, 0)), 80);
         }
@@ -478,7 +482,7 @@ TEST(TaskData, WritesTheFilesOfADocument) {
   EXPECT_EQ(line.rfind("{\"id\":3,\"task\":\"niah\",\"tokens\":1500,\"question\":\"\\n\\nWhat", 0),
             0u)
       << line;
-  EXPECT_NE(line.find("\"answer\":\"" + d.answer + "\""), std::string::npos) << line;
+  EXPECT_NE(line.find(fmt::format("\"answer\":\"{}\"", d.answer)), std::string::npos) << line;
   EXPECT_NE(line.find("\"seed\":9}"), std::string::npos) << line;
   // Nothing but the three files (no temporary left behind).
   EXPECT_EQ(std::distance(fs::directory_iterator(dir.path()), fs::directory_iterator()), 3);
@@ -511,9 +515,8 @@ TEST(TaskData, DefaultFillerHasProseShareOfGlobalCandidates) {
   if (!r.ok()) GTEST_SKIP() << "no default filler: " << r.status().message();
   const FillerCorpus& c = *r;
   EXPECT_GT(c.paragraphs(Split::kTrain), 1000);
-  const double eval_share =
-      double(c.paragraphs(Split::kEval)) /
-      double(c.paragraphs(Split::kEval) + c.paragraphs(Split::kTrain));
+  const double eval_share = double(c.paragraphs(Split::kEval)) /
+                            double(c.paragraphs(Split::kEval) + c.paragraphs(Split::kTrain));
   EXPECT_NEAR(eval_share, 0.10, 0.03);
   std::mt19937_64 rng(1);
   std::string f;

@@ -6,6 +6,7 @@
 #include <fstream>
 #include <iterator>
 #include <unordered_set>
+#include <utility>
 
 #include "longctx/train/task_data.h"
 #include "random_draw.h"
@@ -26,8 +27,7 @@ uint64_t Fnv1a64(std::string_view s) {
 }
 
 Split SplitOf(std::string_view paragraph) {
-  return SplitMix64(Fnv1a64(paragraph)) % 100 >= 100 - kEvalPercent ? Split::kEval
-                                                                       : Split::kTrain;
+  return SplitMix64(Fnv1a64(paragraph)) % 100 >= 100 - kEvalPercent ? Split::kEval : Split::kTrain;
 }
 
 Result<std::string> ReadWholeFile(const std::string& path) {
@@ -100,14 +100,13 @@ std::string StripTags(std::string_view html) {
       const size_t semi = html.find(';', i);
       if (semi != std::string_view::npos && semi - i <= 10) {
         const std::string_view name = html.substr(i + 1, semi - i - 1);
+        static constexpr std::pair<std::string_view, uint32_t> kNamed[] = {
+            {"amp", '&'}, {"lt", '<'}, {"gt", '>'}, {"quot", '"'}, {"apos", '\''}, {"nbsp", ' '}};
         uint32_t cp = 0;
-        if (name == "amp") cp = '&';
-        else if (name == "lt") cp = '<';
-        else if (name == "gt") cp = '>';
-        else if (name == "quot") cp = '"';
-        else if (name == "apos") cp = '\'';
-        else if (name == "nbsp") cp = ' ';
-        else if (name.size() >= 2 && name[0] == '#') {
+        for (const auto& [entity, code] : kNamed) {
+          if (name == entity) cp = code;
+        }
+        if (cp == 0 && name.size() >= 2 && name[0] == '#') {
           const bool hex = name[1] == 'x' || name[1] == 'X';
           const std::string digits(name.substr(hex ? 2 : 1));
           char* end = nullptr;

@@ -31,32 +31,39 @@ constexpr int64_t kMaxHops = 1000;
 // letters, all distinct).
 constexpr size_t kMaxWordLen = 10;
 constexpr std::array<std::string_view, 200> kWords = {
-    "apple",    "anchor",   "arrow",    "autumn",   "bakery",   "balloon",  "banana",   "basket",
-    "beach",    "bicycle",  "blanket",  "bottle",   "bridge",   "bucket",   "butter",   "cabin",
-    "camera",   "candle",   "canyon",   "carpet",   "castle",   "cherry",   "chimney",  "circle",
-    "cliff",    "clock",    "cloud",    "coffee",   "comet",    "compass",  "copper",   "cotton",
-    "cowboy",   "crayon",   "cricket",  "crystal",  "curtain",  "daisy",    "desert",   "diamond",
-    "dolphin",  "dragon",   "drum",     "eagle",    "elephant", "engine",   "falcon",   "feather",
-    "fiddle",   "garden",   "giraffe",  "glacier",  "goblet",   "gravel",   "guitar",   "hammer",
-    "harbor",   "harvest",  "helmet",   "honey",    "horizon",  "island",   "jacket",   "jungle",
-    "kettle",   "kitchen",  "ladder",   "lantern",  "lemon",    "library",  "lighthouse", "lizard",
-    "magnet",   "mailbox",  "maple",    "marble",   "meadow",   "mirror",   "monkey",   "mountain",
-    "mushroom", "needle",   "nest",     "notebook", "oasis",    "ocean",    "orange",   "orchard",
-    "otter",    "oyster",   "paddle",   "palace",   "panther",  "parrot",   "peach",    "pebble",
-    "pencil",   "pepper",   "piano",    "pillow",   "pirate",   "planet",   "pocket",   "pony",
-    "potato",   "pumpkin",  "puzzle",   "quilt",    "rabbit",   "raccoon",  "radish",   "rainbow",
-    "raven",    "ribbon",   "river",    "rocket",   "saddle",   "salmon",   "sandal",   "satellite",
-    "scarf",    "shadow",   "shell",    "signal",   "silver",   "skate",    "sparrow",  "spider",
-    "spoon",    "squirrel", "stable",   "statue",   "storm",    "sugar",    "summer",   "sunflower",
-    "swallow",  "table",    "teapot",   "temple",   "thunder",  "tiger",    "timber",   "tomato",
-    "tractor",  "trumpet",  "tulip",    "tunnel",   "turtle",   "umbrella", "valley",   "velvet",
-    "village",  "violin",   "volcano",  "wagon",    "walnut",   "walrus",   "window",   "winter",
-    "wizard",   "wolf",     "yacht",    "zebra",    "acorn",    "badger",   "beacon",   "biscuit",
-    "blossom",  "boulder",  "cactus",   "canoe",    "cedar",    "chalk",    "cobalt",   "coral",
-    "dune",     "ember",    "fern",     "fjord",    "garnet",   "gazelle",  "granite",  "hazel",
-    "heron",    "iceberg",  "ivory",    "jasmine",  "kayak",    "lagoon",   "lotus",    "mango",
-    "marlin",   "meteor",   "nutmeg",   "olive",    "opal",     "orbit",    "pelican",  "prairie",
+    "apple",      "anchor",  "arrow",     "autumn",   "bakery",  "balloon", "banana",
+    "basket",     "beach",   "bicycle",   "blanket",  "bottle",  "bridge",  "bucket",
+    "butter",     "cabin",   "camera",    "candle",   "canyon",  "carpet",  "castle",
+    "cherry",     "chimney", "circle",    "cliff",    "clock",   "cloud",   "coffee",
+    "comet",      "compass", "copper",    "cotton",   "cowboy",  "crayon",  "cricket",
+    "crystal",    "curtain", "daisy",     "desert",   "diamond", "dolphin", "dragon",
+    "drum",       "eagle",   "elephant",  "engine",   "falcon",  "feather", "fiddle",
+    "garden",     "giraffe", "glacier",   "goblet",   "gravel",  "guitar",  "hammer",
+    "harbor",     "harvest", "helmet",    "honey",    "horizon", "island",  "jacket",
+    "jungle",     "kettle",  "kitchen",   "ladder",   "lantern", "lemon",   "library",
+    "lighthouse", "lizard",  "magnet",    "mailbox",  "maple",   "marble",  "meadow",
+    "mirror",     "monkey",  "mountain",  "mushroom", "needle",  "nest",    "notebook",
+    "oasis",      "ocean",   "orange",    "orchard",  "otter",   "oyster",  "paddle",
+    "palace",     "panther", "parrot",    "peach",    "pebble",  "pencil",  "pepper",
+    "piano",      "pillow",  "pirate",    "planet",   "pocket",  "pony",    "potato",
+    "pumpkin",    "puzzle",  "quilt",     "rabbit",   "raccoon", "radish",  "rainbow",
+    "raven",      "ribbon",  "river",     "rocket",   "saddle",  "salmon",  "sandal",
+    "satellite",  "scarf",   "shadow",    "shell",    "signal",  "silver",  "skate",
+    "sparrow",    "spider",  "spoon",     "squirrel", "stable",  "statue",  "storm",
+    "sugar",      "summer",  "sunflower", "swallow",  "table",   "teapot",  "temple",
+    "thunder",    "tiger",   "timber",    "tomato",   "tractor", "trumpet", "tulip",
+    "tunnel",     "turtle",  "umbrella",  "valley",   "velvet",  "village", "violin",
+    "volcano",    "wagon",   "walnut",    "walrus",   "window",  "winter",  "wizard",
+    "wolf",       "yacht",   "zebra",     "acorn",    "badger",  "beacon",  "biscuit",
+    "blossom",    "boulder", "cactus",    "canoe",    "cedar",   "chalk",   "cobalt",
+    "coral",      "dune",    "ember",     "fern",     "fjord",   "garnet",  "gazelle",
+    "granite",    "hazel",   "heron",     "iceberg",  "ivory",   "jasmine", "kayak",
+    "lagoon",     "lotus",   "mango",     "marlin",   "meteor",  "nutmeg",  "olive",
+    "opal",       "orbit",   "pelican",   "prairie",
 };
+static_assert(std::all_of(kWords.begin(), kWords.end(), [](std::string_view w) {
+  return !w.empty() && w.size() <= kMaxWordLen;
+}));
 
 std::string PasskeyNeedle(std::string_view key) {
   return fmt::format("The pass key is {}. Remember it. {} is the pass key.", key, key);
@@ -241,7 +248,8 @@ TaskParts DrawParts(Task task, const TaskOptions& o, std::mt19937_64& rng, bool 
       parts.answer += ".";
       break;
     }
-    case Task::kLm: break;
+    case Task::kLm:
+      break;
   }
   return parts;
 }
@@ -257,11 +265,16 @@ Result<Task> ParseTask(std::string_view name) {
 
 std::string_view TaskName(Task task) {
   switch (task) {
-    case Task::kPasskey: return "passkey";
-    case Task::kNiah: return "niah";
-    case Task::kMultikey: return "multikey";
-    case Task::kVt: return "vt";
-    case Task::kLm: return "lm";
+    case Task::kPasskey:
+      return "passkey";
+    case Task::kNiah:
+      return "niah";
+    case Task::kMultikey:
+      return "multikey";
+    case Task::kVt:
+      return "vt";
+    case Task::kLm:
+      return "lm";
   }
   return "?";
 }
@@ -322,8 +335,8 @@ Result<TaskDocument> MakeTaskDocument(Task task, int64_t tokens, uint64_t seed,
     filler.Append(rng, tokens, &doc.context, options.split);
   } else {
     TaskParts parts = DrawParts(task, options, rng, /*longest=*/false);
-    const int64_t filler_bytes = tokens - NeedleBytes(parts.needles) -
-                                 int64_t(parts.question.size() + parts.answer.size());
+    const int64_t filler_bytes =
+        tokens - NeedleBytes(parts.needles) - int64_t(parts.question.size() + parts.answer.size());
     BuildContext(filler, rng, filler_bytes, options.split, parts.needles, &doc);
     doc.question = std::move(parts.question);
     doc.answer = std::move(parts.answer);
@@ -345,8 +358,8 @@ Result<TaskDocument> MakeTaskDocument(Task task, int64_t tokens, uint64_t seed,
 Status WriteTaskDocumentFiles(const std::string& dir, int64_t id, const TaskDocument& doc) {
   const std::string stem = fmt::format("{}/doc-{}", dir, id);
   RETURN_IF_ERROR(WriteFileAtomically(stem + ".txt", doc.context));
-  RETURN_IF_ERROR(WriteNpy(stem + ".ids.npy", DType::kI32, {int64_t(doc.ids.size())},
-                           doc.ids.data()));
+  RETURN_IF_ERROR(
+      WriteNpy(stem + ".ids.npy", DType::kI32, {int64_t(doc.ids.size())}, doc.ids.data()));
   // numpy's uint8 ('|u1'), which core's DType has no name for: the 1.0 header by hand, padded
   // so that the data starts at a multiple of 64 bytes, as np.save writes it.
   std::string dict = fmt::format("{{'descr': '|u1', 'fortran_order': False, 'shape': ({},), }}",

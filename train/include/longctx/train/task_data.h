@@ -91,10 +91,10 @@ struct TaskDocument {
 };
 
 struct TaskOptions {
-  double depth = -1;   // in [0, 1]: depth of the queried needle (vt: of the queried chain's
-                       // first statement); < 0: drawn uniformly
-  int64_t keys = 4;    // multikey: distractor needles (other words, other numbers), >= 1
-  int64_t hops = 2;    // vt: copies in each chain ("VAR B = A."), >= 1, so hops + 1 variables
+  double depth = -1;  // in [0, 1]: depth of the queried needle (vt: of the queried chain's
+                      // first statement); < 0: drawn uniformly
+  int64_t keys = 4;   // multikey: distractor needles (other words, other numbers), >= 1
+  int64_t hops = 2;   // vt: copies in each chain ("VAR B = A."), >= 1, so hops + 1 variables
   Split split = Split::kTrain;  // which paragraphs of the filler corpus to use
 };
 
