@@ -53,6 +53,22 @@ std::vector<TokenClass> ClassifyBytes(std::string_view text) {
   return cls;
 }
 
+std::vector<TokenClass> ClassifyTokenTexts(std::span<const std::string> texts) {
+  std::string all;
+  size_t total = 0;
+  for (const std::string& t : texts) total += t.size();
+  all.reserve(total);
+  for (const std::string& t : texts) all += t;
+  const std::vector<TokenClass> bytes = ClassifyBytes(all);
+  std::vector<TokenClass> cls(texts.size(), TokenClass::kOther);
+  size_t pos = 0;
+  for (size_t i = 0; i < texts.size(); ++i) {
+    for (size_t k = pos; k < pos + texts[i].size(); ++k) cls[i] = std::max(cls[i], bytes[k]);
+    pos += texts[i].size();
+  }
+  return cls;
+}
+
 int64_t GlobalBudget(int64_t n, const SelectionConfig& config) {
   if (n <= 0) return 0;
   const int64_t by_ratio = int64_t(std::ceil(config.global_ratio * double(n) - 1e-9));

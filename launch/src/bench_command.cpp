@@ -6,6 +6,7 @@
 #include "longctx/bench/comm_bench.h"
 #include "longctx/bench/kvstore_bench.h"
 #include "longctx/bench/matrix.h"
+#include "longctx/bench/tokenize_bench.h"
 #include "longctx/comm/communicator.h"
 
 namespace longctx::cli {
@@ -93,7 +94,21 @@ Runner AddBenchCommand(CLI::App& app) {
   kv->add_flag("!--no-redis", ko->redis, "skip the Redis peer");
   kv->add_option("--json", ko->json, "also write the results as JSON");
 
-  return [o, c, att, cm, mo, mx, ko, kv]() -> Status {
+  auto to = std::make_shared<bench::TokenizeBenchOptions>();
+  CLI::App* tk = app.add_subcommand(
+      "tokenize", "tokenizer.json encode speed vs the Rust tokenizers library (node binding)");
+  tk->add_option("--tokenizer", to->tokenizer, "tokenizer.json or a directory holding one")
+      ->required();
+  tk->add_option("--input", to->input, "the text (about 4 MB)")->required();
+  tk->add_option("--reps", to->reps, "encodes per measurement (the best is kept)")
+      ->capture_default_str();
+  tk->add_option("--threads", to->threads, "threads of the parallel encode")->capture_default_str();
+  tk->add_option("--reference", to->reference, "node_modules holding the tokenizers package");
+  tk->add_option("--node", to->node, "the node binary")->capture_default_str();
+  tk->add_option("--json", to->json, "also write the results as JSON");
+
+  return [o, c, att, cm, mo, mx, ko, kv, to, tk]() -> Status {
+    if (tk->parsed()) return bench::RunTokenizeBench(*to);
     if (kv->parsed()) return bench::RunKvstoreBench(*ko);
     if (att->parsed()) return bench::RunAttentionBench(*o);
     if (mx->parsed()) return bench::RunMatrix(*mo);

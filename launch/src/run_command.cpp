@@ -14,6 +14,7 @@
 #include <optional>
 #include <sstream>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include <fmt/format.h>
@@ -28,6 +29,7 @@
 #include "longctx/core/log.h"
 #include "longctx/core/npy.h"
 #include "longctx/model/builtin.h"
+#include "longctx/model/tokenizer.h"
 #include "longctx/worker/engine.h"
 
 namespace longctx::cli {
@@ -45,11 +47,51 @@ struct RunFlags {
   std::string progress = "auto";
   std::string query;      // appended after the document, every token global
   int64_t generate = 0;   // tokens decoded greedily after the document (and the query)
+  std::string tokenizer;  // tokenizer.json, a directory holding one, or "bytes"; empty: the model's
 };
+
+// The tokenizer of a run (DESIGN.md §5): --tokenizer, else the model directory's tokenizer.json,
+// else bytes (the built-in models).
+Result<std::unique_ptr<model::Tokenizer>> RunTokenizer(const RunFlags& f) {
+  if (!f.tokenizer.empty()) return model::OpenTokenizer(f.tokenizer);
+  std::error_code ec;
+  const std::filesystem::path dir(f.engine.model);
+  if (f.engine.model.rfind("builtin:", 0) != 0 &&
+      std::filesystem::is_regular_file(dir / "tokenizer.json", ec)) {
+    return model::OpenTokenizer((dir / "tokenizer.json").string());
+  }
+  return std::unique_ptr<model::Tokenizer>(new model::ByteTokenizer());
+}
+
+// Classes for the global rule from each token's decoded text (one decode per distinct id).
+std::vector<attention::TokenClass> ClassifyIds(const model::Tokenizer& tok,
+                                               const std::vector<int32_t>& ids) {
+  std::unordered_map<int32_t, std::string> text_of;
+  std::vector<std::string> texts(ids.size());
+  for (size_t i = 0; i < ids.size(); ++i) {
+    auto it = text_of.find(ids[i]);
+    if (it == text_of.end()) it = text_of.emplace(ids[i], tok.TokenText(ids[i])).first;
+    texts[i] = it->second;
+  }
+  return attention::ClassifyTokenTexts(texts);
+}
+
+// A generated token joins the globals when its text ends a sentence (. ! ? 。！？, trailing
+// spaces aside) or completes a run of two newlines with the token before it.
+bool TokenTextEndsSentenceOrParagraph(const std::string& prev, const std::string& text) {
+  std::string_view t = text;
+  while (!t.empty() && (t.back() == ' ' || t.back() == '\t')) t.remove_suffix(1);
+  for (std::string_view end : {".", "!", "?", "\u3002", "\uFF01", "\uFF1F"}) {
+    if (t.size() >= end.size() && t.substr(t.size() - end.size()) == end) return true;
+  }
+  const std::string both = prev + text;
+  const size_t at = both.find("\n\n", prev.empty() ? 0 : prev.size() - 1);
+  return at != std::string::npos && text.find('\n') != std::string::npos;
+}
 
 // Token ids and their classes: bytes of a text file, or an int32/int64 .npy of ids (ids below
 // 256 are classed as the bytes they stand for).
-Status ReadTokens(const RunFlags& f, std::vector<int32_t>* ids,
+Status ReadTokens(const RunFlags& f, const model::Tokenizer& tok, std::vector<int32_t>* ids,
                   std::vector<attention::TokenClass>* classes) {
   if (f.input.empty() == f.input_ids.empty()) {
     return InvalidArgument("give exactly one of --input FILE and --input-ids IDS.npy");
@@ -59,6 +101,12 @@ Status ReadTokens(const RunFlags& f, std::vector<int32_t>* ids,
     if (!in) return NotFound("{}: cannot open the input document", f.input);
     std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     if (in.bad()) return DataLoss("{}: read error", f.input);
+    if (!tok.is_byte_level()) {  // a tokenizer.json: its ids (with BOS), classes from token texts
+      ASSIGN_OR_RETURN(*ids, tok.Encode(text, true));
+      *classes = ClassifyIds(tok, *ids);
+      if (ids->empty()) return InvalidArgument("the input document is empty");
+      return Status::Ok();
+    }
     ids->resize(text.size());
     for (size_t i = 0; i < text.size(); ++i) (*ids)[i] = int32_t(uint8_t(text[i]));
     *classes = attention::ClassifyBytes(text);
@@ -81,7 +129,7 @@ Status ReadTokens(const RunFlags& f, std::vector<int32_t>* ids,
       (*ids)[size_t(i)] = int32_t(v);
       bytes[size_t(i)] = v < 256 ? char(v) : '\x01';
     }
-    *classes = attention::ClassifyBytes(bytes);
+    *classes = tok.is_byte_level() ? attention::ClassifyBytes(bytes) : ClassifyIds(tok, *ids);
   }
   if (ids->empty()) return InvalidArgument("the input document is empty");
   return Status::Ok();
@@ -118,13 +166,15 @@ Status RunRun(const RunFlags& f) {
   worker::EngineOptions eo;
   std::vector<int32_t> ids;
   std::vector<attention::TokenClass> classes;
+  std::unique_ptr<model::Tokenizer> tok;
   Status st = [&]() -> Status {
     if (f.progress != "auto" && f.progress != "on" && f.progress != "off") {
       return InvalidArgument("--progress must be auto, on or off, got '{}'", f.progress);
     }
     if (f.generate < 0) return InvalidArgument("--generate must be >= 0, got {}", f.generate);
     ASSIGN_OR_RETURN(eo, f.engine.Options(decode));
-    return ReadTokens(f, &ids, &classes);
+    ASSIGN_OR_RETURN(tok, RunTokenizer(f));
+    return ReadTokens(f, *tok, &ids, &classes);
   }();
   RETURN_IF_ERROR(comm::AgreeOnStatus(c, st));
   // The remote tier (collective): only a run that keeps a KV cache needs one. The guard keeps
@@ -188,7 +238,22 @@ Status RunRun(const RunFlags& f) {
   worker::AnswerResult answer;
   double decode_s = 0.0;
   if (decode) {
-    RETURN_IF_ERROR(engine->Answer(doc_id, f.query, f.generate, {}, &answer));
+    if (tok->is_byte_level()) {
+      RETURN_IF_ERROR(engine->Answer(doc_id, f.query, f.generate, {}, &answer));
+    } else {
+      worker::AnswerTokens at;
+      ASSIGN_OR_RETURN(at.query_ids, tok->Encode(f.query, false));
+      at.stop_ids = tok->eos_ids();
+      at.is_global = [&](int32_t token, const std::vector<int32_t>& prev) {
+        return TokenTextEndsSentenceOrParagraph(prev.empty() ? std::string() : tok->TokenText(prev.back()),
+                                                tok->TokenText(token));
+      };
+      at.decode = [&](const std::vector<int32_t>& gen) {
+        auto text = tok->Decode(gen, true);
+        return text.ok() ? *text : std::string();
+      };
+      RETURN_IF_ERROR(engine->Answer(doc_id, f.query, f.generate, {}, &answer, &at));
+    }
     decode_s = answer.seconds;
   }
   cache::KvCacheStats kv;
@@ -361,7 +426,10 @@ Status RunRun(const RunFlags& f) {
 
 Runner AddRunCommand(CLI::App& app) {
   auto f = std::make_shared<RunFlags>();
-  app.add_option("--input", f->input, "the document (bytes are tokens)");
+  app.add_option("--input", f->input, "the document (tokenized by --tokenizer)");
+  app.add_option("--tokenizer", f->tokenizer,
+                 "tokenizer.json, a directory holding one, or bytes (default: the model "
+                 "directory's tokenizer.json, else bytes)");
   app.add_option("--input-ids", f->input_ids, "pre-tokenized input: 1-D int32/int64 .npy");
   app.add_option("--out", f->out, "output directory")->capture_default_str();
   app.add_flag("--dump-hidden", f->dump_hidden, "write hidden.npy (final-norm hidden states)");

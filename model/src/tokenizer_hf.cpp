@@ -1154,6 +1154,29 @@ void ReadSpecialNames(const HfTokenizer& tok, const std::string& json_path, int3
   if (e >= 0) eos->assign(1, e);
 }
 
+// The model's config.json next to the file: "eos_token_id" (a number or a list) joins the EOS
+// ids (Llama-3 instruct models stop at <|eot_id|> as well as <|end_of_text|>).
+void ReadConfigEos(const std::string& json_path, std::vector<int32_t>* eos) {
+  const auto cfg = std::filesystem::path(json_path).parent_path() / "config.json";
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(cfg, ec)) return;
+  auto text = internal::ReadSmallFile(cfg.string(), 64u << 20);
+  if (!text.ok()) return;
+  const json j = json::parse(*text, nullptr, false);
+  if (!j.is_object() || !j.contains("eos_token_id")) return;
+  const json& v = j["eos_token_id"];
+  auto add = [&](const json& x) {
+    if (!x.is_number_integer()) return;
+    const auto id = x.get<int32_t>();
+    if (std::find(eos->begin(), eos->end(), id) == eos->end()) eos->push_back(id);
+  };
+  if (v.is_array()) {
+    for (const json& x : v) add(x);
+  } else {
+    add(v);
+  }
+}
+
 Status ParseModel(const json& m, HfTokenizer::Impl* t) {
   if (!m.is_object()) return InvalidArgument("\"model\" must be an object");
   const std::string type = m.value("type", std::string(m.contains("merges") ? "BPE" : ""));
@@ -1359,6 +1382,7 @@ Result<std::unique_ptr<HfTokenizer>> HfTokenizer::Load(const std::string& path) 
   ASSIGN_OR_RETURN(std::string text, internal::ReadSmallFile(path, uint64_t(1) << 31));
   ASSIGN_OR_RETURN(std::unique_ptr<HfTokenizer> tok, FromJson(text, path));
   ReadSpecialNames(*tok, path, &tok->impl_->bos, &tok->impl_->eos);
+  ReadConfigEos(path, &tok->impl_->eos);
   return tok;
 }
 

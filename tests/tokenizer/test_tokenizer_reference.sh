@@ -106,7 +106,41 @@ for tiny in "$HERE"/tiny/t*.json; do
   fi
 done
 
-# 3. Errors: one line naming the problem, non-zero exit, no crash.
+# 3. `longctx run` with a tokenizer.json: a byte-level file with the 256 byte tokens and no
+# merges gives the byte tokenizer's ids, globals and answer on ASCII text; a model directory's
+# tokenizer.json is picked up, and generation stops at its EOS (tokenizer_config.json).
+printf 'The first sentence. The second one!\n\nA new paragraph, with a comma; and more: text?\n\nEnd.' >"$T/doc.txt"
+"$BIN" mkmodel --out "$T/mdir" >/dev/null
+if "$BIN" run --model builtin:tiny --input "$T/doc.txt" --out "$T/r_bytes" --query "Why?" --generate 12 --progress off >/dev/null &&
+   "$BIN" run --model builtin:tiny --input "$T/doc.txt" --out "$T/r_tok" --tokenizer "$HERE/tiny/bytes256.json" \
+     --query "Why?" --generate 12 --progress off >/dev/null &&
+   cmp -s "$T/r_bytes/tokens.npy" "$T/r_tok/tokens.npy" && cmp -s "$T/r_bytes/globals.npy" "$T/r_tok/globals.npy" &&
+   cmp -s "$T/r_bytes/generated.txt" "$T/r_tok/generated.txt"; then
+  ok "run --tokenizer bytes256.json equals the byte tokenizer (tokens, globals, generated.txt)"
+else
+  bad "run --tokenizer bytes256.json differs from the byte tokenizer"
+fi
+cp "$HERE/tiny/bytes256.json" "$T/mdir/tokenizer.json"
+# EOS = the first printable ASCII byte the tiny model generates after its first token.
+eos=$($PY -c "
+d = open('$T/r_bytes/generated.txt', 'rb').read()
+print(next((b for b in d[1:] if 33 <= b <= 126), -1))")
+if [[ "$eos" -ge 33 ]]; then
+  $PY -c "import json; json.dump({'eos_token': chr($eos)}, open('$T/mdir/tokenizer_config.json', 'w'))"
+  if "$BIN" run --model "$T/mdir" --input "$T/doc.txt" --out "$T/r_eos" --query "Why?" --generate 12 --progress off >/dev/null &&
+     $PY -c "
+import sys
+full = open('$T/r_bytes/generated.txt', 'rb').read(); got = open('$T/r_eos/generated.txt', 'rb').read()
+sys.exit(0 if got == full[:full.index(bytes([$eos]))] else 1)"; then
+    ok "run stops at the model directory's EOS token"
+  else
+    bad "run did not stop at EOS: $(od -c "$T/r_eos/generated.txt" | head -2)"
+  fi
+else
+  echo "skip: the tiny model generates no printable ASCII byte to use as EOS"
+fi
+
+# 4. Errors: one line naming the problem, non-zero exit, no crash.
 echo 'hello' >"$T/in.txt"
 printf '{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": [' >"$T/truncated.json"
 expect_error "truncated tokenizer.json" tokenize --tokenizer "$T/truncated.json" --input "$T/in.txt" --out "$T/x.npy"

@@ -11,6 +11,8 @@
 
 #include <gtest/gtest.h>
 
+#include "longctx/attention/global_selection.h"
+
 namespace longctx::model {
 namespace {
 
@@ -196,6 +198,27 @@ TEST(HfTokenizerErrors, OneClearLineNamingTheProblem) {
   EXPECT_EQ(e.rfind("test.json: ", 0), 0u) << e;
   EXPECT_EQ(e.find('\n'), std::string::npos);
   EXPECT_FALSE(LoadHfTokenizer("/nonexistent/tokenizer.json").ok());
+}
+
+TEST(ClassifyTokenTexts, OneByteTextsGiveTheByteClasses) {
+  const std::string text = "Hi, there. New\n\nParagraph! \xE3\x80\x82 end";
+  std::vector<std::string> one;
+  for (char c : text) one.emplace_back(1, c);
+  EXPECT_EQ(attention::ClassifyTokenTexts(one), attention::ClassifyBytes(text));
+}
+
+TEST(ClassifyTokenTexts, ATokenTakesItsHighestByteClass) {
+  using attention::TokenClass;
+  const std::vector<std::string> texts = {"Hello", ",", " world", ".\n\n", "Next", " one", "\xE3\x80\x82", ""};
+  const auto c = attention::ClassifyTokenTexts(texts);
+  ASSERT_EQ(c.size(), texts.size());
+  EXPECT_EQ(c[0], TokenClass::kOther);
+  EXPECT_EQ(c[1], TokenClass::kPunctuation);
+  EXPECT_EQ(c[3], TokenClass::kParagraph);  // ends the paragraph (its '.' is before "\n\n")
+  EXPECT_EQ(c[4], TokenClass::kParagraph);  // starts the next one
+  EXPECT_EQ(c[5], TokenClass::kOther);
+  EXPECT_EQ(c[6], TokenClass::kSentenceEnd);  // 。 in one token
+  EXPECT_EQ(c[7], TokenClass::kOther);        // an empty text
 }
 
 }  // namespace

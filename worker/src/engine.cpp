@@ -152,7 +152,8 @@ Status Engine::Prefill(const std::string& doc_id, std::span<const int32_t> ids,
 }
 
 Status Engine::Answer(const std::string& doc_id, std::string_view query, int64_t generate,
-                      const TokenCallback& on_token, AnswerResult* out) {
+                      const TokenCallback& on_token, AnswerResult* out,
+                      const AnswerTokens* tokens) {
   const auto t_start = Clock::now();
   auto it = docs_.find(doc_id);
   Status st;
@@ -180,14 +181,29 @@ Status Engine::Answer(const std::string& doc_id, std::string_view query, int64_t
     return Status::Ok();
   };
   st = [&]() -> Status {
-    for (unsigned char ch : query) RETURN_IF_ERROR(step(int32_t(ch), true));
+    if (tokens) {
+      for (int32_t id : tokens->query_ids) RETURN_IF_ERROR(step(id, true));
+    } else {
+      for (unsigned char ch : query) RETURN_IF_ERROR(step(int32_t(ch), true));
+    }
+    std::vector<int32_t> generated_ids;
     for (int64_t i = 0; i < generate; ++i) {
       const int32_t token = next;
       if (i == 0) r.first_token_seconds = Since(t_start);
+      if (tokens && std::find(tokens->stop_ids.begin(), tokens->stop_ids.end(), token) !=
+                        tokens->stop_ids.end()) {
+        break;  // every rank holds the same `next`, so every rank stops here
+      }
       if (on_token) on_token(token, i);
-      r.generated.push_back(char(token));
-      RETURN_IF_ERROR(step(token, GeneratedTokenIsGlobal(token, seq_tail)));
+      if (tokens) {
+        generated_ids.push_back(token);
+        RETURN_IF_ERROR(step(token, tokens->is_global(token, seq_tail)));
+      } else {
+        r.generated.push_back(char(token));
+        RETURN_IF_ERROR(step(token, GeneratedTokenIsGlobal(token, seq_tail)));
+      }
     }
+    if (tokens) r.generated = tokens->decode(generated_ids);
     return Status::Ok();
   }();
   // Back to the prefilled document, whatever happened: the next question sees only it.

@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <span>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -34,6 +35,11 @@ struct SelectionConfig {
 // (。！？，；：) is classed at its last byte. Paragraph boundaries: the last token before a run
 // of two or more '\n' (it ends a paragraph) and the first token after it (it starts one).
 std::vector<TokenClass> ClassifyBytes(std::string_view text);
+
+// Classes of tokens from each token's decoded text (a tokenizer.json model, DESIGN.md §5): a
+// token takes the highest class that ClassifyBytes gives the bytes of its text within the
+// concatenation of all texts (kOther for an empty text). One-byte texts give ClassifyBytes.
+std::vector<TokenClass> ClassifyTokenTexts(std::span<const std::string> texts);
 
 // The budget g of the rules above for n tokens.
 int64_t GlobalBudget(int64_t n, const SelectionConfig& config);

@@ -65,7 +65,8 @@ class ByteTokenizer final : public Tokenizer {
 // A Hugging Face tokenizer.json. Load() fails with one line naming what it cannot read (an
 // unknown model / normalizer / pre-tokenizer / post-processor / decoder type, a merge naming an
 // unknown token, a truncated or non-JSON file). BOS/EOS come from a tokenizer_config.json next to
-// the file when there is one (else BOS from the TemplateProcessing post-processor).
+// the file when there is one (else BOS from the TemplateProcessing post-processor); a config.json
+// there adds its "eos_token_id" (a number or a list) to the EOS ids.
 class HfTokenizer final : public Tokenizer {
  public:
   static Result<std::unique_ptr<HfTokenizer>> Load(const std::string& path);

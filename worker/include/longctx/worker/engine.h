@@ -58,6 +58,17 @@ struct AnswerResult {
   uint64_t bytes_sent = 0, bytes_received = 0;
 };
 
+// How Answer reads text when the model has a real tokenizer (DESIGN.md §5); without one (null)
+// the question is bytes, the answer is bytes and the byte rule picks generated globals.
+struct AnswerTokens {
+  std::vector<int32_t> query_ids;  // the question, tokenized (every one global)
+  // Does a generated token join the globals (it ends a sentence or a paragraph)? `prev`: the
+  // appended tokens before it.
+  std::function<bool(int32_t token, const std::vector<int32_t>& prev)> is_global;
+  std::function<std::string(const std::vector<int32_t>&)> decode;  // generated ids -> text
+  std::vector<int32_t> stop_ids;  // EOS: generation stops before appending one of these
+};
+
 // Called on every rank after each generated token (token, index from 0).
 using TokenCallback = std::function<void(int32_t, int64_t)>;
 
@@ -81,7 +92,8 @@ class Engine {
   // greedily, against document `doc_id`; afterwards the document is back in its prefilled state,
   // so every question sees only the document.
   Status Answer(const std::string& doc_id, std::string_view query, int64_t generate,
-                const TokenCallback& on_token, AnswerResult* out);
+                const TokenCallback& on_token, AnswerResult* out,
+                const AnswerTokens* tokens = nullptr);
 
   bool Has(const std::string& doc_id) const { return docs_.count(doc_id) != 0; }
   const DocumentInfo* Info(const std::string& doc_id) const;
