@@ -1,6 +1,7 @@
 // FillerCorpus: paragraphs of real prose from plain-text or HTML files, split by a hash of
 // their text into train and eval, and cut into filler of an exact byte size.
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -149,13 +150,19 @@ bool EndsSentence(std::string_view p) {
 void HtmlParagraphs(std::string_view html, std::vector<std::string>* out) {
   static constexpr std::string_view kOpeners[] = {"<div class=\"para\">", "<p>", "<p "};
   size_t pos = 0;
+  size_t found[std::size(kOpeners)] = {0, 0, 0};  // each opener's next match at or after pos
+  bool searched = false;
   while (true) {
     size_t begin = std::string_view::npos;
     std::string_view opener;
-    for (std::string_view o : kOpeners) {
-      const size_t at = html.find(o, pos);
-      if (at < begin) begin = at, opener = o;
+    for (size_t k = 0; k < std::size(kOpeners); ++k) {
+      // Search again only when the last match was consumed (keeps the scan linear).
+      if (!searched || (found[k] != std::string_view::npos && found[k] < pos)) {
+        found[k] = html.find(kOpeners[k], pos);
+      }
+      if (found[k] < begin) begin = found[k], opener = kOpeners[k];
     }
+    searched = true;
     if (begin == std::string_view::npos) return;
     const bool is_div = opener[1] == 'd';
     const size_t body = html.find('>', begin) + 1;
