@@ -1,7 +1,8 @@
 // Backward of hybrid sliding-window + global-token attention (DESIGN.md §1, §6), FlashAttention-2
 // style: the forward is recomputed inside (no n-by-n buffer, no saved probabilities), gradients
-// are accumulated (+=) into caller buffers, and the result is bitwise deterministic: every output
-// element is written by one task in a fixed order, whatever the thread count.
+// are accumulated (+=) into caller buffers, and the result is bitwise deterministic and the same
+// for any thread count: no atomics, fixed task geometry, partials summed in a fixed order
+// (docs/attention.md, "Backward").
 //
 // Math (scores s_ij = scale * q_i.k_j, natural log): for a row's key set A(i),
 // P_ij = exp(s_ij - L_i), D_i = rowsum(dO_i * O_i), dS_ij = P_ij (dO_i.V_j - D_i),
