@@ -236,6 +236,7 @@ Status RunRun(const RunFlags& f) {
   // 3. The question and the generated tokens, against the cached document (the last rank owns
   // them; every rank takes part in each step's attention).
   worker::AnswerResult answer;
+  int64_t query_tokens = int64_t(f.query.size());  // bytes, or the tokenizer's ids
   double decode_s = 0.0;
   if (decode) {
     if (tok->is_byte_level()) {
@@ -243,6 +244,7 @@ Status RunRun(const RunFlags& f) {
     } else {
       worker::AnswerTokens at;
       ASSIGN_OR_RETURN(at.query_ids, tok->Encode(f.query, false));
+      query_tokens = int64_t(at.query_ids.size());
       at.stop_ids = tok->eos_ids();
       at.is_global = [&](int32_t token, const std::vector<int32_t>& prev) {
         return TokenTextEndsSentenceOrParagraph(prev.empty() ? std::string() : tok->TokenText(prev.back()),
@@ -400,7 +402,7 @@ Status RunRun(const RunFlags& f) {
         "  \"per_rank\": [\n{}\n  ]\n}}\n",
         f.engine.model, n_total, P, all_globals.size(), L, fmt::join(windows, ", "),
         config.hybrid.fusion, fmt::join(bounds, ", "), load_s, prefill_s, decode_s, write_s,
-        total_s, double(n) / std::max(prefill_s, 1e-9), f.query.size(), f.generate,
+        total_s, double(n) / std::max(prefill_s, 1e-9), query_tokens, int64_t(appended.size()) - query_tokens,
         appended.empty() ? std::string("null")
                          : fmt::format("{:.3f}", 1e3 * decode_s / double(appended.size())),
         f.generate > 0 ? fmt::format("{:.6f}", answer.first_token_seconds) : std::string("null"),
