@@ -41,5 +41,7 @@ Runner AddDetokenizeCommand(CLI::App& app);
 // Training (DESIGN.md §6): one sequence's loss and gradients.
 Runner AddGradCommand(CLI::App& app);
 Runner AddTrainCommand(CLI::App& app);
+// Task accuracy of a model on fresh documents, answered as `run --query` answers.
+Runner AddEvalCommand(CLI::App& app);
 
 }  // namespace longctx::cli

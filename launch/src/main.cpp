@@ -38,6 +38,7 @@ int main(int argc, char** argv) {
       nullptr;
   runners[app.add_subcommand("train", "train a model: curriculum, AdamW, sequence parallel")] =
       nullptr;
+  runners[app.add_subcommand("eval", "task accuracy of a model on fresh documents")] = nullptr;
   runners[app.add_subcommand("tokenize", "text -> token ids (.npy) with a tokenizer.json")] =
       nullptr;
   runners[app.add_subcommand("detokenize", "token ids (.npy) -> text with a tokenizer.json")] =
@@ -57,6 +58,7 @@ int main(int argc, char** argv) {
     if (sub->get_name() == "data") runner = longctx::cli::AddDataCommand(*sub);
     if (sub->get_name() == "grad") runner = longctx::cli::AddGradCommand(*sub);
     if (sub->get_name() == "train") runner = longctx::cli::AddTrainCommand(*sub);
+    if (sub->get_name() == "eval") runner = longctx::cli::AddEvalCommand(*sub);
   }
   try {
     app.parse(argc, argv);

@@ -46,7 +46,9 @@ struct RunFlags {
   bool dump_hidden = false;
   std::string progress = "auto";
   std::string query;      // appended after the document, every token global
-  int64_t generate = 0;   // tokens decoded greedily after the document (and the query)
+  std::string generate = "0";  // tokens decoded greedily after the document (and the query),
+                               // or "auto": as many as the model's length head predicts
+  int64_t max_generate = 256;  // the cap of --generate auto
   std::string tokenizer;  // tokenizer.json, a directory holding one, or "bytes"; empty: the model's
 };
 
@@ -159,7 +161,16 @@ Status RunRun(const RunFlags& f) {
   // auto: a bar on a terminal, plain lines otherwise; on: the same; off: nothing.
   const bool show_progress = me == 0 && f.progress != "off";
   const bool bar = show_progress && tty;
-  const bool decode = !f.query.empty() || f.generate > 0;
+  const bool generate_auto = f.generate == "auto";
+  int64_t generate = 0;
+  if (!generate_auto) {
+    char* end = nullptr;
+    generate = std::strtoll(f.generate.c_str(), &end, 10);
+    if (f.generate.empty() || *end != '\0') {
+      return InvalidArgument("--generate {}: expected a token count or auto", f.generate);
+    }
+  }
+  const bool decode = !f.query.empty() || generate > 0 || generate_auto;
 
   // 1. Flags, tokens and the engine (model + overrides): every rank computes the same.
   auto t0 = Clock::now();
@@ -171,7 +182,7 @@ Status RunRun(const RunFlags& f) {
     if (f.progress != "auto" && f.progress != "on" && f.progress != "off") {
       return InvalidArgument("--progress must be auto, on or off, got '{}'", f.progress);
     }
-    if (f.generate < 0) return InvalidArgument("--generate must be >= 0, got {}", f.generate);
+    if (generate < 0) return InvalidArgument("--generate must be >= 0, got {}", generate);
     ASSIGN_OR_RETURN(eo, f.engine.Options(decode));
     ASSIGN_OR_RETURN(tok, RunTokenizer(f));
     return ReadTokens(f, *tok, &ids, &classes);
@@ -240,7 +251,10 @@ Status RunRun(const RunFlags& f) {
   double decode_s = 0.0;
   if (decode) {
     if (tok->is_byte_level()) {
-      RETURN_IF_ERROR(engine->Answer(doc_id, f.query, f.generate, {}, &answer));
+      if (generate_auto) {
+        ASSIGN_OR_RETURN(generate, engine->PredictAnswerLength(doc_id, f.query, f.max_generate));
+      }
+      RETURN_IF_ERROR(engine->Answer(doc_id, f.query, generate, {}, &answer));
     } else {
       worker::AnswerTokens at;
       ASSIGN_OR_RETURN(at.query_ids, tok->Encode(f.query, false));
@@ -254,7 +268,11 @@ Status RunRun(const RunFlags& f) {
         auto text = tok->Decode(gen, true);
         return text.ok() ? *text : std::string();
       };
-      RETURN_IF_ERROR(engine->Answer(doc_id, f.query, f.generate, {}, &answer, &at));
+      if (generate_auto) {
+        ASSIGN_OR_RETURN(generate,
+                         engine->PredictAnswerLength(doc_id, f.query, f.max_generate, &at));
+      }
+      RETURN_IF_ERROR(engine->Answer(doc_id, f.query, generate, {}, &answer, &at));
     }
     decode_s = answer.seconds;
   }
@@ -405,7 +423,7 @@ Status RunRun(const RunFlags& f) {
         total_s, double(n) / std::max(prefill_s, 1e-9), query_tokens, int64_t(appended.size()) - query_tokens,
         appended.empty() ? std::string("null")
                          : fmt::format("{:.3f}", 1e3 * decode_s / double(appended.size())),
-        f.generate > 0 ? fmt::format("{:.6f}", answer.first_token_seconds) : std::string("null"),
+        generate > 0 ? fmt::format("{:.6f}", answer.first_token_seconds) : std::string("null"),
         sum.device.bytes, sum.host.bytes, sum.remote.bytes, cache::CodecName(ko.codec),
         ko.block_tokens, budget(ko.device_budget), budget(ko.host_budget),
         budget(ko.remote_budget), tier(sum.device), tier(sum.host), tier(sum.remote),
@@ -437,7 +455,10 @@ Runner AddRunCommand(CLI::App& app) {
   app.add_flag("--dump-hidden", f->dump_hidden, "write hidden.npy (final-norm hidden states)");
   app.add_option("--progress", f->progress, "auto | on | off")->capture_default_str();
   app.add_option("--query", f->query, "a question appended after the document (global tokens)");
-  app.add_option("--generate", f->generate, "tokens to decode greedily after it")
+  app.add_option("--max-generate", f->max_generate, "the cap of --generate auto")
+      ->capture_default_str();
+  app.add_option("--generate", f->generate,
+                 "tokens to decode greedily after it, or auto (the model's length head decides)")
       ->capture_default_str();
   f->engine.Register(app);
   return [f] { return RunRun(*f); };

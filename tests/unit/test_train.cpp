@@ -60,6 +60,29 @@ TEST(Curriculum, ParsesStagesAndLocatesSteps) {
   }
 }
 
+TEST(Curriculum, RandomLengthStages) {
+  auto s = ParseCurriculum("256-2K:50,4K:5");
+  ASSERT_TRUE(s.ok()) << s.status().message();
+  EXPECT_EQ((*s)[0].min_len, 256);
+  EXPECT_EQ((*s)[0].seq_len, 2048);
+  EXPECT_EQ((*s)[1].min_len, 4096);
+  EXPECT_EQ(FormatCurriculum(*s), "256-2048:50,4096:5");
+  int64_t lo = 1 << 30, hi = 0;
+  for (int64_t step = 0; step < 200; ++step) {
+    const int64_t n = StepSequenceLength((*s)[0], 9, step);
+    EXPECT_EQ(n, StepSequenceLength((*s)[0], 9, step));  // a pure function of (seed, step)
+    lo = std::min(lo, n);
+    hi = std::max(hi, n);
+  }
+  EXPECT_GE(lo, 256);
+  EXPECT_LE(hi, 2048);
+  EXPECT_LT(lo, 600);   // the draws spread over the range
+  EXPECT_GT(hi, 1700);
+  EXPECT_EQ(StepSequenceLength((*s)[1], 9, 3), 4096);
+  EXPECT_FALSE(ParseCurriculum("2K-256:5").ok());
+  EXPECT_FALSE(ParseCurriculum("1-8:5").ok());
+}
+
 TEST(Schedule, WarmupThenCosinePerStage) {
   const int64_t steps = 100;  // 10 warmup steps
   EXPECT_DOUBLE_EQ(StageLearningRate(0, steps, 1.0, 0.1), 0.1);

@@ -42,9 +42,20 @@ Result<std::vector<Stage>> ParseCurriculum(std::string_view text) {
       return InvalidArgument("--curriculum: stage '{}' is not LENGTH:STEPS", item);
     }
     Stage st;
-    ASSIGN_OR_RETURN(st.seq_len, ParseCount(item.substr(0, colon), "length"));
+    const std::string_view len = item.substr(0, colon);
+    const size_t dash = len.find('-');
+    if (dash != std::string_view::npos) {
+      ASSIGN_OR_RETURN(st.min_len, ParseCount(len.substr(0, dash), "length"));
+      ASSIGN_OR_RETURN(st.seq_len, ParseCount(len.substr(dash + 1), "length"));
+      if (st.min_len > st.seq_len) {
+        return InvalidArgument("--curriculum: random-length stage '{}' has min > max", len);
+      }
+    } else {
+      ASSIGN_OR_RETURN(st.seq_len, ParseCount(len, "length"));
+      st.min_len = st.seq_len;
+    }
     ASSIGN_OR_RETURN(st.steps, ParseCount(item.substr(colon + 1), "step count"));
-    if (st.seq_len < 2) return InvalidArgument("--curriculum: a sequence needs >= 2 tokens");
+    if (st.min_len < 2) return InvalidArgument("--curriculum: a sequence needs >= 2 tokens");
     stages.push_back(st);
     if (comma == text.size()) break;
     pos = comma + 1;
@@ -56,6 +67,7 @@ std::string FormatCurriculum(const std::vector<Stage>& stages) {
   std::string out;
   for (const Stage& s : stages) {
     if (!out.empty()) out += ',';
+    if (s.min_len != s.seq_len) out += fmt::format("{}-", s.min_len);
     out += fmt::format("{}:{}", s.seq_len, s.steps);
   }
   return out;
@@ -76,6 +88,16 @@ StagePosition Locate(const std::vector<Stage>& stages, int64_t step) {
   p.done = true;
   p.stage = stages.empty() ? 0 : int(stages.size()) - 1;
   return p;
+}
+
+int64_t StepSequenceLength(const Stage& stage, uint64_t seed, int64_t step) {
+  if (stage.min_len >= stage.seq_len) return stage.seq_len;
+  // splitmix64 of (seed, step): no std:: distribution, the same draw on every library.
+  uint64_t z = seed * 0x9E3779B97F4A7C15ull + uint64_t(step) + 0x632BE59BD9B4E019ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  return stage.min_len + int64_t(z % uint64_t(stage.seq_len - stage.min_len + 1));
 }
 
 double StageLearningRate(int64_t i, int64_t steps, double max_lr, double min_lr) {

@@ -78,11 +78,11 @@ class SampleSource {
         if (!src.enabled_[size_t(i)]) continue;
         const Task t = kMixOrder[size_t(i)];
         const int64_t need = t == Task::kLm && !src.stream_.empty() ? 2 : MinTokens(t);
-        if (stages[s].seq_len < need) {
+        if (stages[s].min_len < need) {
           return InvalidArgument(
               "--curriculum: stage {} ({} tokens) is shorter than the {} task's minimum of {} "
               "tokens (drop the task with --tasks or lengthen the stage)",
-              s + 1, stages[s].seq_len, TaskName(t), need);
+              s + 1, stages[s].min_len, TaskName(t), need);
         }
       }
       if (src.enabled_[4] && !src.stream_.empty() && int64_t(src.stream_.size()) < stages[s].seq_len) {
@@ -273,7 +273,7 @@ Status Train(comm::Communicator& world, const TrainOptions& o) {
   for (int64_t step = state.step; step < total_steps; ++step) {
     const auto t_step = Clock::now();
     const StagePosition pos = Locate(stages, step);
-    const int64_t seq_len = stages[size_t(pos.stage)].seq_len;
+    const int64_t seq_len = StepSequenceLength(stages[size_t(pos.stage)], o.seed, step);
     const double lr = StageLearningRate(pos.step_in_stage, pos.stage_steps, o.lr, o.min_lr);
     TaskMix mix = StageTaskMix(pos.stage, int(stages.size()), source->enabled());
     if (o.mining) mix = MinedTaskMix(mix, state.ema_loss);
@@ -342,6 +342,7 @@ Status Train(comm::Communicator& world, const TrainOptions& o) {
       j["step"] = state.step;
       j["stage"] = pos.stage + 1;
       j["seq_len"] = seq_len;
+      j["tokens_seen"] = state.tokens_seen;
       j["lr"] = lr;
       j["loss"] = mean_loss;
       if (o.loss.ce > 0) j["ce"] = sums[1] / sequences;

@@ -1,7 +1,10 @@
 #include "longctx/worker/engine.h"
 
+#include "longctx/worker/param_block.h"
+
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 
 #include <fmt/format.h>
 
@@ -57,6 +60,45 @@ Result<std::unique_ptr<Engine>> Engine::Open(comm::Communicator& comm, const Eng
 const DocumentInfo* Engine::Info(const std::string& doc_id) const {
   auto it = docs_.find(doc_id);
   return it == docs_.end() ? nullptr : &it->second->info;
+}
+
+Result<int64_t> Engine::PredictAnswerLength(const std::string& doc_id, std::string_view query,
+                                            int64_t max_tokens, const AnswerTokens* tokens) {
+  const int64_t D = model_.config.hidden_size;
+  std::vector<float> head;  // [hidden] weight, then the bias
+  Status st = [&]() -> Status {
+    if (max_tokens < 1) return InvalidArgument("the answer length cap must be >= 1");
+    if (query.empty() && !(tokens && !tokens->query_ids.empty())) {
+      return InvalidArgument("--generate auto needs a --query (the length head reads its last token)");
+    }
+    if (!model_.weights.Contains(kLengthHeadWeightName)) {
+      return FailedPrecondition(
+          "--generate auto: {} has no {} (train the model with --loss ...,length:A)",
+          model_.weights.source(), kLengthHeadWeightName);
+    }
+    ASSIGN_OR_RETURN(model::TensorRef w, model_.weights.Get(kLengthHeadWeightName));
+    ASSIGN_OR_RETURN(model::TensorRef b, model_.weights.Get(kLengthHeadBiasName));
+    if (w.numel() != D || b.numel() != 1) {
+      return InvalidArgument("{}: the length head must be [1, {}] and [1]", model_.weights.source(), D);
+    }
+    head.resize(size_t(D) + 1);
+    RETURN_IF_ERROR(model::CopyToFloat32(w, std::span<float>(head.data(), size_t(D))));
+    return model::CopyToFloat32(b, std::span<float>(head.data() + D, 1));
+  }();
+  RETURN_IF_ERROR(comm::AgreeOnStatus(comm_, st));
+  AnswerResult r;
+  RETURN_IF_ERROR(Answer(doc_id, query, 0, {}, &r, tokens));
+  // The last rank holds the query's hidden states; the others add 0.
+  double pred = 0.0;
+  if (!r.appended_hidden.empty()) {
+    const float* h = r.appended_hidden.data() + r.appended_hidden.size() - size_t(D);
+    pred = head[size_t(D)];
+    for (int64_t i = 0; i < D; ++i) pred += double(h[i]) * double(head[size_t(i)]);
+  }
+  RETURN_IF_ERROR(comm_.AllReduce(&pred, 1, comm::ReduceType::kF64, comm::ReduceOp::kSum,
+                                  comm::DeadlineIn(comm::DefaultTimeout())));
+  const double tokens_left = std::exp(std::min(pred, 30.0)) - 1.0;
+  return std::clamp<int64_t>(std::llround(tokens_left), 1, max_tokens);
 }
 
 Status Engine::Drop(const std::string& doc_id) {

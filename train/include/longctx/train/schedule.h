@@ -14,11 +14,14 @@
 namespace longctx::train {
 
 struct Stage {
-  int64_t seq_len = 0;  // tokens per training sequence
+  int64_t seq_len = 0;  // tokens per training sequence (the longest, for a random-length stage)
   int64_t steps = 0;    // optimizer steps
+  int64_t min_len = 0;  // a random-length stage draws each step's length from [min_len,
+                        // seq_len]; == seq_len for a fixed-length stage
 };
 
-// "2K:400,16K:100,64K:40": length (K = 1024, M = 1048576) : steps, each > 0.
+// "2K:400,16K:100,64K:40": length (K = 1024, M = 1048576) : steps, each > 0. A length written
+// "512-4K" makes a random-length stage (the baseline the seed's curriculum is compared with).
 Result<std::vector<Stage>> ParseCurriculum(std::string_view text);
 std::string FormatCurriculum(const std::vector<Stage>& stages);
 
@@ -29,6 +32,10 @@ struct StagePosition {
   bool done = false;          // step is past the last stage
 };
 StagePosition Locate(const std::vector<Stage>& stages, int64_t step);
+
+// The sequence length of `step` in `stage`: seq_len, or for a random-length stage a uniform
+// draw from [min_len, seq_len] that depends only on (seed, step).
+int64_t StepSequenceLength(const Stage& stage, uint64_t seed, int64_t step);
 
 // The learning rate at step_in_stage of a stage of `steps` steps: linear warmup over the first
 // ceil(10%) steps from max_lr/warmup to max_lr, then cosine from max_lr to min_lr at the end.

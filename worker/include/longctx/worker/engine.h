@@ -95,6 +95,13 @@ class Engine {
                 const TokenCallback& on_token, AnswerResult* out,
                 const AnswerTokens* tokens = nullptr);
 
+  // How many tokens the answer to `query` has, as the model's length head predicts it (the
+  // `length` loss of DESIGN.md §6): round(exp(w . h + b) - 1) at the query's last token,
+  // clamped to [1, max_tokens]. For `longctx run --generate auto`. kFailedPrecondition when the
+  // model has no length head. The document is left as it was.
+  Result<int64_t> PredictAnswerLength(const std::string& doc_id, std::string_view query,
+                                      int64_t max_tokens, const AnswerTokens* tokens = nullptr);
+
   bool Has(const std::string& doc_id) const { return docs_.count(doc_id) != 0; }
   const DocumentInfo* Info(const std::string& doc_id) const;
   Status Drop(const std::string& doc_id);
