@@ -10,6 +10,7 @@
 // mirrors, because exactness against it is the contract (tests/tokenizer/).
 #include <algorithm>
 #include <cstring>
+#include <deque>
 #include <filesystem>
 #include <mutex>
 #include <queue>
@@ -1036,6 +1037,11 @@ struct HfTokenizer::Impl {
   template <typename F>
   void MatchAdded(std::string_view s, const std::vector<std::tuple<size_t, size_t, int32_t>>& m,
                   bool at_start, F&& piece, std::vector<int32_t>* out) const {
+    MatchAdded(s, m, at_start, piece, [out](int32_t id) { out->push_back(id); });
+  }
+  template <typename F, typename G>
+  void MatchAdded(std::string_view s, const std::vector<std::tuple<size_t, size_t, int32_t>>& m,
+                  bool at_start, F&& piece, G&& added_id) const {
     size_t start_offset = 0;
     for (auto [a, b, idx] : m) {
       const AddedToken& t = added[size_t(idx)];
@@ -1050,7 +1056,7 @@ struct HfTokenizer::Impl {
       if (start_offset < start) {
         piece(s.substr(start_offset, start - start_offset), at_start && start_offset == 0);
       }
-      out->push_back(t.id);
+      added_id(t.id);
       start_offset = stop;
     }
     if (start_offset < s.size()) {
@@ -1454,53 +1460,119 @@ int32_t HfTokenizer::TokenToId(std::string_view token) const {
 Result<std::vector<int32_t>> HfTokenizer::EncodeParallel(std::string_view text,
                                                          bool add_special_tokens,
                                                          int threads) const {
+  if (threads <= 1) return Encode(text, add_special_tokens);
   std::string valid;
   if (!IsValidUtf8(text)) {
     valid = ToValidUtf8(text);
     text = valid;
   }
-  // Cut only right after a non-normalized, non-stripping added token that the raw trie finds:
-  // the library splits the text there before anything else, and nothing after the cut depends
-  // on what came before (a piece's `at_start` is false either way once it is not the first).
-  std::vector<size_t> cuts{0};
-  if (threads > 1 && !impl_->raw_trie.empty()) {
-    std::vector<std::tuple<size_t, size_t, int32_t>> m;
-    impl_->raw_trie.FindAll(text, &m);
-    const size_t want = text.size() / size_t(threads);
-    for (auto [a, b, idx] : m) {
-      const AddedToken& t = impl_->added[size_t(idx)];
-      if (t.lstrip || t.rstrip || t.single_word) continue;
-      if (b - cuts.back() >= want && b < text.size()) cuts.push_back(b);
-    }
+  const Impl& im = *impl_;
+  // 1. Sequentially: added tokens and normalization, as EncodeNoPost, into units of work in
+  // order: an added token's id, or a piece of normalized text for the pre-tokenizer.
+  // 2. A piece whose pre-tokenizer starts with an Isolated regex Split (Llama-3, Qwen, DeepSeek)
+  // is cut at that Split's matches (found on several threads, Regex::FindAllParallel); each
+  // match and gap then goes through the rest of the pre-tokenizer on its own, as in Encode.
+  // 3. The units are shared out in contiguous runs; each thread encodes its run.
+  struct Unit {
+    std::string_view text;
+    bool at_start = false;
+    bool split_done = false;  // the first Split stage is already applied
+    int32_t added = -1;       // >= 0: an added token's id
+  };
+  const SplitPreTokenizer* first_split = nullptr;
+  const PreTokenizerSequence* seq = nullptr;
+  if (auto* sp = dynamic_cast<const SplitPreTokenizer*>(im.pre_tokenizer.get())) {
+    first_split = sp;
+  } else if (auto* sq = dynamic_cast<const PreTokenizerSequence*>(im.pre_tokenizer.get());
+             sq && !sq->parts.empty()) {
+    seq = sq;
+    first_split = dynamic_cast<const SplitPreTokenizer*>(sq->parts[0].get());
   }
-  cuts.push_back(text.size());
-  const size_t parts = cuts.size() - 1;
-  std::vector<std::vector<int32_t>> out(parts);
-  std::vector<Status> st(parts);
-  auto work = [&](size_t k) {
-    // A part after the first starts right after an added token: encode it as the text that
-    // follows one (the library's pieces are independent), i.e. with at_start = false.
-    const std::string_view part = text.substr(cuts[k], cuts[k + 1] - cuts[k]);
-    Impl::WordCache cache;
+  if (first_split && !(first_split->pattern.regex && first_split->pattern.regex->forward_only() &&
+                       first_split->behavior == SplitBehavior::kIsolated && !first_split->invert)) {
+    first_split = nullptr;
+  }
+  std::deque<std::string> normalized;
+  std::vector<Unit> units;
+  Status st;
+  auto add_piece = [&](std::string_view piece, bool at_start) {
+    if (!first_split) {
+      units.push_back({piece, at_start, false, -1});
+      return;
+    }
+    std::vector<std::pair<size_t, size_t>> m;
+    first_split->pattern.regex->FindAllParallel(piece, threads, &m);
+    size_t prev = 0;
+    auto unit = [&](size_t a, size_t b) {
+      if (b > a) units.push_back({piece.substr(a, b - a), at_start && a == 0, true, -1});
+    };
+    for (auto [a, b] : m) {
+      unit(prev, a);
+      unit(a, b);
+      prev = b;
+    }
+    unit(prev, piece.size());
+  };
+  auto raw_piece = [&](std::string_view raw, bool at_start) {
+    if (!st.ok()) return;
+    std::string& n = normalized.emplace_back(raw);
+    if (im.normalizer) {
+      st = im.normalizer->Apply(&n);
+      if (!st.ok()) return;
+    }
+    if (im.norm_trie.empty()) {
+      if (!n.empty()) add_piece(n, at_start);
+      return;
+    }
     std::vector<std::tuple<size_t, size_t, int32_t>> m;
-    impl_->raw_trie.FindAll(part, &m);
-    Status s;
-    impl_->MatchAdded(part, m, k == 0, [&](std::string_view piece, bool at_start) {
-      if (s.ok()) s = impl_->EncodePiece(piece, at_start, &cache, &out[k]);
-    }, &out[k]);
-    st[k] = s;
+    im.norm_trie.FindAll(n, &m);
+    im.MatchAdded(n, m, at_start, add_piece, [&](int32_t id) { units.push_back({{}, false, false, id}); });
+  };
+  {
+    std::vector<std::tuple<size_t, size_t, int32_t>> m;
+    im.raw_trie.FindAll(text, &m);
+    im.MatchAdded(text, m, true, raw_piece, [&](int32_t id) { units.push_back({{}, false, false, id}); });
+  }
+  RETURN_IF_ERROR(st);
+
+  const size_t parts = size_t(threads);
+  std::vector<size_t> bounds{0};
+  {
+    size_t total = 0;
+    for (const Unit& u : units) total += u.text.size() + 1;
+    size_t acc = 0;
+    for (size_t i = 0; i < units.size(); ++i) {
+      acc += units[i].text.size() + 1;
+      if (bounds.size() < parts && acc >= total * bounds.size() / parts) bounds.push_back(i + 1);
+    }
+    bounds.push_back(units.size());
+  }
+  std::vector<std::vector<int32_t>> out(bounds.size() - 1);
+  auto work = [&](size_t k) {
+    Impl::WordCache cache;
+    std::vector<int32_t>& o = out[k];
+    auto word = [&](std::string_view w, bool) { im.TokenizeWord(w, &cache, &o); };
+    for (size_t i = bounds[k]; i < bounds[k + 1]; ++i) {
+      const Unit& u = units[i];
+      if (u.added >= 0) {
+        o.push_back(u.added);
+      } else if (!im.pre_tokenizer || (u.split_done && !seq)) {
+        im.TokenizeWord(u.text, &cache, &o);
+      } else if (u.split_done) {
+        seq->Run(1, u.text, u.at_start, Emit(word));
+      } else {
+        im.pre_tokenizer->Apply(u.text, u.at_start, Emit(word));
+      }
+    }
   };
   std::vector<std::thread> pool;
-  for (size_t k = 1; k < parts; ++k) pool.emplace_back(work, k);
-  work(0);
+  for (size_t k = 1; k < out.size(); ++k) pool.emplace_back(work, k);
+  if (!out.empty()) work(0);
   for (auto& th : pool) th.join();
   std::vector<int32_t> ids;
-  if (add_special_tokens) ids = impl_->post.prefix;
-  for (size_t k = 0; k < parts; ++k) {
-    RETURN_IF_ERROR(st[k]);
-    ids.insert(ids.end(), out[k].begin(), out[k].end());
-  }
-  if (add_special_tokens) ids.insert(ids.end(), impl_->post.suffix.begin(), impl_->post.suffix.end());
+  if (add_special_tokens) ids = im.post.prefix;
+  for (const auto& o : out) ids.insert(ids.end(), o.begin(), o.end());
+  if (add_special_tokens) ids.insert(ids.end(), im.post.suffix.begin(), im.post.suffix.end());
   return ids;
 }
 

@@ -1,5 +1,7 @@
 #include "tokenizer_text.h"
 
+#include <thread>
+
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 #include <unicode/bytestream.h>
@@ -179,6 +181,25 @@ Result<std::unique_ptr<Regex>> Regex::Compile(const std::string& pattern) {
   pcre2_jit_compile(code, PCRE2_JIT_COMPLETE);  // falls back to the interpreter if JIT is absent
   std::unique_ptr<Regex> r(new Regex());
   r->code_ = code;
+  // Forward-only: no lookbehind, \b \B \G \K \A \z \Z, no ^ or $ outside a class.
+  bool fwd = p.find("(?<") == std::string::npos;
+  bool in_class = false;
+  for (size_t i = 0; fwd && i < p.size(); ++i) {
+    const char c = p[i];
+    if (c == '\\' && i + 1 < p.size()) {
+      if (std::string_view("bBGKAzZ").find(p[i + 1]) != std::string_view::npos) fwd = false;
+      ++i;
+    } else if (c == '[' && !in_class) {
+      in_class = true;
+      if (i + 1 < p.size() && p[i + 1] == '^') ++i;
+      if (i + 1 < p.size() && p[i + 1] == ']') ++i;
+    } else if (c == ']' && in_class) {
+      in_class = false;
+    } else if ((c == '^' || c == '$') && !in_class) {
+      fwd = false;
+    }
+  }
+  r->forward_only_ = fwd;
   return r;
 }
 
@@ -186,6 +207,11 @@ Regex::~Regex() { pcre2_code_free(static_cast<pcre2_code*>(code_)); }
 
 void Regex::FindAll(std::string_view text, std::vector<std::pair<size_t, size_t>>* out) const {
   out->clear();
+  Scan(text, 0, std::string_view::npos, out);
+}
+
+void Regex::Scan(std::string_view text, size_t pos, size_t stop,
+                 std::vector<std::pair<size_t, size_t>>* out) const {
   auto* code = static_cast<pcre2_code*>(code_);
   thread_local struct MatchData {
     pcre2_match_data* md = nullptr;
@@ -193,12 +219,12 @@ void Regex::FindAll(std::string_view text, std::vector<std::pair<size_t, size_t>
   } tl;
   if (tl.md == nullptr) tl.md = pcre2_match_data_create(4, nullptr);
   const auto* subject = reinterpret_cast<PCRE2_SPTR>(text.data());
-  size_t pos = 0;
   while (pos <= text.size()) {
     const int rc = pcre2_match(code, subject, text.size(), pos, PCRE2_NO_UTF_CHECK, tl.md, nullptr);
     if (rc < 0) break;
     const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(tl.md);
     const size_t s = ov[0], e = ov[1];
+    if (s >= stop) break;
     if (e == s) {  // empty match: skip it, move on by one character
       if (s >= text.size()) break;
       pos = s + size_t(Utf8Len(uint8_t(text[s])));
@@ -206,6 +232,53 @@ void Regex::FindAll(std::string_view text, std::vector<std::pair<size_t, size_t>
     }
     out->emplace_back(s, e);
     pos = e;
+  }
+}
+
+// Thread k scans from cut c_k (a character boundary) to the first match starting at or after
+// c_k+1. Merging left to right, with `e` the end of the last match kept so far:
+//  - e <= c_k: the scan that produced the kept matches found no match starting in [e, c_k)
+//    (it stopped at a match starting at or after c_k, or at the end), so the whole-text scan
+//    continues with the first match at or after c_k: thread k's list, in sync;
+//  - e > c_k (a match crossed the cut): thread k's first match starting at or after e is the
+//    next one if thread k's scan did not jump over e (its previous match ends at or before e);
+//    otherwise chunk k is rescanned from e.
+// This needs forward-only patterns: a match at a position depends only on the text after it.
+void Regex::FindAllParallel(std::string_view text, int threads,
+                            std::vector<std::pair<size_t, size_t>>* out) const {
+  const size_t n = text.size();
+  if (threads <= 1 || !forward_only_ || n < (size_t(1) << 16)) {
+    FindAll(text, out);
+    return;
+  }
+  const auto k_parts = size_t(threads);
+  std::vector<size_t> cut(k_parts + 1);
+  for (size_t k = 0; k <= k_parts; ++k) {
+    size_t c = n * k / k_parts;
+    while (c < n && (uint8_t(text[c]) & 0xC0) == 0x80) ++c;
+    cut[k] = c;
+  }
+  std::vector<std::vector<std::pair<size_t, size_t>>> parts(k_parts);
+  std::vector<std::thread> pool;
+  for (size_t k = 1; k < k_parts; ++k) {
+    pool.emplace_back([&, k] { Scan(text, cut[k], cut[k + 1], &parts[k]); });
+  }
+  Scan(text, 0, cut[1], &parts[0]);
+  for (auto& t : pool) t.join();
+  out->clear();
+  out->insert(out->end(), parts[0].begin(), parts[0].end());
+  for (size_t k = 1; k < k_parts; ++k) {
+    const size_t e = out->empty() ? 0 : out->back().second;
+    const auto& p = parts[k];
+    if (e <= cut[k]) {
+      out->insert(out->end(), p.begin(), p.end());
+      continue;
+    }
+    size_t idx = 0;
+    while (idx < p.size() && p[idx].first < e) ++idx;
+    const bool in_sync = idx < p.size() && (idx == 0 ? cut[k] <= e : p[idx - 1].second <= e);
+    if (in_sync) out->insert(out->end(), p.begin() + long(idx), p.end());
+    else if (e < n) Scan(text, e, cut[k + 1], out);
   }
 }
 

@@ -48,10 +48,22 @@ class Regex {
   // Non-overlapping matches [start, end) in `text` (valid UTF-8), left to right; an empty match
   // advances by one character.
   void FindAll(std::string_view text, std::vector<std::pair<size_t, size_t>>* out) const;
+  // The same scan started at `pos` of `text`, ended by the first match that starts at or after
+  // `stop` (not included); appends to `out`.
+  void Scan(std::string_view text, size_t pos, size_t stop,
+            std::vector<std::pair<size_t, size_t>>* out) const;
+  // FindAll on `threads` threads, equal to FindAll: each scans from a cut; a cut that a match
+  // crosses is resynchronized (see the .cpp). Only for forward_only() patterns.
+  void FindAllParallel(std::string_view text, int threads,
+                       std::vector<std::pair<size_t, size_t>>* out) const;
+  // No lookbehind, anchors, \b/\B, \G or \K: the matches of a scan started at an offset depend
+  // only on the text from there on (lookahead may read past it).
+  bool forward_only() const { return forward_only_; }
 
  private:
   Regex() = default;
   void* code_ = nullptr;  // pcre2_code_8
+  bool forward_only_ = false;
 };
 
 // Unicode normalization forms through ICU.

@@ -85,9 +85,11 @@ class HfTokenizer final : public Tokenizer {
 
   // The id of a token string (vocabulary or added token), -1 when absent.
   int32_t TokenToId(std::string_view token) const;
-  // Encode `text` in pieces cut where the tokenization cannot change (at an added-token match
-  // or a run of newlines, see tokenizer.cpp), `threads` of them at a time; the result equals
-  // Encode(text, add_special_tokens).
+  // Encode(text, add_special_tokens) on `threads` threads, with the same result: added tokens
+  // and normalization run first; a pre-tokenizer that starts with an Isolated regex Split
+  // (forward-only pattern) has its matches found in parallel chunks resynchronized at the cuts;
+  // the resulting pieces (which the library also pre-tokenizes and merges independently) are
+  // encoded in contiguous runs, one per thread. Other pre-tokenizers split only at added tokens.
   Result<std::vector<int32_t>> EncodeParallel(std::string_view text, bool add_special_tokens,
                                               int threads) const;
 
