@@ -103,15 +103,10 @@ Status ReadTokens(const RunFlags& f, const model::Tokenizer& tok, std::vector<in
     if (!in) return NotFound("{}: cannot open the input document", f.input);
     std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     if (in.bad()) return DataLoss("{}: read error", f.input);
-    if (!tok.is_byte_level()) {  // a tokenizer.json: its ids (with BOS), classes from token texts
-      ASSIGN_OR_RETURN(*ids, tok.Encode(text, true));
-      *classes = ClassifyIds(tok, *ids);
-      if (ids->empty()) return InvalidArgument("the input document is empty");
-      return Status::Ok();
-    }
-    ids->resize(text.size());
-    for (size_t i = 0; i < text.size(); ++i) (*ids)[i] = int32_t(uint8_t(text[i]));
-    *classes = attention::ClassifyBytes(text);
+    // The tokenizer's ids (a tokenizer.json adds its BOS; bytes: id = byte); classes from the
+    // bytes for the byte tokenizer, else from each token's decoded text.
+    ASSIGN_OR_RETURN(*ids, tok.Encode(text, true));
+    *classes = tok.is_byte_level() ? attention::ClassifyBytes(text) : ClassifyIds(tok, *ids);
   } else {
     ASSIGN_OR_RETURN(NpyArray a, ReadNpy(f.input_ids));
     if (a.shape.size() != 1) {
