@@ -70,6 +70,15 @@ PYEOF
   >/dev/null 2>&1 && [[ -f "$T/g/grads.safetensors" && -f "$T/g/globals.npy" && -f "$T/g/report.json" ]] \
   && ok "grad writes grads.safetensors, globals.npy, report.json" || bad "grad outputs"
 
+# The length head: trained with --loss ...,length, `run --generate auto` lets it decide.
+"$BIN" "${TR[@]}" --curriculum 400:3 --loss ce,length:0.5 --out "$T/lh" >/dev/null 2>&1 \
+  && "$BIN" run --progress off --threads 1 --model "$T/lh/final" --input "$T/a.log" --out "$T/lr" \
+       --query "What is the pass key? The pass key is" --generate auto >/dev/null 2>&1 \
+  && "$PY" -c "import json,sys; n=json.load(open('$T/lr/report.json'))['generated_tokens']; sys.exit(0 if 1 <= n <= 256 else 1)" \
+  && ok "run --generate auto with a length head" || bad "run --generate auto"
+expect_error "--generate auto without a length head" run --progress off --model builtin:tiny \
+  --input "$T/a.log" --query "What?" --generate auto --out "$T/x"
+
 # Bad input: one line, non-zero, nothing saved lost.
 expect_error "bad curriculum" "${TR[@]}" --curriculum 400:x --out "$T/x"
 expect_error "stage shorter than a task" train --model builtin:tiny --tasks vt --curriculum 100:2 --out "$T/x"
