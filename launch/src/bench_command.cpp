@@ -7,6 +7,7 @@
 #include "longctx/bench/kvstore_bench.h"
 #include "longctx/bench/matrix.h"
 #include "longctx/bench/tokenize_bench.h"
+#include "longctx/bench/train_bench.h"
 #include "longctx/comm/communicator.h"
 
 namespace longctx::cli {
@@ -107,7 +108,27 @@ Runner AddBenchCommand(CLI::App& app) {
   tk->add_option("--node", to->node, "the node binary")->capture_default_str();
   tk->add_option("--json", to->json, "also write the results as JSON");
 
-  return [o, c, att, cm, mo, mx, ko, kv, to, tk]() -> Status {
+  auto tro = std::make_shared<bench::TrainBenchOptions>();
+  CLI::App* tr = app.add_subcommand(
+      "train", "forward+backward tokens/s vs the same model in torch float32, with the time split "
+               "into GEMMs, attention and communication (mpirun: sequence parallel)");
+  tr->add_option("--model", tro->model, "builtin:tiny, builtin:small or a model directory")
+      ->capture_default_str();
+  tr->add_option("--tokens", tro->tokens, "sequence lengths")->delimiter(',')->capture_default_str();
+  tr->add_option("--threads", tro->threads, "threads per rank (0 = cores / ranks on the node)")
+      ->capture_default_str();
+  tr->add_option("--repeats", tro->repeats, "timed steps after a warm-up")->capture_default_str();
+  tr->add_option("--peer", tro->peer, "auto (the torch peer on 1 rank) | off")->capture_default_str();
+  tr->add_option("--python", tro->python, "python3 with torch")->capture_default_str();
+  tr->add_option("--peer-script", tro->peer_script, "torch_train.py (default: the source tree's)");
+  tr->add_option("--seed", tro->seed, "seed of the prose documents")->capture_default_str();
+  tr->add_option("--json", tro->json, "also write the results as JSON (rank 0)");
+
+  return [o, c, att, cm, mo, mx, ko, kv, to, tk, tro, tr]() -> Status {
+    if (tr->parsed()) {
+      ASSIGN_OR_RETURN(std::shared_ptr<comm::Communicator> w, comm::WorldCommunicator("auto"));
+      return bench::RunTrainBench(*tro, *w);
+    }
     if (tk->parsed()) return bench::RunTokenizeBench(*to);
     if (kv->parsed()) return bench::RunKvstoreBench(*ko);
     if (att->parsed()) return bench::RunAttentionBench(*o);

@@ -101,6 +101,7 @@ Status LayerForward(StepContext& ctx, int64_t l, const float* x, float* x_out,
   for (const PhaseTraffic* p : {&ds.halo, &ds.global_kv, &ds.global_q, &ds.partials}) {
     ctx.st.bytes_sent += p->sent;
     ctx.st.bytes_received += p->received;
+    ctx.st.comm_seconds += p->seconds;
   }
   ctx.st.attention_seconds += Since(t0);
 
@@ -170,6 +171,7 @@ Status LayerBackward(StepContext& ctx, int64_t l, const float* x, LayerActivatio
   for (const PhaseTraffic* p : {&ds.halo, &ds.global_kv, &ds.global_q, &ds.partials}) {
     ctx.st.bytes_sent += p->sent;
     ctx.st.bytes_received += p->received;
+    ctx.st.comm_seconds += p->seconds;
   }
   *entropy_sum += ag.entropy_sum;
   ctx.st.attention_seconds += Since(t0);

@@ -50,6 +50,7 @@ struct TrainStepStats {
   double attention_seconds = 0.0;  // attention forward (incl. recompute) and backward, with comm
   double gemm_seconds = 0.0;       // projections, MLP and LM head, forward and backward
   uint64_t bytes_sent = 0, bytes_received = 0;  // attention exchanges, all layers
+  double comm_seconds = 0.0;  // of attention_seconds: waiting in those exchanges (all phases)
 };
 
 // Forward + backward of `seq` sharded by `bounds` (ranks + 1 entries). Accumulates (+=) this
