@@ -8,6 +8,7 @@
 
 #include "commands.h"
 #include "engine_flags.h"
+#include "longctx/core/byte_size.h"
 #include "longctx/core/file.h"
 #include "longctx/train/evaluate.h"
 
@@ -30,13 +31,11 @@ Status RunEval(const EvalFlags& f) {
   train::EvalOptions o;
   ASSIGN_OR_RETURN(o.task, train::ParseTask(f.task));
   ASSIGN_OR_RETURN(o.task_options.split, train::ParseSplit(f.split));
-  char* end = nullptr;
-  o.tokens = std::strtoll(f.tokens.c_str(), &end, 10);
-  if (*end == 'K' || *end == 'k') o.tokens *= 1024, ++end;
-  else if (*end == 'M' || *end == 'm') o.tokens *= 1024 * 1024, ++end;
-  if (f.tokens.empty() || *end != '\0' || o.tokens < 2) {
-    return InvalidArgument("--tokens {}: expected a token count (K/M suffix allowed)", f.tokens);
+  ASSIGN_OR_RETURN(const uint64_t tokens, ParseByteSize(f.tokens, "--tokens"));
+  if (tokens < 2 || tokens > (uint64_t(1) << 31)) {
+    return InvalidArgument("--tokens must be in [2, 2^31], got '{}'", f.tokens);
   }
+  o.tokens = int64_t(tokens);
   o.count = f.count;
   o.seed = f.data_seed;
   o.task_options.depth = f.depth;

@@ -1,31 +1,24 @@
 #include "longctx/train/schedule.h"
 
 #include <algorithm>
-#include <charconv>
 #include <cmath>
 
 #include <fmt/format.h>
 
+#include "longctx/core/byte_size.h"
+
 namespace longctx::train {
 namespace {
 
+// A length or step count: an integer > 0 with an optional K/M suffix (binary, as every size flag).
 Result<int64_t> ParseCount(std::string_view s, std::string_view what) {
-  int64_t mult = 1;
-  if (!s.empty() && (s.back() == 'K' || s.back() == 'k')) {
-    mult = 1024;
-    s.remove_suffix(1);
-  } else if (!s.empty() && (s.back() == 'M' || s.back() == 'm')) {
-    mult = 1024 * 1024;
-    s.remove_suffix(1);
-  }
-  int64_t v = 0;
-  const auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-  if (s.empty() || ec != std::errc() || p != s.data() + s.size() || v <= 0 ||
-      v > (int64_t{1} << 40) / mult) {
+  Result<uint64_t> v = ParseByteSize(s, fmt::format("--curriculum: {}", what));
+  if (!v.ok()) return v.status();
+  if (*v == 0 || *v > (uint64_t{1} << 40)) {
     return InvalidArgument("--curriculum: bad {} '{}' (a positive integer, K/M suffix allowed)",
                            what, s);
   }
-  return v * mult;
+  return int64_t(*v);
 }
 
 }  // namespace
