@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "longctx/core/status.h"
+#include "longctx/core/utf8.h"
 
 namespace longctx::model::internal {
 
@@ -32,7 +33,7 @@ inline char32_t DecodeUtf8(std::string_view s, size_t i, int* len) {
   for (int k = 1; k < n && i + size_t(k) < s.size(); ++k) cp = (cp << 6) | (uint8_t(s[i + k]) & 0x3F);
   return cp;
 }
-void AppendUtf8(char32_t cp, std::string* out);
+using ::longctx::AppendUtf8;  // core/utf8.h
 
 // Rust's char::is_whitespace (White_Space), is_alphanumeric (Alphabetic or N*), is_numeric (N*).
 bool IsWhitespace(char32_t cp);

@@ -9,6 +9,7 @@
 #include <unordered_set>
 #include <utility>
 
+#include "longctx/core/utf8.h"
 #include "longctx/train/task_data.h"
 #include "random_draw.h"
 
@@ -65,24 +66,6 @@ std::string CollapseSpaces(std::string_view s) {
   return out;
 }
 
-void AppendUtf8(uint32_t cp, std::string* out) {
-  if (cp < 0x80) {
-    out->push_back(char(cp));
-  } else if (cp < 0x800) {
-    out->push_back(char(0xC0 | (cp >> 6)));
-    out->push_back(char(0x80 | (cp & 0x3F)));
-  } else if (cp < 0x10000) {
-    out->push_back(char(0xE0 | (cp >> 12)));
-    out->push_back(char(0x80 | ((cp >> 6) & 0x3F)));
-    out->push_back(char(0x80 | (cp & 0x3F)));
-  } else {
-    out->push_back(char(0xF0 | (cp >> 18)));
-    out->push_back(char(0x80 | ((cp >> 12) & 0x3F)));
-    out->push_back(char(0x80 | ((cp >> 6) & 0x3F)));
-    out->push_back(char(0x80 | (cp & 0x3F)));
-  }
-}
-
 // Tags removed (a tag separates words only where it was next to whitespace already), the
 // common entities decoded; an unknown entity is kept as written.
 std::string StripTags(std::string_view html) {
@@ -115,7 +98,7 @@ std::string StripTags(std::string_view html) {
           if (!digits.empty() && end && *end == '\0' && v > 0 && v < 0x110000) cp = uint32_t(v);
         }
         if (cp != 0) {
-          AppendUtf8(cp, &out);
+          AppendUtf8(char32_t(cp), &out);
           i = semi + 1;
           continue;
         }
