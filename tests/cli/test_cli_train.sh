@@ -17,6 +17,8 @@ MPIRUN=(timeout 300 mpirun --oversubscribe --allow-run-as-root --mca btl self,va
 
 BASE=(train --model builtin:tiny --threads 1 --progress off --lr 3e-3)
 TR=("${BASE[@]}" --tasks passkey,lm)
+# A document for `run` on the checkpoints (the train logs may be empty).
+printf 'The pass key is 12345. Remember it. 12345 is the pass key.\n\nThe grass grew; the sun set.' >"$T/doc.txt"
 "$BIN" "${TR[@]}" --curriculum 400:4,600:2 --save-every 3 --out "$T/a" >"$T/a.log" 2>&1 \
   && ok "train: 2 stages, 6 steps" || bad "train: $(tail -3 "$T/a.log")"
 [[ -f "$T/a/final/config.json" && -f "$T/a/final/model.safetensors" && -f "$T/a/final/optimizer.safetensors" \
@@ -33,7 +35,7 @@ assert [r["stage"] for r in rows] == [1, 1, 1, 1, 2, 2], [r["stage"] for r in ro
 assert [r["seq_len"] for r in rows] == [400] * 4 + [600] * 2
 assert all(math.isfinite(r["loss"]) for r in rows)
 PYEOF
-"$BIN" run --progress off --threads 1 --model "$T/a/final" --input "$T/a.log" --out "$T/r" \
+"$BIN" run --progress off --threads 1 --model "$T/a/final" --input "$T/doc.txt" --out "$T/r" \
   --query "What is the pass key? The pass key is" --generate 4 >/dev/null 2>&1 \
   && ok "run loads the final checkpoint as it is" || bad "run on the checkpoint"
 
@@ -72,12 +74,12 @@ PYEOF
 
 # The length head: trained with --loss ...,length, `run --generate auto` lets it decide.
 "$BIN" "${TR[@]}" --curriculum 400:3 --loss ce,length:0.5 --out "$T/lh" >/dev/null 2>&1 \
-  && "$BIN" run --progress off --threads 1 --model "$T/lh/final" --input "$T/a.log" --out "$T/lr" \
+  && "$BIN" run --progress off --threads 1 --model "$T/lh/final" --input "$T/doc.txt" --out "$T/lr" \
        --query "What is the pass key? The pass key is" --generate auto >/dev/null 2>&1 \
   && "$PY" -c "import json,sys; n=json.load(open('$T/lr/report.json'))['generated_tokens']; sys.exit(0 if 1 <= n <= 256 else 1)" \
   && ok "run --generate auto with a length head" || bad "run --generate auto"
 expect_error "--generate auto without a length head" run --progress off --model builtin:tiny \
-  --input "$T/a.log" --query "What?" --generate auto --out "$T/x"
+  --input "$T/doc.txt" --query "What?" --generate auto --out "$T/x"
 
 # Bad input: one line, non-zero, nothing saved lost.
 expect_error "bad curriculum" "${TR[@]}" --curriculum 400:x --out "$T/x"
