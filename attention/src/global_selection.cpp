@@ -53,6 +53,14 @@ std::vector<TokenClass> ClassifyBytes(std::string_view text) {
   return cls;
 }
 
+std::vector<TokenClass> ClassifyByteIds(std::span<const int32_t> ids) {
+  std::string bytes(ids.size(), '\0');
+  for (size_t i = 0; i < ids.size(); ++i) {
+    bytes[i] = ids[i] >= 0 && ids[i] < 256 ? char(ids[i]) : '\x01';
+  }
+  return ClassifyBytes(bytes);
+}
+
 std::vector<TokenClass> ClassifyTokenTexts(std::span<const std::string> texts) {
   std::string all;
   size_t total = 0;

@@ -113,7 +113,6 @@ Status ReadTokens(const RunFlags& f, const model::Tokenizer& tok, std::vector<in
       return InvalidArgument("{}: token ids must be a 1-D array, got {} dimensions", f.input_ids,
                              a.shape.size());
     }
-    std::string bytes(size_t(a.numel()), '\0');
     ids->resize(size_t(a.numel()));
     for (int64_t i = 0; i < a.numel(); ++i) {
       int64_t v;
@@ -124,9 +123,8 @@ Status ReadTokens(const RunFlags& f, const model::Tokenizer& tok, std::vector<in
         return OutOfRange("{}: token id {} at position {} is negative or too large", f.input_ids, v, i);
       }
       (*ids)[size_t(i)] = int32_t(v);
-      bytes[size_t(i)] = v < 256 ? char(v) : '\x01';
     }
-    *classes = tok.is_byte_level() ? attention::ClassifyBytes(bytes) : ClassifyIds(tok, *ids);
+    *classes = tok.is_byte_level() ? attention::ClassifyByteIds(*ids) : ClassifyIds(tok, *ids);
   }
   if (ids->empty()) return InvalidArgument("the input document is empty");
   return Status::Ok();

@@ -1,19 +1,9 @@
 #include "longctx/train/sample_step.h"
 
-#include <string>
-
 namespace longctx::train {
 
-std::vector<attention::TokenClass> ClassifyByteIds(std::span<const int32_t> ids) {
-  std::string bytes(ids.size(), '\0');
-  for (size_t i = 0; i < ids.size(); ++i) {
-    bytes[i] = ids[i] >= 0 && ids[i] < 256 ? char(ids[i]) : '\x01';
-  }
-  return attention::ClassifyBytes(bytes);
-}
-
 Result<std::vector<int64_t>> SampleGlobals(const model::ModelConfig& c, const Sample& s) {
-  const std::vector<attention::TokenClass> classes = ClassifyByteIds(s.ids);
+  const std::vector<attention::TokenClass> classes = attention::ClassifyByteIds(s.ids);
   for (int64_t p : s.marked) {
     if (p < 0 || p >= int64_t(s.ids.size())) {
       return InvalidArgument("marked global position {} is outside [0, {})", p, s.ids.size());

@@ -36,6 +36,11 @@ struct SelectionConfig {
 // of two or more '\n' (it ends a paragraph) and the first token after it (it starts one).
 std::vector<TokenClass> ClassifyBytes(std::string_view text);
 
+// Classes of byte-level token ids (an id below 256 stands for that byte; any other id, or a
+// negative one, is an ordinary token): ClassifyBytes of the bytes the ids stand for. What
+// `longctx run --input-ids` and the trainer use for models without a tokenizer.json.
+std::vector<TokenClass> ClassifyByteIds(std::span<const int32_t> ids);
+
 // Classes of tokens from each token's decoded text (a tokenizer.json model, DESIGN.md §5): a
 // token takes the highest class that ClassifyBytes gives the bytes of its text within the
 // concatenation of all texts (kOther for an empty text). One-byte texts give ClassifyBytes.

@@ -23,10 +23,6 @@ struct Sample {
   std::vector<int64_t> marked;     // positions that are always global (a question's tokens)
 };
 
-// Token classes of byte-level ids (an id below 256 is the byte it stands for; others are
-// ordinary tokens), as `longctx run --input-ids` classes them.
-std::vector<attention::TokenClass> ClassifyByteIds(std::span<const int32_t> ids);
-
 // The sample's globals under the config's selection rules.
 Result<std::vector<int64_t>> SampleGlobals(const model::ModelConfig& config, const Sample& s);
 
