@@ -2,9 +2,11 @@
 #include <memory>
 
 #include "commands.h"
+#include "engine_flags.h"
 #include "longctx/bench/attention_bench.h"
 #include "longctx/bench/comm_bench.h"
 #include "longctx/bench/kvstore_bench.h"
+#include "longctx/bench/longeval.h"
 #include "longctx/bench/matrix.h"
 #include "longctx/bench/tokenize_bench.h"
 #include "longctx/bench/train_bench.h"
@@ -124,7 +126,38 @@ Runner AddBenchCommand(CLI::App& app) {
   tr->add_option("--seed", tro->seed, "seed of the prose documents")->capture_default_str();
   tr->add_option("--json", tro->json, "also write the results as JSON (rank 0)");
 
-  return [o, c, att, cm, mo, mx, ko, kv, to, tk, tro, tr]() -> Status {
+  auto le = std::make_shared<bench::LongevalOptions>();
+  auto le_engine = std::make_shared<EngineFlags>();
+  CLI::App* lv = app.add_subcommand(
+      "longeval", "task accuracy by length x needle depth for the model and its window-only and "
+                  "dense variants (mpirun: sharded); longeval.json, longeval.md, heat maps");
+  le_engine->Register(*lv);
+  lv->add_option("--window-model", le->window_model, "a model trained window-only (variant window)");
+  lv->add_option("--variants", le->variants, "hybrid, cut, window, dense")->delimiter(',')
+      ->capture_default_str();
+  lv->add_option("--tasks", le->tasks, "passkey, niah, multikey, vt")->delimiter(',')
+      ->capture_default_str();
+  lv->add_option("--lengths", le->lengths, "document tokens (2K, 1M)")->delimiter(',')
+      ->capture_default_str();
+  lv->add_option("--depths", le->depths, "needle depths in [0, 1]")->delimiter(',')
+      ->capture_default_str();
+  lv->add_option("--count", le->counts, "documents per cell: one value or one per length")
+      ->delimiter(',')->capture_default_str();
+  lv->add_option("--dense-max", le->dense_max, "longest document of the dense variant")
+      ->capture_default_str();
+  lv->add_option("--data-seed", le->seed, "seed of the documents")->capture_default_str();
+  lv->add_option("--out", le->out, "output directory")->capture_default_str();
+  lv->add_option("--python", le->python, "python3 with matplotlib")->capture_default_str();
+  lv->add_flag("!--no-plots", le->plots, "skip the heat maps");
+
+  return [o, c, att, cm, mo, mx, ko, kv, to, tk, tro, tr, le, le_engine, lv]() -> Status {
+    if (lv->parsed()) {
+      ASSIGN_OR_RETURN(std::shared_ptr<comm::Communicator> w, comm::WorldCommunicator("auto"));
+      ASSIGN_OR_RETURN(le->engine, le_engine->Options(/*keep_kv=*/true));
+      ASSIGN_OR_RETURN(le->engine.remote, le_engine->kv.JoinRemote(*w));
+      RemoteTierGuard guard(*w, le->engine.remote);
+      return bench::RunLongeval(*le, *w);
+    }
     if (tr->parsed()) {
       ASSIGN_OR_RETURN(std::shared_ptr<comm::Communicator> w, comm::WorldCommunicator("auto"));
       return bench::RunTrainBench(*tro, *w);

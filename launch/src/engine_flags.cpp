@@ -96,6 +96,8 @@ void EngineFlags::RegisterModel(CLI::App& app) {
   app.add_option("--global-max", global_max, "global budget cap (default 16*ceil(log2 n))");
   app.add_option("--sinks", sinks, "leading sink tokens");
   app.add_option("--fusion", fusion, "union | weighted:A");
+  app.add_option("--query-globals", query_globals,
+                 "on | off: the question's tokens and generated sentence ends are global");
   app.add_option("--threads", threads, "threads per rank (0 = all cores)")->capture_default_str();
 }
 
@@ -113,6 +115,12 @@ Result<worker::EngineOptions> EngineFlags::Options(bool keep_kv) const {
   eo.overrides.global_max = global_max;
   eo.overrides.sinks = sinks;
   eo.overrides.fusion = fusion;
+  if (query_globals) {
+    if (*query_globals != "on" && *query_globals != "off") {
+      return InvalidArgument("--query-globals {}: expected on or off", *query_globals);
+    }
+    eo.overrides.query_globals = *query_globals == "on";
+  }
   ASSIGN_OR_RETURN(eo.kv, kv.CacheOptions());
   return eo;
 }

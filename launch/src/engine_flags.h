@@ -44,6 +44,7 @@ struct EngineFlags {
   std::optional<double> global_ratio;
   std::optional<int64_t> global_max, sinks;
   std::optional<std::string> fusion;
+  std::optional<std::string> query_globals;  // on | off
   int threads = 0;
   KvFlags kv;
 

@@ -71,7 +71,8 @@ Status RunEval(const EvalFlags& f) {
       j["documents"].push_back({{"depth", d.depth}, {"answer", d.answer},
                                 {"generated", d.generated}, {"correct", d.correct}});
     }
-    RETURN_IF_ERROR(WriteFileAtomically(f.json, j.dump(2) + "\n"));
+    RETURN_IF_ERROR(WriteFileAtomically(
+        f.json, j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n"));
   }
   return Status::Ok();
 }

@@ -16,7 +16,7 @@ Runner AddMkmodelCommand(CLI::App& app) {
   };
   auto f = std::make_shared<Flags>();
   app.add_option("--out", f->out, "directory to write")->required();
-  app.add_option("--preset", f->preset, "tiny | small")->capture_default_str();
+  app.add_option("--preset", f->preset, "tiny | small | hybrid-tiny")->capture_default_str();
   app.add_option("--seed", f->seed, "weight seed")->capture_default_str();
   app.add_option("--dtype", f->dtype, "f32 | f16 | bf16")->capture_default_str();
   return [f]() -> Status {

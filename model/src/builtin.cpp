@@ -97,10 +97,30 @@ ModelConfig SmallConfig() {
   return c;
 }
 
+ModelConfig HybridTinyConfig() {
+  ModelConfig c;
+  c.model_type = "llama";
+  c.hidden_size = 128;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  c.head_dim = 32;
+  c.intermediate_size = 256;
+  c.num_hidden_layers = 4;
+  c.vocab_size = 256;
+  c.rms_norm_eps = 1e-5;
+  c.rope_theta = 3e8;
+  c.tie_word_embeddings = false;
+  c.hybrid.window.assign(4, 64);
+  c.hybrid.window_source = WindowSource::kLongctx;
+  c.hybrid.global_ratio = 0.002;
+  return c;
+}
+
 Result<ModelConfig> PresetConfig(std::string_view preset) {
   if (preset == "tiny") return TinyConfig();
   if (preset == "small") return SmallConfig();
-  return InvalidArgument("unknown preset \"{}\" (tiny, small)", preset);
+  if (preset == "hybrid-tiny") return HybridTinyConfig();
+  return InvalidArgument("unknown preset \"{}\" (tiny, small, hybrid-tiny)", preset);
 }
 
 Result<std::vector<OwnedTensor>> GenerateWeights(const ModelConfig& config, uint64_t seed,

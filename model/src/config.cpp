@@ -109,13 +109,14 @@ Status ParseHybridBlock(const json& block, std::string_view source, int64_t laye
     return InvalidArgument("{}: longctx = {} is not an object", source, Repr(block));
   }
   static constexpr std::string_view kKnown[] = {"window", "global_ratio", "global_max", "sinks",
-                                                "fusion"};
+                                                "fusion", "query_globals"};
   for (const auto& [key, value] : block.items()) {
     bool known = false;
     for (std::string_view k : kKnown) known = known || key == k;
     if (!known) {
       return InvalidArgument(
-          "{}: longctx.{} is not a known key (window, global_ratio, global_max, sinks, fusion)",
+          "{}: longctx.{} is not a known key (window, global_ratio, global_max, sinks, fusion, "
+          "query_globals)",
           source, key);
     }
   }
@@ -149,6 +150,7 @@ Status ParseHybridBlock(const json& block, std::string_view source, int64_t laye
   ASSIGN_OR_RETURN(std::optional<int64_t> sinks,
                    r.OptInt("sinks", 0, std::numeric_limits<int64_t>::max()));
   if (sinks) hybrid->sinks = *sinks;
+  ASSIGN_OR_RETURN(hybrid->query_globals, r.Bool("query_globals", hybrid->query_globals));
   ASSIGN_OR_RETURN(std::optional<std::string> fusion, r.OptString("fusion"));
   if (fusion) {
     Status st = ParseFusionText(*fusion, &hybrid->fusion_weighted, &hybrid->fusion_alpha);
@@ -405,6 +407,7 @@ std::string ToJson(const ModelConfig& c) {
   if (h.global_max) block["global_max"] = *h.global_max;
   block["sinks"] = h.sinks;
   block["fusion"] = h.fusion;
+  if (!h.query_globals) block["query_globals"] = false;
   j["longctx"] = std::move(block);
   return j.dump(2, ' ', false, nlohmann::ordered_json::error_handler_t::replace) + "\n";
 }
@@ -450,6 +453,7 @@ Status ApplyOverrides(const HybridOverrides& o, ModelConfig* config) {
     if (!st.ok()) return InvalidArgument("--fusion: {}", st.message());
     h.fusion = *o.fusion;
   }
+  if (o.query_globals) h.query_globals = *o.query_globals;
   config->hybrid = std::move(h);
   return Status::Ok();
 }

@@ -219,7 +219,7 @@ TEST(ModelConfig, LongctxBlockErrors) {
   ExpectError(Llama(R"("longctx": 5)"), "model/config.json: longctx = 5 is not an object");
   ExpectError(Llama(R"("longctx": {"windw": 5})"),
               "model/config.json: longctx.windw is not a known key (window, global_ratio, "
-              "global_max, sinks, fusion)");
+              "global_max, sinks, fusion, query_globals)");
   ExpectError(Llama(R"("longctx": {"window": 0})"),
               "model/config.json: longctx.window = 0 must be positive");
   ExpectError(Llama(R"("longctx": {"window": 1.5})"),
@@ -274,6 +274,7 @@ TEST(ModelConfig, ToJsonRoundTrips) {
        {Llama(), Llama(R"("sliding_window": 512)"), Llama(R"("sliding_window": null)"),
         Llama(R"("longctx": {"window": [64, 256, 64, 1024], "global_ratio": 0.05,
                   "global_max": 77, "sinks": 1, "fusion": "weighted:0.3"})"),
+        Llama(R"("longctx": {"global_max": 0, "sinks": 0, "query_globals": false})"),
         Llama(R"("head_dim": 32, "tie_word_embeddings": true, "rope_theta": 1e6,
                   "rms_norm_eps": 1.234567890123e-7, "max_position_embeddings": 131072)")}) {
     const ModelConfig c = ParseOk(text);
@@ -300,7 +301,7 @@ TEST(ModelConfig, ToJsonRoundTrips) {
 }
 
 TEST(ModelConfig, PresetsAreValidAndRoundTrip) {
-  for (const ModelConfig& c : {TinyConfig(), SmallConfig()}) {
+  for (const ModelConfig& c : {TinyConfig(), SmallConfig(), HybridTinyConfig()}) {
     EXPECT_TRUE(ValidateModelConfig(c, "preset").ok());
     auto back = ParseModelConfig(ToJson(c), "preset");
     ASSERT_TRUE(back.ok()) << back.status().ToString();
@@ -308,6 +309,23 @@ TEST(ModelConfig, PresetsAreValidAndRoundTrip) {
   }
   EXPECT_EQ(SmallConfig().hybrid.window, (std::vector<int64_t>{64, 256, 64, 256}));
   EXPECT_FALSE(PresetConfig("huge").ok());
+  EXPECT_EQ(PresetConfig("hybrid-tiny")->num_hidden_layers, 4);
+}
+
+TEST(ModelConfig, QueryGlobals) {
+  // On by default and then not written; off is written and read back.
+  EXPECT_TRUE(ParseOk(Llama()).hybrid.query_globals);
+  EXPECT_EQ(ToJson(ParseOk(Llama())).find("query_globals"), std::string::npos);
+  const ModelConfig off = ParseOk(Llama(R"("longctx": {"query_globals": false})"));
+  EXPECT_FALSE(off.hybrid.query_globals);
+  EXPECT_NE(ToJson(off).find("\"query_globals\": false"), std::string::npos);
+  ExpectError(Llama(R"("longctx": {"query_globals": 1})"),
+              "model/config.json: longctx.query_globals = 1 is not true or false");
+  ModelConfig c = ParseOk(Llama());
+  HybridOverrides o;
+  o.query_globals = false;
+  ASSERT_TRUE(ApplyOverrides(o, &c).ok());
+  EXPECT_FALSE(c.hybrid.query_globals);
 }
 
 TEST(ModelConfig, OverridesReplaceTheBlock) {

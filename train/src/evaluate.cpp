@@ -15,20 +15,22 @@ bool AnswerMatches(const std::string& answer, const std::string& generated) {
 }
 
 Result<EvalReport> EvaluateTask(worker::Engine& engine, const EvalOptions& o) {
-  if (o.count < 1) return InvalidArgument("--count {}: must be >= 1", o.count);
-  const auto t0 = std::chrono::steady_clock::now();
-  std::optional<FillerCorpus> filler;
   if (o.filler.empty()) {
     ASSIGN_OR_RETURN(FillerCorpus f, FillerCorpus::LoadDefault());
-    filler.emplace(std::move(f));
-  } else {
-    ASSIGN_OR_RETURN(FillerCorpus f, FillerCorpus::Load(o.filler));
-    filler.emplace(std::move(f));
+    return EvaluateTask(engine, o, f);
   }
+  ASSIGN_OR_RETURN(FillerCorpus f, FillerCorpus::Load(o.filler));
+  return EvaluateTask(engine, o, f);
+}
+
+Result<EvalReport> EvaluateTask(worker::Engine& engine, const EvalOptions& o,
+                                const FillerCorpus& filler) {
+  if (o.count < 1) return InvalidArgument("--count {}: must be >= 1", o.count);
+  const auto t0 = std::chrono::steady_clock::now();
   EvalReport report;
   for (int64_t i = 0; i < o.count; ++i) {
     ASSIGN_OR_RETURN(TaskDocument doc, MakeTaskDocument(o.task, o.tokens, DocumentSeed(o.seed, i),
-                                                        *filler, o.task_options));
+                                                        filler, o.task_options));
     const std::string id = fmt::format("eval-{}", i);
     const std::span<const int32_t> context(doc.ids.data(), size_t(doc.question_begin));
     const std::vector<attention::TokenClass> classes = attention::ClassifyBytes(doc.context);
@@ -42,6 +44,8 @@ Result<EvalReport> EvaluateTask(worker::Engine& engine, const EvalOptions& o) {
     d.answer = doc.answer;
     d.generated = ans.generated;
     d.correct = AnswerMatches(doc.answer, ans.generated);
+    d.prefill_seconds = info.prefill_seconds;
+    d.answer_seconds = ans.seconds;
     report.correct += d.correct ? 1 : 0;
     ++report.total;
     report.documents.push_back(std::move(d));

@@ -9,6 +9,8 @@ Result<std::vector<int64_t>> SampleGlobals(const model::ModelConfig& c, const Sa
       return InvalidArgument("marked global position {} is outside [0, {})", p, s.ids.size());
     }
   }
+  // A model without query globals (window-only) trains as it answers: the question is local.
+  if (!c.hybrid.query_globals) return attention::SelectGlobals(classes, worker::SelectionFor(c));
   return attention::SelectGlobals(classes, worker::SelectionFor(c), s.marked);
 }
 

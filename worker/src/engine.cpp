@@ -224,9 +224,9 @@ Status Engine::Answer(const std::string& doc_id, std::string_view query, int64_t
   };
   st = [&]() -> Status {
     if (tokens) {
-      for (int32_t id : tokens->query_ids) RETURN_IF_ERROR(step(id, true));
+      for (int32_t id : tokens->query_ids) RETURN_IF_ERROR(step(id, c.hybrid.query_globals));
     } else {
-      for (unsigned char ch : query) RETURN_IF_ERROR(step(int32_t(ch), true));
+      for (unsigned char ch : query) RETURN_IF_ERROR(step(int32_t(ch), c.hybrid.query_globals));
     }
     std::vector<int32_t> generated_ids;
     for (int64_t i = 0; i < generate; ++i) {
@@ -239,10 +239,12 @@ Status Engine::Answer(const std::string& doc_id, std::string_view query, int64_t
       if (on_token) on_token(token, i);
       if (tokens) {
         generated_ids.push_back(token);
-        RETURN_IF_ERROR(step(token, tokens->is_global(token, seq_tail)));
+        RETURN_IF_ERROR(
+            step(token, c.hybrid.query_globals && tokens->is_global(token, seq_tail)));
       } else {
         r.generated.push_back(char(token));
-        RETURN_IF_ERROR(step(token, GeneratedTokenIsGlobal(token, seq_tail)));
+        RETURN_IF_ERROR(
+            step(token, c.hybrid.query_globals && GeneratedTokenIsGlobal(token, seq_tail)));
       }
     }
     if (tokens) r.generated = tokens->decode(generated_ids);

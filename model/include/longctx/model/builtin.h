@@ -30,7 +30,13 @@ ModelConfig TinyConfig();
 // small: hidden 256, 8 heads / 4 kv heads, head_dim 32, MLP 512, 4 layers, vocab 256, per-layer
 // windows [64, 256, 64, 256] (local and wider layers interleaved, as in Gemma).
 ModelConfig SmallConfig();
-// "tiny" or "small" (kInvalidArgument otherwise, listing the presets).
+// hybrid-tiny: the initial weights of the shipped trained model (models/hybrid-tiny/): hidden
+// 128, 4 heads / 2 kv heads, head_dim 32, MLP 256, 4 layers, vocab 256, window 64, rope_theta
+// 3e8 (>= 0.0424 * L^1.628 for L = 1M; docs/training.md "Length generalisation"), global_ratio
+// 0.002 (a budget that paragraph boundaries fill at every length, so that the sentence holding
+// a needle is as rarely global at 2K tokens as at 1M; the question's tokens are global queries).
+ModelConfig HybridTinyConfig();
+// "tiny", "small" or "hybrid-tiny" (kInvalidArgument otherwise, listing the presets).
 Result<ModelConfig> PresetConfig(std::string_view preset);
 
 // The weights of `config` for `seed`, as ExpectedTensors(config) lists them, in `dtype`

@@ -38,6 +38,10 @@ struct HybridConfig {
   std::string fusion = "union";
   bool fusion_weighted = false;
   double fusion_alpha = 0.0;
+  // The globals outside the budget (DESIGN.md §1): a question's tokens and generated tokens that
+  // end a sentence or paragraph. false: only the budget is global — with global_max 0 and sinks
+  // 0, a window-only model (the baseline of `longctx bench longeval`).
+  bool query_globals = true;
 
   bool operator==(const HybridConfig&) const = default;
 };
@@ -108,6 +112,7 @@ struct HybridOverrides {
   std::optional<int64_t> global_max;   // >= 0 tokens
   std::optional<int64_t> sinks;        // >= 0 tokens
   std::optional<std::string> fusion;   // "union" | "weighted:A"
+  std::optional<bool> query_globals;
 };
 
 // Applies `overrides` to `config` and validates the result; on error `config` is unchanged

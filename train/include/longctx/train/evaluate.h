@@ -30,6 +30,8 @@ struct EvalDocument {
   std::string answer;       // the truth
   std::string generated;    // what the model generated (as many tokens as the answer has)
   bool correct = false;
+  double prefill_seconds = 0.0;  // the context's prefill (this rank's view of the collective)
+  double answer_seconds = 0.0;   // the question's tokens and the generated ones
 };
 
 struct EvalReport {
@@ -45,5 +47,9 @@ bool AnswerMatches(const std::string& answer, const std::string& generated);
 
 // Collective over engine.comm(): every rank calls it with the same options.
 Result<EvalReport> EvaluateTask(worker::Engine& engine, const EvalOptions& options);
+// The same over an already loaded corpus (options.filler is ignored): for callers that evaluate
+// many cells (`longctx bench longeval`) and should parse the prose once.
+Result<EvalReport> EvaluateTask(worker::Engine& engine, const EvalOptions& options,
+                                const FillerCorpus& filler);
 
 }  // namespace longctx::train
