@@ -69,5 +69,20 @@ grep -q -- '--kv-device-budget' "$T/stderr" && ok "the error names --kv-device-b
 expect_error "no room left in any tier" "${B[@]}" --kv-device-budget 1M --kv-host-budget 64K \
   --kv-remote-budget 0
 
+# A budget that one rank cannot meet and the other can (the first half of the document holds
+# every sentence end, so rank 0's persistent set is large and rank 1's small): every rank must
+# stop at the same layer with rank 0's error, not hang or crash in the next layer's exchange.
+"$HERE/../../launch/make_document.sh" 8000 "$T/lopsided.txt"
+printf 'word %.0s' $(seq 1600) >>"$T/lopsided.txt"
+timeout 120 "${MPI[@]}" -np 2 "$BIN" run --progress off --threads 1 --input "$T/lopsided.txt" \
+  --query "Q?" --generate 1 --kv-device-budget 1M --out "$T/lop" >"$T/lop.log" 2>&1
+rc=$?
+if [[ $rc -ne 0 && $rc -ne 124 ]] && grep -q "rank 0: KV cache, layer 0" "$T/lop.log" \
+    && ! grep -qiE "segmentation|MPI_ERR|signal" "$T/lop.log"; then
+  ok "a budget only rank 0 misses: every rank stops with rank 0's error (rc=$rc)"
+else
+  bad "lopsided budget: rc=$rc: $(grep -v '^-' "$T/lop.log" | head -3)"
+fi
+
 echo "$passed passed, $failed failed"
 [[ $failed -eq 0 ]]

@@ -207,8 +207,12 @@ Status ForwardShard(comm::Communicator& comm, const model::ModelConfig& c, const
     if (kv_cache) {
       // The layer's K/V into the cache; blocks outside the persistent set leave for the host
       // and remote tiers in the background while the next layer computes.
-      RETURN_IF_ERROR(kv_cache->Append(int32_t(l), k.data(), v.data(), rows)
-                          .WithContext(fmt::format("KV cache, layer {}", l)));
+      const Status appended = kv_cache->Append(int32_t(l), k.data(), v.data(), rows)
+                                  .WithContext(fmt::format("KV cache, layer {}", l));
+      // Every rank learns of a failed append (a budget one rank cannot meet) before the next
+      // layer's exchanges: a rank leaving alone would leave the others waiting on messages it
+      // never sends, or reading the next layer's as this one's.
+      RETURN_IF_ERROR(comm::AgreeOnStatus(comm, appended));
     }
     for (const PhaseTraffic* p : {&ds.halo, &ds.global_kv, &ds.global_q, &ds.partials}) {
       st.comm_bytes_sent += p->sent;
