@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Heat maps of `longctx bench longeval`: accuracy by document length x needle depth.
 
-Usage: plot_longeval.py longeval.json OUT_DIR
-Writes OUT_DIR/heatmap-<task>.png: one panel per variant (rows: lengths, columns: depths),
+Usage: plot_longeval.py OUT_DIR longeval.json [more.json ...]
+Several JSON files (runs of the same model with other variants, lengths or counts) are merged:
+their cells are pooled (a cell present in two files adds its documents). Writes OUT_DIR/heatmap-<task>.png: one panel per variant (rows: lengths, columns: depths),
 each cell the share of documents answered right, annotated "right/total"; '-' where the
 variant did not run (dense beyond its limit, window without a window-only model).
 """
@@ -25,9 +26,24 @@ def tokens_label(n):
 
 
 def main():
-    data = json.load(open(sys.argv[1]))
-    out = sys.argv[2]
-    lengths, depths = data["lengths"], data["depths"]
+    out = sys.argv[1]
+    runs = [json.load(open(p)) for p in sys.argv[2:]]
+    data = dict(runs[0])
+    lengths = sorted({n for r in runs for n in r["lengths"]})
+    depths = sorted({d for r in runs for d in r["depths"]})
+    tasks = list(dict.fromkeys(t for r in runs for t in r["tasks"]))
+    variants = list(dict.fromkeys(v for r in runs for v in r["variants"]))
+    pooled = {}
+    for r in runs:
+        for c in r["cells"]:
+            k = (c["variant"], c["task"], c["tokens"], c["depth"])
+            p = pooled.setdefault(k, dict(c, correct=0, total=0))
+            p["correct"] += c["correct"]
+            p["total"] += c["total"]
+    for p in pooled.values():
+        p["accuracy"] = p["correct"] / p["total"] if p["total"] else 0.0
+    data.update(lengths=lengths, depths=depths, tasks=tasks, variants=variants,
+                cells=list(pooled.values()))
     for task in data["tasks"]:
         variants = [v for v in data["variants"]
                     if any(c["variant"] == v and c["task"] == task for c in data["cells"])]

@@ -231,7 +231,7 @@ Status RunLongeval(const LongevalOptions& o, comm::Communicator& comm) {
       fmt::print("# heat maps skipped: {} or {} is not there\n", o.python, script);
     } else {
       ASSIGN_OR_RETURN(matrix::ProcessResult p,
-                       matrix::RunProcess({o.python, script, json_path, o.out},
+                       matrix::RunProcess({o.python, script, o.out, json_path},
                                           o.out + "/plot.log", 300));
       if (p.exit_code != 0) {
         fmt::print("# heat maps failed: {}\n", matrix::LastLogLine(o.out + "/plot.log"));

@@ -400,6 +400,7 @@ void PrintRun(size_t index, size_t total, const RunRecord& r) {
 Status RunMatrix(const MatrixOptions& o) {
   Plan p;
   RETURN_IF_ERROR(Validate(o, &p));
+  if (!o.longeval.empty()) RETURN_IF_ERROR(matrix::AccuracyAxis(o.longeval).status());
   std::error_code ec;
   fs::create_directories(o.out + "/runs", ec);
   if (ec) return InvalidArgument("{}: cannot create the output directory: {}", o.out, ec.message());
@@ -571,6 +572,9 @@ Status RunMatrix(const MatrixOptions& o) {
   m["runs"] = jruns;
   m["fits"] = matrix::ComputeFits(runs);
   m["headlines"] = matrix::ComputeHeadlines(runs, o);
+  if (!o.longeval.empty()) {
+    ASSIGN_OR_RETURN(m["accuracy"], matrix::AccuracyAxis(o.longeval));
+  }
   m["plots"] = nlohmann::json::array();
   const std::vector<std::string> plot_files = {"memory_vs_length.png", "throughput_vs_length.png",
                                                "prefill_time_vs_length.png",

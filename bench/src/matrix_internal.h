@@ -85,6 +85,10 @@ nlohmann::json ComputeFits(const std::vector<RunRecord>& runs);
 nlohmann::json ComputeHeadlines(const std::vector<RunRecord>& runs, const MatrixOptions& o);
 nlohmann::json RunToJson(const RunRecord& r);
 std::string RenderMarkdown(const nlohmann::json& matrix);
+// The matrix's task axis from a longeval.json: rows {kind, variant, tokens, task, correct,
+// total, accuracy}, pooled over needle depths; kinds map hybrid-union <- hybrid, window <- cut
+// (the same weights with only the sinks and the question global), dense <- dense.
+Result<nlohmann::json> AccuracyAxis(const std::string& longeval_json);
 // One line per fit, as printed at the end of the matrix.
 std::vector<std::string> FitLines(const nlohmann::json& fits);
 

@@ -3,6 +3,7 @@
 // matrix.md. Everything here reads records or the matrix JSON; nothing runs.
 #include <algorithm>
 #include <cmath>
+#include <fstream>
 #include <map>
 #include <tuple>
 
@@ -325,6 +326,22 @@ std::string RenderMarkdown(const json& m) {
                      h["verdict"].get<std::string>());
   }
 
+  if (m.contains("accuracy")) {
+    const json& a = m["accuracy"];
+    s += fmt::format("\n## Task accuracy (from `{}`)\n\nShare of held-out documents answered "
+                     "right by `longctx bench longeval` ({}), pooled over needle depths; the "
+                     "matrix's kinds are its variants hybrid (hybrid-union), cut (window: only "
+                     "the sinks and the question global) and dense.\n\n",
+                     a["file"].get<std::string>(), a["model"].get<std::string>());
+    s += "| kind | task | tokens | right | accuracy |\n|---|---|---:|---:|---:|\n";
+    for (const json& r : a["rows"]) {
+      s += fmt::format("| {} | {} | {} | {}/{} | {:.0f}% |\n", r["kind"].get<std::string>(),
+                       r["task"].get<std::string>(), Tokens(r["tokens"].get<int64_t>()),
+                       r["correct"].get<int64_t>(), r["total"].get<int64_t>(),
+                       100.0 * r["accuracy"].get<double>());
+    }
+  }
+
   s += "\n## Growth exponents\n\nLeast squares of log(y) on log(n) over the lengths that ran; "
        "\"last step\" is the slope between the two longest, where fixed costs (process start, "
        "the binary's own memory) weigh least. O(n log n) shows as an exponent slightly above 1, "
@@ -409,6 +426,40 @@ std::string RenderMarkdown(const json& m) {
     }
   }
   return s;
+}
+
+Result<json> AccuracyAxis(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return NotFound("--longeval {}: cannot open", path);
+  json e = json::parse(in, nullptr, /*allow_exceptions=*/false);
+  if (e.is_discarded() || !e.is_object() || !e.contains("cells") || !e["cells"].is_array()) {
+    return InvalidArgument("--longeval {}: not a longeval.json (no \"cells\" array)", path);
+  }
+  const std::vector<std::pair<std::string, std::string>> kinds = {
+      {"hybrid-union", "hybrid"}, {"window", "cut"}, {"dense", "dense"}};
+  // (kind, task, tokens) -> (correct, total), in kind, task, length order.
+  std::map<std::tuple<size_t, std::string, int64_t>, std::pair<int64_t, int64_t>> pooled;
+  for (const json& c : e["cells"]) {
+    if (!c.is_object() || !c.contains("variant") || !c.contains("task") ||
+        !c.contains("tokens") || !c.contains("correct") || !c.contains("total")) {
+      return InvalidArgument("--longeval {}: a cell lacks variant, task, tokens, correct or total",
+                             path);
+    }
+    for (size_t k = 0; k < kinds.size(); ++k) {
+      if (c["variant"] != kinds[k].second) continue;
+      auto& p = pooled[{k, c["task"].get<std::string>(), c["tokens"].get<int64_t>()}];
+      p.first += c["correct"].get<int64_t>();
+      p.second += c["total"].get<int64_t>();
+    }
+  }
+  json rows = json::array();
+  for (const auto& [key, p] : pooled) {
+    const auto& [k, task, tokens] = key;
+    rows.push_back({{"kind", kinds[k].first}, {"variant", kinds[k].second}, {"task", task},
+                    {"tokens", tokens}, {"correct", p.first}, {"total", p.second},
+                    {"accuracy", p.second ? double(p.first) / double(p.second) : 0.0}});
+  }
+  return json{{"file", path}, {"model", e.value("model", "")}, {"rows", rows}};
 }
 
 }  // namespace longctx::bench::matrix

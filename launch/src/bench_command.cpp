@@ -80,6 +80,8 @@ Runner AddBenchCommand(CLI::App& app) {
   mx->add_flag("--keep-runs", mo->keep_runs, "keep each run's directory (report.json, hidden.npy)");
   mx->add_flag("!--no-plots", mo->plots, "skip the PNG plots");
   mx->add_option("--python", mo->python, "python3 with matplotlib for the plots");
+  mx->add_option("--longeval", mo->longeval,
+                 "a longeval.json of the same model: the task axis's accuracies");
 
   auto ko = std::make_shared<bench::KvstoreBenchOptions>();
   CLI::App* kv = app.add_subcommand(

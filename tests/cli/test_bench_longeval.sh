@@ -71,6 +71,31 @@ PYEOF
   && grep -q "window at 200 tokens: skipped" "$T/le2.log" && ok "window variant skipped without a model" \
   || bad "skip: $(tail -2 "$T/le2.log")"
 
+# The matrix's task axis from these accuracies: pooled over depths, per kind and length.
+"$BIN" bench matrix --model "$T/m" --lengths 200 --ranks 1 --kinds dense,window,hybrid-union \
+  --tasks generate --kv resident --generate 4 --no-plots --out "$T/mx" \
+  --longeval "$T/le/longeval.json" >"$T/mx.log" 2>&1 && ok "bench matrix --longeval ran" \
+  || bad "bench matrix --longeval: $(tail -3 "$T/mx.log")"
+"$PY" - "$T/le/longeval.json" "$T/mx/matrix.json" "$T/mx/matrix.md" <<'PYEOF' \
+  && ok "matrix accuracy axis = longeval pooled over depths" || bad "matrix accuracy axis"
+import json, sys
+le = json.load(open(sys.argv[1]))
+mx = json.load(open(sys.argv[2]))
+want = {}
+kind = {"hybrid": "hybrid-union", "cut": "window", "dense": "dense"}
+for c in le["cells"]:
+    if c["variant"] in kind:
+        k = (kind[c["variant"]], c["task"], c["tokens"])
+        a, b = want.get(k, (0, 0))
+        want[k] = (a + c["correct"], b + c["total"])
+got = {(r["kind"], r["task"], r["tokens"]): (r["correct"], r["total"]) for r in mx["accuracy"]["rows"]}
+assert got == want, (got, want)
+assert "## Task accuracy" in open(sys.argv[3]).read()
+PYEOF
+echo '{"cells": 3}' >"$T/notlongeval.json"
+expect_error "matrix --longeval not a longeval.json" bench matrix --lengths 200 --ranks 1 \
+  --out "$T/mx2" --longeval "$T/notlongeval.json"
+
 expect_error "unknown variant" bench longeval --model "$T/m" --variants hybrid,sparse --out "$T/x"
 expect_error "counts vs lengths" bench longeval --model "$T/m" --lengths 2K,4K --count 1,2,3 --out "$T/x"
 expect_error "depth out of range" bench longeval --model "$T/m" --depths 0.5,1.5 --out "$T/x"

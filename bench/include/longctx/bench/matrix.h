@@ -45,6 +45,9 @@ struct MatrixOptions {
   bool plots = true;
   std::string python = "";  // the interpreter for the plots; "" = /usr/bin/python3, else PATH
   std::string command_line;  // as typed, recorded in the report
+  // A `longctx bench longeval` longeval.json of the same model: the task axis's accuracies
+  // (hybrid-union <- hybrid, window <- cut, dense <- dense), pooled over depths, per length.
+  std::string longeval;
 };
 
 // Runs the whole matrix. Bad options are kInvalidArgument before anything runs; a run that fails
