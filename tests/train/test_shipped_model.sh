@@ -2,7 +2,7 @@
 # The shipped model, models/hybrid-tiny, still answers: held-out pass-key documents (prose no
 # training document used) at 2K tokens (20 documents, random depths) and at 32K tokens on 2
 # ranks (5 documents, depths 0, 25, 50, 75, 100%), answered as `longctx run --query` answers;
-# multi-key needles at 2K (20 documents). Thresholds sit below what bench/results/longeval.md
+# single needles (RULER niah, 7-digit numbers) at 2K (20 documents). Thresholds sit below what bench/results/longeval.md
 # measured (100% pass key), so a change that breaks the model — the kernel, the
 # global rule, the loader, the decoder — fails here. Also: the files are what the card says.
 # Usage: test_shipped_model.sh path/to/longctx
@@ -40,9 +40,9 @@ PYEOF
 "$BIN" eval --model "$MODEL" --task passkey --tokens 2K --count 20 --data-seed 101 --threads 2 \
   --json "$T/pk2k.json" >"$T/pk2k.log" 2>&1 || bad "eval passkey 2K: $(tail -1 "$T/pk2k.log")"
 acc "pass key at 2K: >= 19/20" 19 "$T/pk2k.json"
-"$BIN" eval --model "$MODEL" --task multikey --tokens 2K --count 20 --data-seed 102 --threads 2 \
-  --json "$T/mk2k.json" >"$T/mk2k.log" 2>&1 || bad "eval multikey 2K: $(tail -1 "$T/mk2k.log")"
-acc "multi-key needle at 2K: >= 10/20" 10 "$T/mk2k.json"
+"$BIN" eval --model "$MODEL" --task niah --tokens 2K --count 20 --data-seed 102 --threads 2 \
+  --json "$T/ni2k.json" >"$T/ni2k.log" 2>&1 || bad "eval niah 2K: $(tail -1 "$T/ni2k.log")"
+acc "single needle (7 digits) at 2K: >= 14/20" 14 "$T/ni2k.json"
 for d in 0 0.25 0.5 0.75 1; do
   timeout 600 "${MPI[@]}" -np 2 "$BIN" eval --model "$MODEL" --task passkey --tokens 32K --count 1 \
     --depth "$d" --data-seed 103 --threads 1 --json "$T/pk32k-$d.json" >"$T/pk32k.log" 2>&1 \
