@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <map>
@@ -35,16 +36,15 @@ struct Cell {
 };
 
 // The engine options of a variant at length n; nullopt when the variant does not run there.
+// `sinks`: the model's sink count after the user's overrides (the cut variant's budget).
 Result<std::optional<worker::EngineOptions>> VariantOptions(const LongevalOptions& o,
                                                             const std::string& variant,
-                                                            int64_t n) {
+                                                            int64_t n, int64_t sinks) {
   worker::EngineOptions eo = o.engine;
   if (variant == "hybrid") return std::optional(eo);
   if (variant == "cut") {
-    ASSIGN_OR_RETURN(model::Model m, model::OpenModel(eo.model, eo.seed));
-    RETURN_IF_ERROR(model::ApplyOverrides(eo.overrides, &m.config));
-    eo.overrides.sinks = m.config.hybrid.sinks;
-    eo.overrides.global_max = m.config.hybrid.sinks;
+    eo.overrides.sinks = sinks;
+    eo.overrides.global_max = sinks;
     return std::optional(eo);
   }
   if (variant == "window") {
@@ -59,6 +59,13 @@ Result<std::optional<worker::EngineOptions>> VariantOptions(const LongevalOption
   }
   return InvalidArgument("--variants: unknown variant \"{}\" (hybrid, cut, window, dense)",
                          variant);
+}
+
+// The sink count the model runs with: its config's, or the --sinks override.
+Result<int64_t> ModelSinks(const worker::EngineOptions& eo) {
+  ASSIGN_OR_RETURN(model::Model m, model::OpenModel(eo.model, eo.seed));
+  RETURN_IF_ERROR(model::ApplyOverrides(eo.overrides, &m.config));
+  return m.config.hybrid.sinks;
 }
 
 json CellJson(const Cell& c) {
@@ -150,7 +157,11 @@ Status RunLongeval(const LongevalOptions& o, comm::Communicator& comm) {
     }
   }
   for (const std::string& v : o.variants) {  // names checked before any work
-    RETURN_IF_ERROR(VariantOptions(o, v, 2).status());
+    RETURN_IF_ERROR(VariantOptions(o, v, 2, 0).status());
+  }
+  int64_t sinks = 0;
+  if (std::find(o.variants.begin(), o.variants.end(), "cut") != o.variants.end()) {
+    ASSIGN_OR_RETURN(sinks, ModelSinks(o.engine));
   }
   ASSIGN_OR_RETURN(train::FillerCorpus filler, train::FillerCorpus::LoadDefault());
   const bool root = comm.rank() == 0;
@@ -164,7 +175,7 @@ Status RunLongeval(const LongevalOptions& o, comm::Communicator& comm) {
   for (const std::string& v : o.variants) {
     for (size_t li = 0; li < lengths.size(); ++li) {
       const int64_t n = lengths[li];
-      ASSIGN_OR_RETURN(std::optional<worker::EngineOptions> eo, VariantOptions(o, v, n));
+      ASSIGN_OR_RETURN(std::optional<worker::EngineOptions> eo, VariantOptions(o, v, n, sinks));
       if (!eo) {
         if (root) fmt::print("# {} at {} tokens: skipped\n", v, n);
         continue;

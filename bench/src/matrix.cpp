@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <set>
 #include <span>
 #include <thread>
@@ -400,7 +401,11 @@ void PrintRun(size_t index, size_t total, const RunRecord& r) {
 Status RunMatrix(const MatrixOptions& o) {
   Plan p;
   RETURN_IF_ERROR(Validate(o, &p));
-  if (!o.longeval.empty()) RETURN_IF_ERROR(matrix::AccuracyAxis(o.longeval).status());
+  // Read before anything runs: a bad file is refused at once, not after the matrix.
+  std::optional<nlohmann::json> accuracy;
+  if (!o.longeval.empty()) {
+    ASSIGN_OR_RETURN(accuracy, matrix::AccuracyAxis(o.longeval));
+  }
   std::error_code ec;
   fs::create_directories(o.out + "/runs", ec);
   if (ec) return InvalidArgument("{}: cannot create the output directory: {}", o.out, ec.message());
@@ -572,9 +577,7 @@ Status RunMatrix(const MatrixOptions& o) {
   m["runs"] = jruns;
   m["fits"] = matrix::ComputeFits(runs);
   m["headlines"] = matrix::ComputeHeadlines(runs, o);
-  if (!o.longeval.empty()) {
-    ASSIGN_OR_RETURN(m["accuracy"], matrix::AccuracyAxis(o.longeval));
-  }
+  if (accuracy) m["accuracy"] = std::move(*accuracy);
   m["plots"] = nlohmann::json::array();
   const std::vector<std::string> plot_files = {"memory_vs_length.png", "throughput_vs_length.png",
                                                "prefill_time_vs_length.png",
