@@ -98,6 +98,8 @@ void EngineFlags::RegisterModel(CLI::App& app) {
   app.add_option("--fusion", fusion, "union | weighted:A");
   app.add_option("--query-globals", query_globals,
                  "on | off: the question's tokens and generated sentence ends are global");
+  app.add_option("--logn-base", logn_base,
+                 "global queries' logits x max(1, ln(pos+1)/ln(N)); 0 = off (tokens)");
   app.add_option("--threads", threads, "threads per rank (0 = all cores)")->capture_default_str();
 }
 
@@ -115,6 +117,7 @@ Result<worker::EngineOptions> EngineFlags::Options(bool keep_kv) const {
   eo.overrides.global_max = global_max;
   eo.overrides.sinks = sinks;
   eo.overrides.fusion = fusion;
+  eo.overrides.logn_base = logn_base;
   if (query_globals) {
     if (*query_globals != "on" && *query_globals != "off") {
       return InvalidArgument("--query-globals {}: expected on or off", *query_globals);

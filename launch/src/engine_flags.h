@@ -45,6 +45,7 @@ struct EngineFlags {
   std::optional<int64_t> global_max, sinks;
   std::optional<std::string> fusion;
   std::optional<std::string> query_globals;  // on | off
+  std::optional<int64_t> logn_base;          // tokens; 0 = off
   int threads = 0;
   KvFlags kv;
 

@@ -109,14 +109,14 @@ Status ParseHybridBlock(const json& block, std::string_view source, int64_t laye
     return InvalidArgument("{}: longctx = {} is not an object", source, Repr(block));
   }
   static constexpr std::string_view kKnown[] = {"window", "global_ratio", "global_max", "sinks",
-                                                "fusion", "query_globals"};
+                                                "fusion", "query_globals", "logn_base"};
   for (const auto& [key, value] : block.items()) {
     bool known = false;
     for (std::string_view k : kKnown) known = known || key == k;
     if (!known) {
       return InvalidArgument(
           "{}: longctx.{} is not a known key (window, global_ratio, global_max, sinks, fusion, "
-          "query_globals)",
+          "query_globals, logn_base)",
           source, key);
     }
   }
@@ -151,6 +151,12 @@ Status ParseHybridBlock(const json& block, std::string_view source, int64_t laye
                    r.OptInt("sinks", 0, std::numeric_limits<int64_t>::max()));
   if (sinks) hybrid->sinks = *sinks;
   ASSIGN_OR_RETURN(hybrid->query_globals, r.Bool("query_globals", hybrid->query_globals));
+  ASSIGN_OR_RETURN(std::optional<int64_t> logn_base,
+                   r.OptInt("logn_base", 0, std::numeric_limits<int64_t>::max()));
+  if (logn_base) {
+    if (*logn_base == 1) return r.Error("logn_base", "= 1 is not 0 (off) or >= 2");
+    hybrid->logn_base = *logn_base;
+  }
   ASSIGN_OR_RETURN(std::optional<std::string> fusion, r.OptString("fusion"));
   if (fusion) {
     Status st = ParseFusionText(*fusion, &hybrid->fusion_weighted, &hybrid->fusion_alpha);
@@ -408,6 +414,7 @@ std::string ToJson(const ModelConfig& c) {
   block["sinks"] = h.sinks;
   block["fusion"] = h.fusion;
   if (!h.query_globals) block["query_globals"] = false;
+  if (h.logn_base != 0) block["logn_base"] = h.logn_base;
   j["longctx"] = std::move(block);
   return j.dump(2, ' ', false, nlohmann::ordered_json::error_handler_t::replace) + "\n";
 }
@@ -454,6 +461,12 @@ Status ApplyOverrides(const HybridOverrides& o, ModelConfig* config) {
     h.fusion = *o.fusion;
   }
   if (o.query_globals) h.query_globals = *o.query_globals;
+  if (o.logn_base) {
+    if (*o.logn_base < 0 || *o.logn_base == 1) {
+      return InvalidArgument("--logn-base: {} is not 0 (off) or >= 2", *o.logn_base);
+    }
+    h.logn_base = *o.logn_base;
+  }
   config->hybrid = std::move(h);
   return Status::Ok();
 }

@@ -248,6 +248,7 @@ def reference_forward(w, config, ids, globals_, fusion, windows):
     ids_t = torch.as_tensor(np.asarray(ids, dtype=np.int64))
     x = w[EMBED][ids_t]
     scale = 1.0 / math.sqrt(hd)
+    logn_base = int((config.get("longctx") or {}).get("logn_base", 0))
     Ks, Vs, ents = [], [], []
     for layer in range(L):
         p = "model.layers.%d." % layer
@@ -255,6 +256,13 @@ def reference_forward(w, config, ids, globals_, fusion, windows):
         q = rope((h @ w[p + "self_attn.q_proj.weight"].T).reshape(n, H, hd), theta)
         k = rope((h @ w[p + "self_attn.k_proj.weight"].T).reshape(n, Hkv, hd), theta)
         v = (h @ w[p + "self_attn.v_proj.weight"].T).reshape(n, Hkv, hd)
+        if logn_base and len(globals_):
+            # a global query at position i: logits x max(1, ln(i + 1) / ln(logn_base))
+            gi = torch.as_tensor(np.asarray(globals_, dtype=np.int64))
+            f = torch.clamp(torch.log(gi.to(torch.float64) + 1.0) / math.log(logn_base), min=1.0)
+            qs = torch.ones(n, dtype=torch.float64)
+            qs = qs.index_put((gi,), f)
+            q = q * qs[:, None, None]
         Ks.append(k)
         Vs.append(v)
         if len(globals_):

@@ -360,6 +360,8 @@ def compare_to_reference(case, mdir, ids, mask, flags, report, globals_, grads):
     weights = gr.parse_loss_spec(flag_value(flags, "--loss", "ce"))
     fusion = flag_value(flags, "--fusion", (cfg.get("longctx") or {}).get("fusion", "union"))
     windows = gr.windows_for(cfg, flag_value(flags, "--window"))
+    if "--logn-base" in flags:
+        cfg.setdefault("longctx", {})["logn_base"] = int(flag_value(flags, "--logn-base"))
     if "windows" in report and list(report["windows"]) != windows:
         check(False, "%s: report windows %s, expected %s" % (case, report["windows"], windows))
     n = len(ids)
@@ -466,6 +468,8 @@ def against_binary(binary, only=None, keep=None):
             ("tiny weighted:0.7 W48 n700 ce+entropy global-max 30", "t_untied", {}, 700, 90,
              ["--fusion", "weighted:0.7", "--window", "48", "--global-max", "30",
               "--loss", "ce,entropy:0.5"], None),
+            ("tiny union W16 ce+entropy logn-base 16", "t_untied", {}, 400, 150,
+             ["--window", "16", "--logn-base", "16", "--loss", "ce,entropy:0.5"], None),
             ("small tied weighted:0.7 W5,70,5,70 all-losses", "s_tied_len",
              dict(preset="small", tied=True, length_head=True), 300, 600,
              ["--fusion", "weighted:0.7", "--window", "5,70,5,70", "--loss", all_loss], None),
@@ -483,6 +487,9 @@ def against_binary(binary, only=None, keep=None):
              dict(hkv=4, length_head=True), 97, 20,
              ["--fusion", "weighted:0.7", "--window", "64,9", "--global-ratio", "0.4",
               "--sinks", "2", "--loss", all_loss], 40, DENSE),
+            ("mpi tiny weighted:0.7 W64,9 all-losses logn-base 8", "t_untied", {}, 101, 60,
+             ["--fusion", "weighted:0.7", "--window", "64,9", "--global-ratio", "0.3",
+              "--logn-base", "8", "--loss", "ce,entropy:0.3,cache-l1:0.05"], None, DENSE),
         ]
         cases = [c + (DOC,) for c in cases]
         for idx, (name, key, kw, n, off, flags, tail, text) in enumerate(cases + mpi_cases):

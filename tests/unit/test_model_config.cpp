@@ -219,7 +219,7 @@ TEST(ModelConfig, LongctxBlockErrors) {
   ExpectError(Llama(R"("longctx": 5)"), "model/config.json: longctx = 5 is not an object");
   ExpectError(Llama(R"("longctx": {"windw": 5})"),
               "model/config.json: longctx.windw is not a known key (window, global_ratio, "
-              "global_max, sinks, fusion, query_globals)");
+              "global_max, sinks, fusion, query_globals, logn_base)");
   ExpectError(Llama(R"("longctx": {"window": 0})"),
               "model/config.json: longctx.window = 0 must be positive");
   ExpectError(Llama(R"("longctx": {"window": 1.5})"),
@@ -326,6 +326,29 @@ TEST(ModelConfig, QueryGlobals) {
   o.query_globals = false;
   ASSERT_TRUE(ApplyOverrides(o, &c).ok());
   EXPECT_FALSE(c.hybrid.query_globals);
+}
+
+TEST(ModelConfig, LognBase) {
+  // Off (0) by default and then not written; a base is written and read back; 1 and negative
+  // values are refused in the file and on the command line.
+  EXPECT_EQ(ParseOk(Llama()).hybrid.logn_base, 0);
+  EXPECT_EQ(ToJson(ParseOk(Llama())).find("logn_base"), std::string::npos);
+  const ModelConfig on = ParseOk(Llama(R"("longctx": {"logn_base": 2048})"));
+  EXPECT_EQ(on.hybrid.logn_base, 2048);
+  EXPECT_EQ(ParseOk(ToJson(on)).hybrid.logn_base, 2048);
+  ExpectError(Llama(R"("longctx": {"logn_base": 1})"),
+              "model/config.json: longctx.logn_base = 1 is not 0 (off) or >= 2");
+  ExpectError(Llama(R"("longctx": {"logn_base": -5})"),
+              "model/config.json: longctx.logn_base = -5 is out of range [0, 9223372036854775807]");
+  ModelConfig c = ParseOk(Llama());
+  HybridOverrides o;
+  o.logn_base = 1;
+  const Status st = ApplyOverrides(o, &c);
+  EXPECT_EQ(st.message(), "--logn-base: 1 is not 0 (off) or >= 2");
+  EXPECT_EQ(c.hybrid.logn_base, 0);
+  o.logn_base = 64;
+  ASSERT_TRUE(ApplyOverrides(o, &c).ok());
+  EXPECT_EQ(c.hybrid.logn_base, 64);
 }
 
 TEST(ModelConfig, OverridesReplaceTheBlock) {

@@ -8,6 +8,7 @@
 #include "layers.h"
 #include "longctx/attention/lse_merge.h"
 
+
 namespace longctx::worker {
 namespace {
 
@@ -101,6 +102,10 @@ Status Decoder::Step(int32_t token, bool is_global, float* hidden_out, int32_t* 
       MatVec(L.wv, kvd, D, h.data(), kv.data() + kvd);
       ApplyRope(q.data(), 1, H, hd, rope);
       ApplyRope(kv.data(), 1, Hkv, hd, rope);
+      if (is_global) {
+        const float f = LognScale(c.hybrid, p);
+        for (float& e : q) e *= f;
+      }
       if (failed.ok()) failed = cache_->Append(layer, kv.data(), kv.data() + kvd, 1);
     }
     // The query to every rank.

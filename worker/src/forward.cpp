@@ -135,6 +135,22 @@ void ApplyRopeBackward(float* x, int64_t rows, int64_t heads, int64_t hd, const 
   }
 }
 
+float LognScale(const model::HybridConfig& hybrid, int64_t pos) {
+  if (hybrid.logn_base == 0) return 1.0f;
+  return float(std::max(1.0, std::log(double(pos + 1)) / std::log(double(hybrid.logn_base))));
+}
+
+void ScaleGlobalQueries(const model::HybridConfig& hybrid, std::span<const int64_t> globals,
+                        int64_t pos0, int64_t rows, int64_t width, float* q) {
+  if (hybrid.logn_base == 0) return;
+  for (int64_t g : globals) {
+    if (g < pos0 || g >= pos0 + rows) continue;
+    const float f = LognScale(hybrid, g);
+    float* row = q + (g - pos0) * width;
+    for (int64_t e = 0; e < width; ++e) row[e] *= f;
+  }
+}
+
 Status ForwardShard(comm::Communicator& comm, const model::ModelConfig& c, const Weights& w,
                     const std::vector<int64_t>& bounds, std::span<const int32_t> ids,
                     std::span<const int64_t> globals, const attention::ExecOptions& exec,
@@ -183,6 +199,7 @@ Status ForwardShard(comm::Communicator& comm, const model::ModelConfig& c, const
     Linear(h.data(), rows, D, L.wv, Hkv * hd, v.data());
     ApplyRope(q.data(), rows, H, hd, rope);
     ApplyRope(k.data(), rows, Hkv, hd, rope);
+    ScaleGlobalQueries(c.hybrid, globals, s, rows, H * hd, q.data());
     st.dense_seconds += Since(t0);
 
     t0 = Clock::now();

@@ -84,6 +84,8 @@ Status LayerForward(StepContext& ctx, int64_t l, const float* x, float* x_out,
   internal::Linear(a->h1.data(), rows, D, L.wv, Hkv * hd, a->v.data());
   ApplyRope(a->q.data(), rows, H, hd, ctx.rope);
   ApplyRope(a->k.data(), rows, Hkv, hd, ctx.rope);
+  ScaleGlobalQueries(c.hybrid, ctx.globals, ctx.bounds[size_t(ctx.comm.rank())], rows, H * hd,
+                     a->q.data());
   ctx.st.gemm_seconds += Since(t0);
 
   t0 = Clock::now();
@@ -186,6 +188,9 @@ Status LayerBackward(StepContext& ctx, int64_t l, const float* x, LayerActivatio
       dv[i] += vv > 0.0f ? cf : (vv < 0.0f ? -cf : 0.0f);
     }
   }
+  // The logits saw f * q for a global query: d/dq = f * d/d(f q).
+  ScaleGlobalQueries(c.hybrid, ctx.globals, ctx.bounds[size_t(ctx.comm.rank())], rows, H * hd,
+                     dq.data());
   ApplyRopeBackward(dq.data(), rows, H, hd, ctx.rope);
   ApplyRopeBackward(dk.data(), rows, Hkv, hd, ctx.rope);
   internal::LinearBackwardWeight(dq.data(), rows, H * hd, a->h1.data(), D, G.wq);

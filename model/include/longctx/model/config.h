@@ -42,6 +42,11 @@ struct HybridConfig {
   // end a sentence or paragraph. false: only the budget is global — with global_max 0 and sinks
   // 0, a window-only model (the baseline of `longctx bench longeval`).
   bool query_globals = true;
+  // Log-length scaling of global queries (0 = off): a global query at position p (it reads the
+  // p + 1 keys 0..p) has its logits multiplied by max(1, ln(p + 1) / ln(logn_base)), so its
+  // attention stays as peaked among a million keys as among the logn_base it was tuned on
+  // (the "log-n" / scalable-softmax remedy for attention dilution). Tokens, 0 or >= 2.
+  int64_t logn_base = 0;
 
   bool operator==(const HybridConfig&) const = default;
 };
@@ -113,6 +118,7 @@ struct HybridOverrides {
   std::optional<int64_t> sinks;        // >= 0 tokens
   std::optional<std::string> fusion;   // "union" | "weighted:A"
   std::optional<bool> query_globals;
+  std::optional<int64_t> logn_base;    // 0 (off) or >= 2 tokens
 };
 
 // Applies `overrides` to `config` and validates the result; on error `config` is unchanged

@@ -98,4 +98,12 @@ void ApplyRope(float* x, int64_t rows, int64_t heads, int64_t hd, const RopeTabl
 // The backward of ApplyRope (a rotation): rotates by the negative angles, in place.
 void ApplyRopeBackward(float* dx, int64_t rows, int64_t heads, int64_t hd, const RopeTable& table);
 
+// The factor a global query at position `pos` multiplies its logits by: 1 when
+// hybrid.logn_base is 0, else max(1, ln(pos + 1) / ln(logn_base)) (model/config.h).
+float LognScale(const model::HybridConfig& hybrid, int64_t pos);
+// Multiplies each row of q [rows, width] (positions pos0 + [0, rows)) that is a global query by
+// its LognScale, in place; a no-op when logn_base is 0. The backward is the same call on dq.
+void ScaleGlobalQueries(const model::HybridConfig& hybrid, std::span<const int64_t> globals,
+                        int64_t pos0, int64_t rows, int64_t width, float* q);
+
 }  // namespace longctx::worker
