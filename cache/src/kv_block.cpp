@@ -8,6 +8,7 @@
 
 #include <fmt/format.h>
 
+#include "codec_kernels.h"
 #include "longctx/core/dtype.h"
 
 namespace longctx::cache {
@@ -48,9 +49,11 @@ size_t ScaleFloats(const BlockShape& s, Codec c) {
   return size_t(s.row()) + size_t(s.tokens) * size_t(s.kv_heads);
 }
 
-int8_t Quantize(float x, float inv_scale) {
-  const float q = std::nearbyint(x * inv_scale);
-  return int8_t(std::clamp(q, -127.0f, 127.0f));
+// 1 / scale for the int8 codec; 0 when the scale is 0 (its elements are all 0) or so small
+// (subnormal) that 1 / scale overflows: those elements then encode as 0.
+float InverseScale(float scale) {
+  const float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
+  return std::isfinite(inv) ? inv : 0.0f;
 }
 
 }  // namespace
@@ -92,9 +95,12 @@ Result<std::vector<std::byte>> EncodeBlock(const BlockKey& key, const BlockShape
     return InvalidArgument("KV block {}: expected {} floats of K and of V, got {} and {}",
                            key.ToString(), n, k.size(), v.size());
   }
-  for (size_t i = 0; i < n; ++i) {
-    if (!std::isfinite(k[i]) || !std::isfinite(v[i])) {
-      return InvalidArgument("KV block {}: non-finite value at element {}", key.ToString(), i);
+  const internal::CodecKernels& K = internal::BestCodecKernels();
+  if (!K.all_finite(k.data(), n) || !K.all_finite(v.data(), n)) {
+    for (size_t i = 0; i < n; ++i) {  // only to name the element
+      if (!std::isfinite(k[i]) || !std::isfinite(v[i])) {
+        return InvalidArgument("KV block {}: non-finite value at element {}", key.ToString(), i);
+      }
     }
   }
   std::vector<std::byte> out(EncodedBytes(s, codec));
@@ -111,20 +117,19 @@ Result<std::vector<std::byte>> EncodeBlock(const BlockKey& key, const BlockShape
     case Codec::kF16:
     case Codec::kBF16: {
       auto* o = reinterpret_cast<uint16_t*>(p);
-      for (size_t i = 0; i < n; ++i) {
-        o[i] = codec == Codec::kF16 ? FloatToHalf(k[i]) : FloatToBF16(k[i]);
-        o[n + i] = codec == Codec::kF16 ? FloatToHalf(v[i]) : FloatToBF16(v[i]);
-      }
+      auto* to = codec == Codec::kF16 ? K.to_f16 : K.to_bf16;
+      to(k.data(), o, n);
+      to(v.data(), o + n, n);
       break;
     }
     case Codec::kInt8: {
       // Scales: |x|max / 127 per key channel and per value (token, head); 0 -> scale 0.
-      std::vector<float> kscale(size_t(row), 0.0f), vscale(size_t(s.tokens) * size_t(s.kv_heads), 0.0f);
+      const int64_t H = s.kv_heads;
+      std::vector<float> kscale(size_t(row), 0.0f), vscale(size_t(s.tokens) * size_t(H));
       for (int64_t t = 0; t < s.tokens; ++t) {
-        for (int64_t c = 0; c < row; ++c) {
-          kscale[size_t(c)] = std::max(kscale[size_t(c)], std::fabs(k[size_t(t * row + c)]));
-          float& vs = vscale[size_t(t * s.kv_heads + c / hd)];
-          vs = std::max(vs, std::fabs(v[size_t(t * row + c)]));
+        K.absmax_into(k.data() + t * row, kscale.data(), size_t(row));
+        for (int64_t hh = 0; hh < H; ++hh) {
+          vscale[size_t(t * H + hh)] = K.absmax(v.data() + t * row + hh * hd, size_t(hd));
         }
       }
       for (float& x : kscale) x /= 127.0f;
@@ -132,11 +137,14 @@ Result<std::vector<std::byte>> EncodeBlock(const BlockKey& key, const BlockShape
       std::memcpy(p, kscale.data(), kscale.size() * 4);
       std::memcpy(p + kscale.size() * 4, vscale.data(), vscale.size() * 4);
       auto* q = reinterpret_cast<int8_t*>(p + (kscale.size() + vscale.size()) * 4);
+      std::vector<float> kinv(kscale.size());
+      for (size_t c = 0; c < kinv.size(); ++c) kinv[c] = InverseScale(kscale[c]);
       for (int64_t t = 0; t < s.tokens; ++t) {
-        for (int64_t c = 0; c < row; ++c) {
-          const float ks = kscale[size_t(c)], vs = vscale[size_t(t * s.kv_heads + c / hd)];
-          q[t * row + c] = ks > 0 ? Quantize(k[size_t(t * row + c)], 1.0f / ks) : 0;
-          q[int64_t(n) + t * row + c] = vs > 0 ? Quantize(v[size_t(t * row + c)], 1.0f / vs) : 0;
+        K.quantize(k.data() + t * row, kinv.data(), q + t * row, size_t(row));
+        for (int64_t hh = 0; hh < H; ++hh) {
+          const int64_t off = t * row + hh * hd;
+          K.quantize_one(v.data() + off, InverseScale(vscale[size_t(t * H + hh)]),
+                         q + int64_t(n) + off, size_t(hd));
         }
       }
       break;
@@ -186,33 +194,41 @@ Status DecodeBlock(std::span<const std::byte> in, const BlockKey& key, BlockShap
   k->resize(n);
   v->resize(n);
   const std::byte* p = in.data() + sizeof h;
+  const internal::CodecKernels& K = internal::BestCodecKernels();
   switch (codec) {
     case Codec::kF32:
       std::memcpy(k->data(), p, n * 4);
       std::memcpy(v->data(), p + n * 4, n * 4);
       break;
     case Codec::kF16:
-    case Codec::kBF16:
-      for (size_t i = 0; i < n; ++i) {
-        uint16_t a, b;
-        std::memcpy(&a, p + 2 * i, 2);
-        std::memcpy(&b, p + 2 * (n + i), 2);
-        (*k)[i] = codec == Codec::kF16 ? HalfToFloat(a) : BF16ToFloat(a);
-        (*v)[i] = codec == Codec::kF16 ? HalfToFloat(b) : BF16ToFloat(b);
+    case Codec::kBF16: {
+      // The payload follows the header inside whatever buffer the block arrived in: read it in
+      // place when it is 2-byte aligned, else from an aligned copy.
+      std::vector<uint16_t> copy;
+      const uint16_t* half = reinterpret_cast<const uint16_t*>(p);
+      if (reinterpret_cast<uintptr_t>(p) % alignof(uint16_t) != 0) {
+        copy.resize(2 * n);
+        std::memcpy(copy.data(), p, 4 * n);
+        half = copy.data();
       }
+      auto* from = codec == Codec::kF16 ? K.from_f16 : K.from_bf16;
+      from(half, k->data(), n);
+      from(half + n, v->data(), n);
       break;
+    }
     case Codec::kInt8: {
-      const int64_t row = s.row(), hd = s.head_dim;
+      const int64_t row = s.row(), hd = s.head_dim, H = s.kv_heads;
       std::vector<float> kscale(static_cast<size_t>(row)),
-          vscale(static_cast<size_t>(s.tokens) * size_t(s.kv_heads));
+          vscale(static_cast<size_t>(s.tokens) * size_t(H));
       std::memcpy(kscale.data(), p, kscale.size() * 4);
       std::memcpy(vscale.data(), p + kscale.size() * 4, vscale.size() * 4);
       const auto* q = reinterpret_cast<const int8_t*>(p + (kscale.size() + vscale.size()) * 4);
       for (int64_t t = 0; t < s.tokens; ++t) {
-        for (int64_t c = 0; c < row; ++c) {
-          (*k)[size_t(t * row + c)] = float(q[t * row + c]) * kscale[size_t(c)];
-          (*v)[size_t(t * row + c)] =
-              float(q[int64_t(n) + t * row + c]) * vscale[size_t(t * s.kv_heads + c / hd)];
+        K.dequantize(q + t * row, kscale.data(), k->data() + t * row, size_t(row));
+        for (int64_t hh = 0; hh < H; ++hh) {
+          const int64_t off = t * row + hh * hd;
+          K.dequantize_one(q + int64_t(n) + off, vscale[size_t(t * H + hh)], v->data() + off,
+                           size_t(hd));
         }
       }
       break;
