@@ -315,6 +315,14 @@ TEST(ModelConfig, PresetsAreValidAndRoundTrip) {
   EXPECT_EQ(SmallConfig().hybrid.window, (std::vector<int64_t>{64, 256, 64, 256}));
   EXPECT_FALSE(PresetConfig("huge").ok());
   EXPECT_EQ(PresetConfig("hybrid-tiny")->num_hidden_layers, 4);
+  for (std::string_view family : {"llama3", "qwen2", "qwen3", "mistral"}) {
+    auto c = PresetConfig(family);
+    ASSERT_TRUE(c.ok()) << family;
+    EXPECT_TRUE(ValidateModelConfig(*c, "preset").ok()) << family;
+    auto back = ParseModelConfig(ToJson(*c), "preset");
+    ASSERT_TRUE(back.ok()) << back.status().ToString();
+    EXPECT_EQ(*back, *c) << family;
+  }
 }
 
 TEST(ModelConfig, QueryGlobals) {
