@@ -147,7 +147,8 @@ TEST(Builtin, DeterministicPerSeedAndScaled) {
   EXPECT_TRUE(CheckWeights(small->config, small->weights).ok());
 
   EXPECT_EQ(BuiltinWeights("builtin:huge", 0).status().message(),
-            "builtin:huge: unknown preset \"huge\" (tiny, small, hybrid-tiny)");
+            "builtin:huge: unknown preset \"huge\" (tiny, small, hybrid-tiny, llama3, qwen2, qwen3, "
+            "mistral)");
   EXPECT_FALSE(BuiltinWeights("tiny", 0).ok());
   EXPECT_FALSE(BuiltinWeights("builtin:tiny", 0, DType::kI32).ok());
 }
