@@ -1,10 +1,12 @@
 // `longctx run`: the main job — a document through the hybrid-attention transformer, sharded
 // over the ranks of the job (mpirun / srun), with globals chosen from its structure: prefill,
 // then (--query / --generate) a question and greedy generation against the cached context.
-// Writes report.json, tokens.npy, globals.npy, generated.txt and (--dump-hidden) hidden.npy.
+// Writes report.json, tokens.npy, globals.npy, generated.txt, (--dump-hidden) hidden.npy and
+// (--dump-logits FILE) every position's float32 logits.
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -44,6 +46,7 @@ struct RunFlags {
   EngineFlags engine;  // model, hybrid overrides, threads, --kv-*
   std::string input, input_ids, out = "longctx-run";
   bool dump_hidden = false;
+  std::string dump_logits;  // .npy [tokens, vocab] float32: row i = logits after token i
   std::string progress = "auto";
   std::string query;      // appended after the document, every token global
   std::string generate = "0";  // tokens decoded greedily after the document (and the query),
@@ -252,7 +255,13 @@ Status RunRun(const RunFlags& f) {
       worker::AnswerTokens at;
       ASSIGN_OR_RETURN(at.query_ids, tok->Encode(f.query, false));
       query_tokens = int64_t(at.query_ids.size());
+      // EOS: the tokenizer's and config.json's eos_token_id (a number or a list); any stops.
       at.stop_ids = tok->eos_ids();
+      for (int64_t id : config.eos_token_ids) {
+        if (std::find(at.stop_ids.begin(), at.stop_ids.end(), int32_t(id)) == at.stop_ids.end()) {
+          at.stop_ids.push_back(int32_t(id));
+        }
+      }
       at.is_global = [&](int32_t token, const std::vector<int32_t>& prev) {
         return TokenTextEndsSentenceOrParagraph(prev.empty() ? std::string() : tok->TokenText(prev.back()),
                                                 tok->TokenText(token));
@@ -330,6 +339,35 @@ Status RunRun(const RunFlags& f) {
     if (agreed.ok() && me == 0) agreed = CommitNpyRows(dir + "hidden.npy");
     if (!agreed.ok()) {
       if (me == 0) AbortNpyRows(dir + "hidden.npy");
+      return agreed;
+    }
+  }
+  if (!f.dump_logits.empty()) {
+    // Every rank writes the logits of its own rows, the last rank those of the appended tokens,
+    // in chunks (a chunk is kChunk x vocab floats).
+    constexpr int64_t kChunk = 256;
+    const int64_t V = config.vocab_size;
+    const std::string& path = f.dump_logits;
+    st = me == 0 ? CreateNpyForRows(path, DType::kF32, {n_total, V}) : Status::Ok();
+    RETURN_IF_ERROR(comm::AgreeOnStatus(c, st));
+    std::vector<float> logits;
+    auto write = [&](const float* h, int64_t row0, int64_t count) -> Status {
+      for (int64_t r = 0; r < count; r += kChunk) {
+        const int64_t m = std::min(kChunk, count - r);
+        logits.resize(size_t(m * V));
+        worker::LmHeadLogits(config, engine->weights(), h + r * D, m, logits.data());
+        RETURN_IF_ERROR(WriteNpyRows(path, row0 + r, m, logits.data()));
+      }
+      return Status::Ok();
+    };
+    st = write(hidden.data(), s, rows);
+    if (st.ok() && me == P - 1 && !appended.empty()) {
+      st = write(answer.appended_hidden.data(), n, int64_t(appended.size()));
+    }
+    Status agreed = comm::AgreeOnStatus(c, st);
+    if (agreed.ok() && me == 0) agreed = CommitNpyRows(path);
+    if (!agreed.ok()) {
+      if (me == 0) AbortNpyRows(path);
       return agreed;
     }
   }
@@ -446,6 +484,9 @@ Runner AddRunCommand(CLI::App& app) {
   app.add_option("--input-ids", f->input_ids, "pre-tokenized input: 1-D int32/int64 .npy");
   app.add_option("--out", f->out, "output directory")->capture_default_str();
   app.add_flag("--dump-hidden", f->dump_hidden, "write hidden.npy (final-norm hidden states)");
+  app.add_option("--dump-logits", f->dump_logits,
+                 "write every position's float32 logits [tokens, vocab] to this .npy "
+                 "(tokens x vocab x 4 bytes: for comparisons on short inputs)");
   app.add_option("--progress", f->progress, "auto | on | off")->capture_default_str();
   app.add_option("--query", f->query, "a question appended after the document (global tokens)");
   app.add_option("--max-generate", f->max_generate, "the cap of --generate auto")

@@ -116,11 +116,145 @@ ModelConfig HybridTinyConfig() {
   return c;
 }
 
+namespace {
+
+// The shape the family presets share; each family then sets what makes it that family.
+ModelConfig FamilyBase(std::string_view family) {
+  ModelConfig c;
+  c.model_type = std::string(family);
+  c.hidden_size = 64;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  c.head_dim = 16;
+  c.intermediate_size = 128;
+  c.num_hidden_layers = 2;
+  c.vocab_size = 288;  // PresetTokenizerJson's 274 ids, padded (as real models pad theirs)
+  c.rms_norm_eps = 1e-6;
+  c.max_position_embeddings = 4096;
+  c.eos_token_ids = {kPresetEosId};
+  c.hybrid.window.assign(2, 64);
+  c.hybrid.window_source = WindowSource::kLongctx;
+  return c;
+}
+
+}  // namespace
+
+bool IsFamilyPreset(std::string_view preset) {
+  return preset == "llama3" || preset == "qwen2" || preset == "qwen3" || preset == "mistral";
+}
+
 Result<ModelConfig> PresetConfig(std::string_view preset) {
   if (preset == "tiny") return TinyConfig();
   if (preset == "small") return SmallConfig();
   if (preset == "hybrid-tiny") return HybridTinyConfig();
-  return InvalidArgument("unknown preset \"{}\" (tiny, small, hybrid-tiny)", preset);
+  if (preset == "llama3") {
+    ModelConfig c = FamilyBase("llama");
+    c.rms_norm_eps = 1e-5;
+    c.rope_theta = 5e5;
+    c.rope.type = RopeType::kLlama3;
+    c.rope.factor = 8.0;
+    c.rope.low_freq_factor = 1.0;
+    c.rope.high_freq_factor = 4.0;
+    c.rope.original_max_position_embeddings = 256;
+    return c;
+  }
+  if (preset == "qwen2") {
+    ModelConfig c = FamilyBase("qwen2");
+    c.qkv_bias = true;
+    c.tie_word_embeddings = true;
+    c.rope_theta = 1e6;
+    return c;
+  }
+  if (preset == "qwen3") {
+    ModelConfig c = FamilyBase("qwen3");
+    c.qk_norm = true;
+    c.head_dim = 32;
+    c.rope_theta = 1e6;
+    return c;
+  }
+  if (preset == "mistral") {
+    ModelConfig c = FamilyBase("mistral");
+    c.num_key_value_heads = 1;
+    c.rope_theta = 1e4;
+    c.sliding_window = 48;
+    c.hybrid.window.assign(2, 48);
+    c.hybrid.window_source = WindowSource::kSlidingWindow;
+    return c;
+  }
+  return InvalidArgument(
+      "unknown preset \"{}\" (tiny, small, hybrid-tiny, llama3, qwen2, qwen3, mistral)", preset);
+}
+
+namespace {
+
+// GPT-2's byte-to-character map of byte-level BPE: printable bytes stand for themselves, the
+// others for U+0100 + their rank among the non-printable bytes. UTF-8 of that character.
+std::string ByteLevelChar(int b) {
+  auto printable = [](int x) {
+    return (x >= 33 && x <= 126) || (x >= 161 && x <= 172) || (x >= 174 && x <= 255);
+  };
+  int cp = b;
+  if (!printable(b)) {
+    int rank = 0;
+    for (int x = 0; x < b; ++x) rank += printable(x) ? 0 : 1;
+    cp = 256 + rank;
+  }
+  std::string out;
+  if (cp < 0x80) {
+    out += char(cp);
+  } else {
+    out += char(0xC0 | (cp >> 6));
+    out += char(0x80 | (cp & 0x3F));
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string PresetTokenizerJson() {
+  // Merges in priority order; each result is the next id from 256 ("Ġ" is the space byte).
+  static constexpr std::pair<std::string_view, std::string_view> kMerges[] = {
+      {"Ġ", "t"}, {"h", "e"}, {"i", "n"}, {"Ġ", "a"}, {"e", "r"}, {"Ġt", "he"},
+      {"o", "n"}, {"r", "e"}, {"Ġ", "s"}, {"a", "t"}, {"e", "n"}, {"Ġ", "o"},
+      {"Ġ", "w"}, {"Ġ", "c"}, {"o", "r"}, {"e", "s"}};
+  auto quoted = [](std::string_view s) {
+    std::string q = "\"";
+    for (char ch : s) {
+      if (ch == '"' || ch == '\\') q += '\\';
+      q += ch;
+    }
+    return q + "\"";
+  };
+  std::string vocab, merges;
+  for (int b = 0; b < 256; ++b) {
+    vocab += fmt::format("{}{}: {}", b ? ", " : "", quoted(ByteLevelChar(b)), b);
+  }
+  int id = 256;
+  for (const auto& [a, b] : kMerges) {
+    vocab += fmt::format(", {}: {}", quoted(std::string(a) + std::string(b)), id++);
+    merges += fmt::format("{}{}", id > 257 ? ", " : "", quoted(std::string(a) + " " + std::string(b)));
+  }
+  auto added = [](int32_t tid, std::string_view content) {
+    return fmt::format(R"({{"id": {}, "content": "{}", "single_word": false, "lstrip": false, )"
+                       R"("rstrip": false, "normalized": false, "special": true}})",
+                       tid, content);
+  };
+  return fmt::format(
+      R"({{"version": "1.0", "truncation": null, "padding": null,)" "\n"
+      R"( "added_tokens": [{}, {}],)" "\n"
+      R"( "normalizer": null,)" "\n"
+      R"( "pre_tokenizer": {{"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}},)" "\n"
+      R"( "post_processor": {{"type": "TemplateProcessing", "single": [{{"SpecialToken": {{"id": "<|begin_of_text|>", "type_id": 0}}}}, {{"Sequence": {{"id": "A", "type_id": 0}}}}], "pair": [], "special_tokens": {{"<|begin_of_text|>": {{"id": "<|begin_of_text|>", "ids": [{}], "tokens": ["<|begin_of_text|>"]}}}}}},)" "\n"
+      R"( "decoder": {{"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true}},)" "\n"
+      R"( "model": {{"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,)" "\n"
+      R"(  "vocab": {{{}}},)" "\n"
+      R"(  "merges": [{}]}}}})" "\n",
+      added(kPresetBosId, "<|begin_of_text|>"), added(kPresetEosId, "<|end_of_text|>"),
+      kPresetBosId, vocab, merges);
+}
+
+Status WriteTokenizerJson(const std::string& dir, std::string_view json) {
+  return internal::WriteFileAtomically(dir + "/tokenizer.json", json);
 }
 
 Result<std::vector<OwnedTensor>> GenerateWeights(const ModelConfig& config, uint64_t seed,
@@ -135,13 +269,24 @@ Result<std::vector<OwnedTensor>> GenerateWeights(const ModelConfig& config, uint
     t.shape = std::move(e.shape);
     const auto n = static_cast<size_t>(t.ref().numel());
     t.data.resize(n * DTypeSize(dtype));
-    const bool is_norm = t.shape.size() == 1;
+    auto ends_with = [&](std::string_view suffix) {
+      return t.name.size() >= suffix.size() &&
+             std::string_view(t.name).substr(t.name.size() - suffix.size()) == suffix;
+    };
+    const bool is_bias = ends_with(".bias");
+    const bool is_head_norm = ends_with("q_norm.weight") || ends_with("k_norm.weight");
+    const bool is_norm = t.shape.size() == 1 && !is_bias && !is_head_norm;
     // Embedding rows are read directly (unit variance); linear layers see in_features inputs.
-    const double scale =
-        is_norm || t.name == kEmbedTokensName ? 1.0 : 1.0 / std::sqrt(double(t.shape[1]));
+    const double scale = is_bias ? 0.5
+                         : is_head_norm ? 0.25
+                         : is_norm || t.name == kEmbedTokensName
+                             ? 1.0
+                             : 1.0 / std::sqrt(double(t.shape[1]));
     uint64_t state = seed ^ Fnv1a64(t.name);
     for (size_t i = 0; i < n; ++i) {
-      const float v = is_norm ? 1.0f : static_cast<float>(NormalIsh(&state) * scale);
+      const float v = is_norm        ? 1.0f
+                      : is_head_norm ? static_cast<float>(1.0 + NormalIsh(&state) * scale)
+                                     : static_cast<float>(NormalIsh(&state) * scale);
       std::byte* dst = t.data.data() + i * DTypeSize(dtype);
       if (dtype == DType::kF32) {
         std::memcpy(dst, &v, 4);

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <limits>
 #include <system_error>
+#include <tuple>
 #include <utility>
 
 #include <fmt/format.h>
@@ -166,6 +167,168 @@ Status ParseHybridBlock(const json& block, std::string_view source, int64_t laye
   return Status::Ok();
 }
 
+constexpr std::string_view kModelTypes = "llama, mistral, qwen2, qwen3";
+constexpr int64_t kQwen3DefaultHeadDim = 128;  // HF's Qwen3Config default
+
+bool IsKnownModelType(std::string_view t) {
+  return t == "llama" || t == "mistral" || t == "qwen2" || t == "qwen3";
+}
+
+// `rope_scaling` (HF's older spelling: the scaling fields only) or `rope_parameters` (newer:
+// rope_theta and rope_type with the scaling fields) into c->rope (and c->rope_theta). Every key
+// the type does not read is refused, so that no field is silently ignored.
+Status ParseRope(const json& root, std::string_view source, ModelConfig* c) {
+  const KeyReader top(root, source, "");
+  const json* rs = top.Find("rope_scaling");
+  const json* rp = top.Find("rope_parameters");
+  if (rs == nullptr && rp == nullptr) return Status::Ok();
+  if (rs != nullptr && rp != nullptr) {
+    return InvalidArgument("{}: both rope_scaling and rope_parameters are given (give one)",
+                           source);
+  }
+  const bool params = rp != nullptr;
+  const std::string name = params ? "rope_parameters" : "rope_scaling";
+  const json& obj = params ? *rp : *rs;
+  if (!obj.is_object()) {
+    return InvalidArgument("{}: {} = {} is not an object", source, name, Repr(obj));
+  }
+  if (params && !obj.empty()) {
+    bool nested = true;
+    for (const auto& [k, v] : obj.items()) nested = nested && v.is_object();
+    if (nested) {
+      return Unimplemented("{}: rope_parameters per layer type ({}) is not supported", source,
+                           obj.begin().key());
+    }
+  }
+  const KeyReader r(obj, source, name + ".");
+  RopeScaling& rope = c->rope;
+  rope.rope_parameters_spelling = params;
+  ASSIGN_OR_RETURN(std::optional<std::string> type, r.OptString("rope_type"));
+  ASSIGN_OR_RETURN(std::optional<std::string> legacy_type, r.OptString("type"));
+  if (type && legacy_type && *type != *legacy_type) {
+    return InvalidArgument("{}: {}.rope_type = \"{}\" and {}.type = \"{}\" disagree", source,
+                           name, *type, name, *legacy_type);
+  }
+  if (!type) type = legacy_type;
+  if (!type) {
+    if (!params) return r.Error("rope_type", "is missing (required in rope_scaling)");
+    type = "default";
+  }
+  if (*type == "default") rope.type = RopeType::kDefault;
+  else if (*type == "linear") rope.type = RopeType::kLinear;
+  else if (*type == "dynamic") rope.type = RopeType::kDynamic;
+  else if (*type == "llama3") rope.type = RopeType::kLlama3;
+  else if (*type == "yarn") rope.type = RopeType::kYarn;
+  else {
+    return Unimplemented("{}: {}.rope_type = \"{}\" is not supported (default, linear, dynamic, "
+                         "llama3, yarn)",
+                         source, name, *type);
+  }
+  // The keys each type reads (besides rope_type/type, rope_theta in rope_parameters, and
+  // original_max_position_embeddings, which HF configs carry whatever the type).
+  std::vector<std::string_view> reads;
+  switch (rope.type) {
+    case RopeType::kDefault: break;
+    case RopeType::kLinear:
+    case RopeType::kDynamic: reads = {"factor"}; break;
+    case RopeType::kLlama3: reads = {"factor", "low_freq_factor", "high_freq_factor"}; break;
+    case RopeType::kYarn:
+      reads = {"factor", "beta_fast", "beta_slow", "attention_factor", "mscale",
+               "mscale_all_dim", "truncate"};
+      break;
+  }
+  for (const auto& [key, value] : obj.items()) {
+    if (key == "rope_type" || key == "type" || key == "original_max_position_embeddings") continue;
+    if (params && key == "rope_theta") continue;
+    if (key == "partial_rotary_factor" && value.is_number() && value.get<double>() == 1.0) continue;
+    bool read = false;
+    for (std::string_view k : reads) read = read || key == k;
+    if (!read) {
+      return Unimplemented("{}: {}.{} is not supported with rope_type \"{}\"", source, name, key,
+                           *type);
+    }
+  }
+  if (params) {
+    const double outer = c->rope_theta;
+    ASSIGN_OR_RETURN(c->rope_theta, r.Number("rope_theta", c->rope_theta));
+    if (!(c->rope_theta > 0.0)) {
+      return r.Error("rope_theta", fmt::format("= {} must be positive", c->rope_theta));
+    }
+    if (top.Find("rope_theta") != nullptr && outer != c->rope_theta) {
+      return InvalidArgument("{}: rope_theta = {} and rope_parameters.rope_theta = {} disagree",
+                             source, outer, c->rope_theta);
+    }
+  }
+  if (rope.type == RopeType::kDefault) return Status::Ok();
+
+  const int64_t kIntMax = std::numeric_limits<int64_t>::max();
+  ASSIGN_OR_RETURN(rope.original_max_position_embeddings,
+                   r.OptInt("original_max_position_embeddings", 1, kIntMax));
+  auto positive = [&](std::string_view key, double* v) -> Status {
+    ASSIGN_OR_RETURN(*v, r.Number(key, *v));
+    if (!(*v > 0.0)) return r.Error(key, fmt::format("= {} must be positive", *v));
+    return Status::Ok();
+  };
+  const bool has_factor = r.Find("factor") != nullptr;
+  if (!has_factor && rope.type != RopeType::kYarn) return r.Error("factor", "is missing (required)");
+  if (has_factor) RETURN_IF_ERROR(positive("factor", &rope.factor));
+  if (rope.type == RopeType::kLinear) return Status::Ok();
+  if (rope.type == RopeType::kLlama3) {
+    for (std::string_view key : {"low_freq_factor", "high_freq_factor",
+                                 "original_max_position_embeddings"}) {
+      if (r.Find(key) == nullptr) return r.Error(key, "is missing (required by llama3)");
+    }
+    RETURN_IF_ERROR(positive("low_freq_factor", &rope.low_freq_factor));
+    RETURN_IF_ERROR(positive("high_freq_factor", &rope.high_freq_factor));
+    if (!(rope.high_freq_factor > rope.low_freq_factor)) {
+      return r.Error("high_freq_factor",
+                     fmt::format("= {} must exceed low_freq_factor = {}", rope.high_freq_factor,
+                                 rope.low_freq_factor));
+    }
+    return Status::Ok();
+  }
+  // dynamic and yarn: the original length defaults to max_position_embeddings.
+  if (!rope.original_max_position_embeddings) {
+    if (!c->max_position_embeddings) {
+      return r.Error("original_max_position_embeddings",
+                     fmt::format("is missing and so is max_position_embeddings (rope_type {} "
+                                 "needs one)",
+                                 *type));
+    }
+    rope.original_max_position_embeddings = c->max_position_embeddings;
+  }
+  if (rope.type == RopeType::kDynamic) return Status::Ok();
+  // yarn. No factor: HF takes max_position_embeddings / original_max_position_embeddings.
+  if (!has_factor) {
+    if (!c->max_position_embeddings) {
+      return r.Error("factor", "is missing and so is max_position_embeddings (yarn needs one)");
+    }
+    rope.factor = double(*c->max_position_embeddings) /
+                  double(*rope.original_max_position_embeddings);
+  }
+  // HF: `beta_fast or 32`, so 0 or null means the default.
+  for (auto [key, v, fallback] : {std::tuple{"beta_fast", &rope.beta_fast, 32.0},
+                                  std::tuple{"beta_slow", &rope.beta_slow, 1.0}}) {
+    ASSIGN_OR_RETURN(*v, r.Number(key, fallback));
+    if (*v == 0.0) *v = fallback;
+    if (!(*v > 0.0)) return r.Error(key, fmt::format("= {} must be positive", *v));
+  }
+  if (r.Find("attention_factor") != nullptr) {
+    double af = 0.0;
+    RETURN_IF_ERROR(positive("attention_factor", &af));
+    rope.attention_factor = af;
+  }
+  for (auto [key, v] : {std::pair{"mscale", &rope.mscale},
+                        std::pair{"mscale_all_dim", &rope.mscale_all_dim}}) {
+    if (r.Find(key) != nullptr) {
+      ASSIGN_OR_RETURN(double x, r.Number(key, 0.0));
+      *v = x;
+    }
+  }
+  ASSIGN_OR_RETURN(rope.truncate, r.Bool("truncate", true));
+  return Status::Ok();
+}
+
 // Checks relationships between fields (types and ranges were checked while reading).
 Status CheckRelations(const ModelConfig& c, std::string_view source) {
   if (c.num_attention_heads % c.num_key_value_heads != 0) {
@@ -181,6 +344,9 @@ Status CheckRelations(const ModelConfig& c, std::string_view source) {
         "{}: vocab_size = {} is below 256, the byte-level tokenizer's vocabulary", source,
         c.vocab_size);
   }
+  if (c.rope.type == RopeType::kDynamic && c.head_dim <= 2) {
+    return InvalidArgument("{}: rope_type dynamic needs head_dim > 2, got {}", source, c.head_dim);
+  }
   if (static_cast<int64_t>(c.hybrid.window.size()) != c.num_hidden_layers) {
     return InvalidArgument("{}: {} windows for num_hidden_layers = {}", source,
                            c.hybrid.window.size(), c.num_hidden_layers);
@@ -189,6 +355,17 @@ Status CheckRelations(const ModelConfig& c, std::string_view source) {
 }
 
 }  // namespace
+
+std::string_view RopeTypeName(RopeType t) {
+  switch (t) {
+    case RopeType::kDefault: return "default";
+    case RopeType::kLinear: return "linear";
+    case RopeType::kDynamic: return "dynamic";
+    case RopeType::kLlama3: return "llama3";
+    case RopeType::kYarn: return "yarn";
+  }
+  return "unknown";
+}
 
 std::string_view WindowSourceName(WindowSource s) {
   switch (s) {
@@ -239,23 +416,48 @@ Result<ModelConfig> ParseModelConfig(std::string_view json_text, std::string_vie
 
   ASSIGN_OR_RETURN(std::optional<std::string> model_type, r.OptString("model_type"));
   if (model_type) {
-    if (*model_type != "llama" && *model_type != "mistral") {
-      return r.Error("model_type", fmt::format("= \"{}\" is not supported (llama, mistral)",
-                                               *model_type));
+    if (!IsKnownModelType(*model_type)) {
+      return r.Error("model_type", fmt::format("= \"{}\" is not supported ({})", *model_type,
+                                               kModelTypes));
     }
     c.model_type = *model_type;
   }
+  c.qkv_bias = c.model_type == "qwen2";  // Qwen2Attention: bias on q/k/v, none on o
+  c.qk_norm = c.model_type == "qwen3";   // Qwen3Attention: q_norm/k_norm over head_dim
   ASSIGN_OR_RETURN(std::optional<std::string> act, r.OptString("hidden_act"));
   if (act && *act != "silu") {
     return r.Error("hidden_act", fmt::format("= \"{}\" is not supported (silu)", *act));
   }
   for (std::string_view key : {"attention_bias", "mlp_bias"}) {
     ASSIGN_OR_RETURN(bool bias, r.Bool(key, false));
-    if (bias) return r.Error(key, "= true is not supported (Llama layers without biases)");
+    if (bias) {
+      return Unimplemented("{}: {} = true is not supported (biases only on qwen2's q/k/v)",
+                           source, key);
+    }
   }
-  if (const json* rs = r.Find("rope_scaling"); rs != nullptr) {
-    return Unimplemented("{}: rope_scaling = {} is not supported (plain RoPE only)", source,
-                         Repr(*rs));
+  // Sliding-window layers of the Qwen configs (HF uses them only when use_sliding_window is
+  // true; the sliding_window value is then ignored) and per-layer attention kinds.
+  ASSIGN_OR_RETURN(bool use_sw, r.Bool("use_sliding_window", false));
+  if (use_sw) {
+    return Unimplemented(
+        "{}: use_sliding_window = true is not supported (Qwen's per-layer sliding windows; "
+        "set longctx.window instead)",
+        source);
+  }
+  if (const json* lt = r.Find("layer_types"); lt != nullptr) {
+    if (!lt->is_array()) return r.Error("layer_types", fmt::format("= {} is not a list", Repr(*lt)));
+    for (size_t i = 0; i < lt->size(); ++i) {
+      if (!(*lt)[i].is_string() || (*lt)[i].get<std::string>() != "full_attention") {
+        return Unimplemented("{}: layer_types[{}] = {} is not supported (full_attention only)",
+                             source, i, Repr((*lt)[i]));
+      }
+    }
+  }
+  if (const json* prf = r.Find("partial_rotary_factor"); prf != nullptr) {
+    if (!prf->is_number() || prf->get<double>() != 1.0) {
+      return Unimplemented("{}: partial_rotary_factor = {} is not supported (1 only)", source,
+                           Repr(*prf));
+    }
   }
 
   ASSIGN_OR_RETURN(c.hidden_size, r.RequiredInt("hidden_size", 1));
@@ -265,6 +467,8 @@ Result<ModelConfig> ParseModelConfig(std::string_view json_text, std::string_vie
   ASSIGN_OR_RETURN(std::optional<int64_t> hd, r.OptInt("head_dim", 1));
   if (hd) {
     c.head_dim = *hd;
+  } else if (c.model_type == "qwen3") {
+    c.head_dim = kQwen3DefaultHeadDim;
   } else {
     if (c.hidden_size % c.num_attention_heads != 0) {
       return InvalidArgument(
@@ -285,16 +489,35 @@ Result<ModelConfig> ParseModelConfig(std::string_view json_text, std::string_vie
   if (!(c.rope_theta > 0.0)) {
     return r.Error("rope_theta", fmt::format("= {} must be positive", c.rope_theta));
   }
+  ASSIGN_OR_RETURN(c.max_position_embeddings,
+                   r.OptInt("max_position_embeddings", 1, std::numeric_limits<int64_t>::max()));
+  RETURN_IF_ERROR(ParseRope(root, source, &c));
   ASSIGN_OR_RETURN(c.tie_word_embeddings, r.Bool("tie_word_embeddings", false));
   const int64_t kIntMax = std::numeric_limits<int64_t>::max();
-  if (root.contains("sliding_window")) {
+  // Mistral's sliding_window is the window of every layer. Qwen configs carry one too, but HF
+  // applies it only with use_sliding_window (refused above): it is ignored here as there.
+  const bool qwen = c.model_type == "qwen2" || c.model_type == "qwen3";
+  if (!qwen && root.contains("sliding_window")) {
     ASSIGN_OR_RETURN(c.sliding_window, r.OptInt("sliding_window", 1, kIntMax));
   } else if (c.model_type == "mistral") {
     c.sliding_window = kMistralDefaultSlidingWindow;
   }
-  ASSIGN_OR_RETURN(c.max_position_embeddings, r.OptInt("max_position_embeddings", 1, kIntMax));
+  // Newer configs write "dtype"; older ones "torch_dtype" (informational either way).
   ASSIGN_OR_RETURN(std::optional<std::string> torch_dtype, r.OptString("torch_dtype"));
-  c.torch_dtype = torch_dtype.value_or("");
+  ASSIGN_OR_RETURN(std::optional<std::string> dtype, r.OptString("dtype"));
+  c.torch_dtype = dtype ? *dtype : torch_dtype.value_or("");
+  if (const json* eos = r.Find("eos_token_id"); eos != nullptr) {
+    if (eos->is_array()) {
+      for (size_t i = 0; i < eos->size(); ++i) {
+        ASSIGN_OR_RETURN(int64_t id, r.IntValue(fmt::format("eos_token_id[{}]", i), (*eos)[i], 0,
+                                                kIntMax));
+        c.eos_token_ids.push_back(id);
+      }
+    } else {
+      ASSIGN_OR_RETURN(int64_t id, r.IntValue("eos_token_id", *eos, 0, kIntMax));
+      c.eos_token_ids.push_back(id);
+    }
+  }
 
   // Windows: longctx.window, else sliding_window, else the default.
   if (c.sliding_window) {
@@ -325,9 +548,23 @@ Status ValidateModelConfig(const ModelConfig& c, std::string_view source) {
     }
     return Status::Ok();
   };
-  if (c.model_type != "llama" && c.model_type != "mistral") {
-    return InvalidArgument("{}: model_type = \"{}\" is not supported (llama, mistral)", source,
+  if (!IsKnownModelType(c.model_type)) {
+    return InvalidArgument("{}: model_type = \"{}\" is not supported ({})", source,
+                           c.model_type, kModelTypes);
+  }
+  if (c.qkv_bias != (c.model_type == "qwen2") || c.qk_norm != (c.model_type == "qwen3")) {
+    return InvalidArgument("{}: model_type = \"{}\" disagrees with qkv_bias/qk_norm", source,
                            c.model_type);
+  }
+  const RopeScaling& rope = c.rope;
+  if (rope.type != RopeType::kDefault) {
+    if (!(rope.factor > 0.0) || !std::isfinite(rope.factor)) {
+      return InvalidArgument("{}: rope factor = {} must be positive", source, rope.factor);
+    }
+    if (rope.type != RopeType::kLinear && !rope.original_max_position_embeddings) {
+      return InvalidArgument("{}: rope_type {} needs original_max_position_embeddings", source,
+                             RopeTypeName(rope.type));
+    }
   }
   RETURN_IF_ERROR(positive("hidden_size", c.hidden_size));
   RETURN_IF_ERROR(positive("num_attention_heads", c.num_attention_heads));
@@ -376,7 +613,11 @@ Status ValidateModelConfig(const ModelConfig& c, std::string_view source) {
 
 std::string ToJson(const ModelConfig& c) {
   nlohmann::ordered_json j;
-  j["architectures"] = {c.model_type == "mistral" ? "MistralForCausalLM" : "LlamaForCausalLM"};
+  const char* arch = c.model_type == "mistral" ? "MistralForCausalLM"
+                     : c.model_type == "qwen2" ? "Qwen2ForCausalLM"
+                     : c.model_type == "qwen3" ? "Qwen3ForCausalLM"
+                                               : "LlamaForCausalLM";
+  j["architectures"] = {arch};
   j["model_type"] = c.model_type;
   j["hidden_act"] = "silu";
   j["hidden_size"] = c.hidden_size;
@@ -387,7 +628,30 @@ std::string ToJson(const ModelConfig& c) {
   j["head_dim"] = c.head_dim;
   j["vocab_size"] = c.vocab_size;
   j["rms_norm_eps"] = c.rms_norm_eps;
-  j["rope_theta"] = c.rope_theta;
+  if (!c.rope.rope_parameters_spelling) j["rope_theta"] = c.rope_theta;
+  if (c.rope.type != RopeType::kDefault || c.rope.rope_parameters_spelling) {
+    const RopeScaling& rope = c.rope;
+    nlohmann::ordered_json rj;
+    rj["rope_type"] = RopeTypeName(rope.type);
+    if (rope.rope_parameters_spelling) rj["rope_theta"] = c.rope_theta;
+    if (rope.type != RopeType::kDefault) rj["factor"] = rope.factor;
+    if (rope.type == RopeType::kLlama3) {
+      rj["low_freq_factor"] = rope.low_freq_factor;
+      rj["high_freq_factor"] = rope.high_freq_factor;
+    }
+    if (rope.original_max_position_embeddings) {
+      rj["original_max_position_embeddings"] = *rope.original_max_position_embeddings;
+    }
+    if (rope.type == RopeType::kYarn) {
+      rj["beta_fast"] = rope.beta_fast;
+      rj["beta_slow"] = rope.beta_slow;
+      if (rope.attention_factor) rj["attention_factor"] = *rope.attention_factor;
+      if (rope.mscale) rj["mscale"] = *rope.mscale;
+      if (rope.mscale_all_dim) rj["mscale_all_dim"] = *rope.mscale_all_dim;
+      if (!rope.truncate) rj["truncate"] = false;
+    }
+    j[rope.rope_parameters_spelling ? "rope_parameters" : "rope_scaling"] = std::move(rj);
+  }
   if (c.max_position_embeddings) j["max_position_embeddings"] = *c.max_position_embeddings;
   j["tie_word_embeddings"] = c.tie_word_embeddings;
   // A mistral config without the key means 4096 to HF, so "none" must be written as null.
@@ -397,6 +661,11 @@ std::string ToJson(const ModelConfig& c) {
     j["sliding_window"] = nullptr;
   }
   if (!c.torch_dtype.empty()) j["torch_dtype"] = c.torch_dtype;
+  if (c.eos_token_ids.size() == 1) {
+    j["eos_token_id"] = c.eos_token_ids.front();
+  } else if (!c.eos_token_ids.empty()) {
+    j["eos_token_id"] = c.eos_token_ids;
+  }
 
   nlohmann::ordered_json block = nlohmann::ordered_json::object();
   const HybridConfig& h = c.hybrid;

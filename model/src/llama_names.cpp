@@ -1,5 +1,8 @@
 #include "longctx/model/llama_names.h"
 
+#include <cstring>
+#include <set>
+
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
@@ -17,6 +20,11 @@ std::string_view LayerSuffix(LayerTensor t) {
     case LayerTensor::kDownProj: return "mlp.down_proj.weight";
     case LayerTensor::kInputNorm: return "input_layernorm.weight";
     case LayerTensor::kPostAttentionNorm: return "post_attention_layernorm.weight";
+    case LayerTensor::kQBias: return "self_attn.q_proj.bias";
+    case LayerTensor::kKBias: return "self_attn.k_proj.bias";
+    case LayerTensor::kVBias: return "self_attn.v_proj.bias";
+    case LayerTensor::kQNorm: return "self_attn.q_norm.weight";
+    case LayerTensor::kKNorm: return "self_attn.k_norm.weight";
   }
   return "?";
 }
@@ -55,6 +63,15 @@ std::vector<ExpectedTensor> ExpectedTensors(const ModelConfig& c) {
     add(LayerTensor::kDownProj, {d, inter}, "[hidden_size, intermediate_size]");
     add(LayerTensor::kInputNorm, {d}, "[hidden_size]");
     add(LayerTensor::kPostAttentionNorm, {d}, "[hidden_size]");
+    if (c.qkv_bias) {
+      add(LayerTensor::kQBias, {q}, "[num_attention_heads*head_dim]");
+      add(LayerTensor::kKBias, {kv}, "[num_key_value_heads*head_dim]");
+      add(LayerTensor::kVBias, {kv}, "[num_key_value_heads*head_dim]");
+    }
+    if (c.qk_norm) {
+      add(LayerTensor::kQNorm, {c.head_dim}, "[head_dim]");
+      add(LayerTensor::kKNorm, {c.head_dim}, "[head_dim]");
+    }
   }
   out.push_back({std::string(kFinalNormName), {d}, "[hidden_size]"});
   if (!c.tie_word_embeddings) {
@@ -64,7 +81,35 @@ std::vector<ExpectedTensor> ExpectedTensors(const ModelConfig& c) {
 }
 
 Status CheckWeights(const ModelConfig& config, const ModelWeights& weights) {
-  for (const ExpectedTensor& e : ExpectedTensors(config)) {
+  const std::vector<ExpectedTensor> expected = ExpectedTensors(config);
+  std::set<std::string_view> known;
+  for (const ExpectedTensor& e : expected) known.insert(e.name);
+  for (const std::string& name : weights.Names()) {
+    if (known.count(name) != 0) continue;
+    if (name == kLengthHeadWeightName || name == kLengthHeadBiasName) continue;
+    constexpr std::string_view kInvFreq = ".rotary_emb.inv_freq";
+    if (name.size() > kInvFreq.size() &&
+        std::string_view(name).substr(name.size() - kInvFreq.size()) == kInvFreq) {
+      continue;
+    }
+    if (name == kLmHeadName && config.tie_word_embeddings) {
+      ASSIGN_OR_RETURN(TensorRef head, weights.Get(name));
+      ASSIGN_OR_RETURN(TensorRef embed, weights.Get(kEmbedTokensName));
+      if (head.dtype == embed.dtype && head.shape == embed.shape &&
+          head.bytes == embed.bytes && std::memcmp(head.data, embed.data, embed.bytes) == 0) {
+        continue;
+      }
+      return InvalidArgument(
+          "{}: tensor {} differs from {} but tie_word_embeddings is true (the architecture "
+          "would not read it)",
+          weights.source(), name, kEmbedTokensName);
+    }
+    return InvalidArgument("{}: tensor {} is not used by model_type {}{} (the architecture "
+                           "would not read it)",
+                           weights.source(), name, config.model_type,
+                           config.tie_word_embeddings ? " with tied embeddings" : "");
+  }
+  for (const ExpectedTensor& e : expected) {
     if (!weights.Contains(e.name)) {
       return NotFound("{}: missing tensor {}", weights.source(), e.name);
     }

@@ -77,5 +77,46 @@ c = json.load(open(sys.argv[1])); c["intermediate_size"] = 96; json.dump(c, open
 PYEOF
 expect_error "weights of the wrong shape" "${R[@]}" --model "$T/shape" --input "$T/doc.txt" --out "$T/x"
 
+# The model families (docs/models.md): each preset runs; what longctx does not implement is one
+# line naming it, never a run on a silently different model.
+for preset in llama3 qwen2 qwen3 mistral; do
+  if "$BIN" mkmodel --out "$T/f_$preset" --preset $preset >/dev/null 2>&1 &&
+      [[ -f "$T/f_$preset/tokenizer.json" ]] &&
+      "$BIN" run --model "$T/f_$preset" --input "$T/doc.txt" --out "$T/fo_$preset" \
+        --query "Who?" --generate 4 --progress off >"$T/f.txt" 2>&1; then
+    ok "family preset $preset: mkmodel + run"
+  else
+    bad "family preset $preset: $(tail -3 "$T/f.txt")"
+  fi
+done
+edit_config() {  # edit_config SRC DST PYTHON-STATEMENTS-ON-c
+  rm -rf "$2"; cp -r "$1" "$2"
+  "$PY" - "$2/config.json" "$3" <<'PYEOF'
+import json, sys
+c = json.load(open(sys.argv[1])); exec(sys.argv[2]); json.dump(c, open(sys.argv[1], "w"))
+PYEOF
+}
+edit_config "$T/f_qwen3" "$T/relabel" 'c["model_type"] = "llama"'
+expect_error "a qwen3 checkpoint relabelled llama" run --model "$T/relabel" --input "$T/doc.txt" --out "$T/x"
+edit_config "$T/f_llama3" "$T/mt" 'c["model_type"] = "gemma3"'
+expect_error "an unknown model_type" run --model "$T/mt" --input "$T/doc.txt" --out "$T/x"
+edit_config "$T/f_llama3" "$T/longrope" 'c["rope_scaling"] = {"rope_type": "longrope", "factor": 4, "long_factor": [1] * 8, "short_factor": [1] * 8}'
+expect_error "an unsupported rope type" run --model "$T/longrope" --input "$T/doc.txt" --out "$T/x"
+edit_config "$T/f_llama3" "$T/extra" 'c["rope_scaling"]["mscale"] = 1.0'
+expect_error "a rope key its type does not read" run --model "$T/extra" --input "$T/doc.txt" --out "$T/x"
+edit_config "$T/f_qwen2" "$T/qsw" 'c["use_sliding_window"] = True; c["sliding_window"] = 32'
+expect_error "qwen's use_sliding_window" run --model "$T/qsw" --input "$T/doc.txt" --out "$T/x"
+edit_config "$T/f_llama3" "$T/prf" 'c["partial_rotary_factor"] = 0.5'
+expect_error "partial_rotary_factor" run --model "$T/prf" --input "$T/doc.txt" --out "$T/x"
+# rope_parameters with rope_theta inside is read (issue 15: it used to run with theta 10000).
+edit_config "$T/f_llama3" "$T/rp" 'c["rope_parameters"] = dict(c.pop("rope_scaling"), rope_theta=c.pop("rope_theta"))'
+"$BIN" run --model "$T/f_llama3" --input "$T/doc.txt" --out "$T/rp_a" --dump-hidden --progress off >/dev/null 2>&1
+"$BIN" run --model "$T/rp" --input "$T/doc.txt" --out "$T/rp_b" --dump-hidden --progress off >/dev/null 2>&1
+if cmp -s "$T/rp_a/hidden.npy" "$T/rp_b/hidden.npy"; then
+  ok "rope_parameters spelling: the same hidden states as rope_scaling + rope_theta"
+else
+  bad "rope_parameters spelling computes something else than rope_scaling"
+fi
+
 echo "$passed passed, $failed failed"
 [[ $failed -eq 0 && $passed -gt 0 ]]

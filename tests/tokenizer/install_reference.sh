@@ -24,7 +24,7 @@ if ! command -v npm >/dev/null 2>&1; then
   echo "install_reference: node is present but npm is not; install npm with that node" >&2
   exit 1
 fi
-mkdir -p "$DIR"
+DIR="$(mkdir -p "$DIR" && cd "$DIR" && pwd)"  # absolute: the stamp is written after the cd below
 STAMP="$DIR/.installed"
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "${PACKAGES[*]}" && -d "$DIR/node_modules/tokenizers" ]]; then
   exit 0

@@ -147,7 +147,8 @@ TEST(Builtin, DeterministicPerSeedAndScaled) {
   EXPECT_TRUE(CheckWeights(small->config, small->weights).ok());
 
   EXPECT_EQ(BuiltinWeights("builtin:huge", 0).status().message(),
-            "builtin:huge: unknown preset \"huge\" (tiny, small, hybrid-tiny)");
+            "builtin:huge: unknown preset \"huge\" (tiny, small, hybrid-tiny, llama3, qwen2, qwen3, "
+            "mistral)");
   EXPECT_FALSE(BuiltinWeights("tiny", 0).ok());
   EXPECT_FALSE(BuiltinWeights("builtin:tiny", 0, DType::kI32).ok());
 }
@@ -253,13 +254,73 @@ TEST_F(MkModel, CheckWeightsReportsTheFirstProblem) {
   EXPECT_EQ(st.message(),
             file + ": tensor model.norm.weight has dtype I32; longctx reads F32, F16 and BF16");
 
-  // Tied embeddings: lm_head.weight is not needed; an extra tensor is ignored.
+  // Tied embeddings: lm_head.weight is not needed, and one that the tie would ignore is refused.
   ModelConfig tied = config;
   tied.tie_word_embeddings = true;
   auto no_head = write_with("lm_head.weight", nullptr);
   ASSERT_TRUE(no_head.ok());
   EXPECT_TRUE(CheckWeights(tied, *no_head).ok());
   EXPECT_FALSE(CheckWeights(config, *no_head).ok());
+  auto with_head = write_with("", nullptr);
+  ASSERT_TRUE(with_head.ok());
+  st = CheckWeights(tied, *with_head);
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(st.message(), file + ": tensor lm_head.weight differs from model.embed_tokens.weight "
+                                 "but tie_word_embeddings is true (the architecture would not "
+                                 "read it)");
+}
+
+// A tensor the architecture would not read is an error naming it (a Qwen3 checkpoint labelled
+// llama, biases without qwen2); derived buffers and a tied head equal to the embedding are not.
+TEST_F(MkModel, CheckWeightsRefusesTensorsTheArchitectureWouldNotRead) {
+  auto qwen3 = PresetConfig("qwen3");
+  ASSERT_TRUE(qwen3.ok());
+  auto tensors = GenerateWeights(*qwen3, 1, DType::kF32);
+  ASSERT_TRUE(tensors.ok());
+  std::vector<TensorRef> refs;
+  for (const OwnedTensor& t : *tensors) refs.push_back(t.ref());
+  OwnedTensor inv_freq{"model.layers.0.self_attn.rotary_emb.inv_freq", DType::kF32, {16}, {}};
+  inv_freq.data.resize(16 * 4);
+  refs.push_back(inv_freq.ref());
+  ASSERT_TRUE(WriteSafetensors(Path("model.safetensors"), refs).ok());
+  auto w = ModelWeights::OpenFile(Path("model.safetensors"));
+  ASSERT_TRUE(w.ok());
+  EXPECT_TRUE(CheckWeights(*qwen3, *w).ok()) << CheckWeights(*qwen3, *w).ToString();
+  ModelConfig as_llama = *qwen3;  // relabelled: its q/k norms would be ignored
+  as_llama.model_type = "llama";
+  as_llama.qk_norm = false;
+  Status st = CheckWeights(as_llama, *w);
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(st.message(), Path("model.safetensors") +
+                              ": tensor model.layers.0.self_attn.k_norm.weight is not used by "
+                              "model_type llama (the architecture would not read it)");
+
+  // qwen2: biases expected; a tied model whose checkpoint repeats the embedding as lm_head.
+  auto qwen2 = PresetConfig("qwen2");
+  ASSERT_TRUE(qwen2.ok());
+  auto t2 = GenerateWeights(*qwen2, 1, DType::kBF16);
+  ASSERT_TRUE(t2.ok());
+  refs.clear();
+  for (const OwnedTensor& t : *t2) {
+    refs.push_back(t.ref());
+    if (t.name == kEmbedTokensName) {
+      TensorRef head = t.ref();
+      head.name = std::string(kLmHeadName);
+      refs.push_back(head);
+    }
+  }
+  ASSERT_TRUE(WriteSafetensors(Path("model.safetensors"), refs).ok());
+  auto w2 = ModelWeights::OpenFile(Path("model.safetensors"));
+  ASSERT_TRUE(w2.ok());
+  EXPECT_TRUE(CheckWeights(*qwen2, *w2).ok()) << CheckWeights(*qwen2, *w2).ToString();
+  ModelConfig no_bias = *qwen2;
+  no_bias.model_type = "llama";
+  no_bias.qkv_bias = false;
+  st = CheckWeights(no_bias, *w2);
+  EXPECT_EQ(st.message(), Path("model.safetensors") +
+                              ": tensor model.layers.0.self_attn.k_proj.bias is not used by "
+                              "model_type llama with tied embeddings (the architecture would not "
+                              "read it)");
 }
 
 TEST_F(MkModel, OpenModelErrorsNameTheDirectory) {

@@ -6,6 +6,8 @@
 #include <stdlib.h>
 
 #include <cerrno>
+#include <cmath>
+#include <numbers>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -15,6 +17,7 @@
 #include <gtest/gtest.h>
 
 #include "longctx/model/builtin.h"
+#include "longctx/model/rope.h"
 
 namespace longctx::model {
 namespace {
@@ -199,17 +202,19 @@ TEST(ModelConfig, EveryValidationError) {
               "model/config.json: vocab_size = 255 is below 256, the byte-level tokenizer's "
               "vocabulary");
   // unsupported architecture features
-  ExpectError(cfg(R"("hidden_size": 64, "num_attention_heads": 8, "model_type": "qwen2")"),
-              "model/config.json: model_type = \"qwen2\" is not supported (llama, mistral)");
+  ExpectError(cfg(R"("hidden_size": 64, "num_attention_heads": 8, "model_type": "gemma3")"),
+              "model/config.json: model_type = \"gemma3\" is not supported (llama, mistral, "
+              "qwen2, qwen3)");
   ExpectError(cfg(R"("hidden_size": 64, "num_attention_heads": 8, "hidden_act": "gelu")"),
               "model/config.json: hidden_act = \"gelu\" is not supported (silu)");
   ExpectError(cfg(R"("hidden_size": 64, "num_attention_heads": 8, "attention_bias": true)"),
-              "model/config.json: attention_bias = true is not supported (Llama layers without "
-              "biases)");
+              "model/config.json: attention_bias = true is not supported (biases only on "
+              "qwen2's q/k/v)",
+              StatusCode::kUnimplemented);
   ExpectError(cfg(R"("hidden_size": 64, "num_attention_heads": 8,
-                     "rope_scaling": {"rope_type": "llama3"})"),
-              "model/config.json: rope_scaling = {\"rope_type\":\"llama3\"} is not supported "
-              "(plain RoPE only)",
+                     "rope_scaling": {"rope_type": "longrope", "factor": 2})"),
+              "model/config.json: rope_scaling.rope_type = \"longrope\" is not supported "
+              "(default, linear, dynamic, llama3, yarn)",
               StatusCode::kUnimplemented);
   // top level
   ExpectError("[1, 2]", "model/config.json: top level is array, expected a JSON object");
@@ -310,6 +315,14 @@ TEST(ModelConfig, PresetsAreValidAndRoundTrip) {
   EXPECT_EQ(SmallConfig().hybrid.window, (std::vector<int64_t>{64, 256, 64, 256}));
   EXPECT_FALSE(PresetConfig("huge").ok());
   EXPECT_EQ(PresetConfig("hybrid-tiny")->num_hidden_layers, 4);
+  for (std::string_view family : {"llama3", "qwen2", "qwen3", "mistral"}) {
+    auto c = PresetConfig(family);
+    ASSERT_TRUE(c.ok()) << family;
+    EXPECT_TRUE(ValidateModelConfig(*c, "preset").ok()) << family;
+    auto back = ParseModelConfig(ToJson(*c), "preset");
+    ASSERT_TRUE(back.ok()) << back.status().ToString();
+    EXPECT_EQ(*back, *c) << family;
+  }
 }
 
 TEST(ModelConfig, QueryGlobals) {
@@ -441,6 +454,140 @@ TEST_F(ModelConfigFile, LoadsFromDirectoryAndNamesThePath) {
   EXPECT_EQ(bad.status().message(),
             (dir_ / "config.json").string() +
                 ": num_key_value_heads = 3 does not divide num_attention_heads = 8");
+}
+
+// The families and RoPE scaling of DESIGN.md §7: what each spelling parses to, and one clear
+// line naming the key for everything refused.
+TEST(ModelConfig, FamiliesAndRopeScaling) {
+  ModelConfig c = ParseOk(Llama(R"("rope_theta": 500000.0, "max_position_embeddings": 131072,
+      "rope_scaling": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                       "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+      "eos_token_id": [128001, 128008, 128009], "dtype": "bfloat16")"));
+  EXPECT_EQ(c.rope.type, RopeType::kLlama3);
+  EXPECT_EQ(c.rope.factor, 8.0);
+  EXPECT_EQ(c.rope.original_max_position_embeddings, 8192);
+  EXPECT_EQ(c.eos_token_ids, (std::vector<int64_t>{128001, 128008, 128009}));
+  EXPECT_EQ(c.torch_dtype, "bfloat16");
+  EXPECT_EQ(ParseOk(ToJson(c)), c);  // round trip, list and all
+
+  // The newer spelling: rope_theta inside; "type" as the legacy key of the type.
+  c = ParseOk(Llama(R"("max_position_embeddings": 4096, "rope_parameters": {"rope_type": "yarn",
+      "rope_theta": 1000000.0, "factor": 4.0, "original_max_position_embeddings": 1024,
+      "attention_factor": 1.2, "beta_fast": 0})"));
+  EXPECT_EQ(c.rope.type, RopeType::kYarn);
+  EXPECT_EQ(c.rope_theta, 1e6);
+  EXPECT_EQ(c.rope.beta_fast, 32.0);  // HF: `beta_fast or 32`
+  EXPECT_EQ(c.rope.attention_factor, 1.2);
+  EXPECT_TRUE(c.rope.rope_parameters_spelling);
+  EXPECT_EQ(ParseOk(ToJson(c)), c);
+  c = ParseOk(Llama(R"("max_position_embeddings": 2048,
+      "rope_scaling": {"type": "dynamic", "factor": 2.0})"));
+  EXPECT_EQ(c.rope.type, RopeType::kDynamic);
+  EXPECT_EQ(c.rope.original_max_position_embeddings, 2048);  // max_position_embeddings
+  c = ParseOk(Llama(R"("rope_parameters": {"rope_type": "default", "rope_theta": 5e5})"));
+  EXPECT_EQ(c.rope.type, RopeType::kDefault);
+  EXPECT_EQ(c.rope_theta, 5e5);
+
+  // Qwen2: q/k/v biases; its sliding_window is ignored unless use_sliding_window.
+  c = ParseOk(Llama(R"("model_type": "qwen2", "sliding_window": 4096, "use_sliding_window": false,
+      "max_window_layers": 21, "tie_word_embeddings": true, "eos_token_id": 151643)"));
+  EXPECT_TRUE(c.qkv_bias);
+  EXPECT_FALSE(c.qk_norm);
+  EXPECT_FALSE(c.sliding_window.has_value());
+  EXPECT_EQ(c.hybrid.window_source, WindowSource::kDefault);
+  // Qwen3: q/k norm; head_dim defaults to 128 (HF's Qwen3Config), not hidden / heads.
+  c = ParseOk(Llama(R"("model_type": "qwen3", "layer_types": ["full_attention", "full_attention",
+      "full_attention", "full_attention"])"));
+  EXPECT_TRUE(c.qk_norm);
+  EXPECT_EQ(c.head_dim, 128);
+  EXPECT_EQ(ParseOk(ToJson(c)), c);
+
+  ExpectError(Llama(R"("rope_scaling": {"rope_type": "llama3", "factor": 8.0,
+      "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192,
+      "beta_fast": 32})"),
+              "model/config.json: rope_scaling.beta_fast is not supported with rope_type "
+              "\"llama3\"",
+              StatusCode::kUnimplemented);
+  ExpectError(Llama(R"("rope_scaling": {"rope_type": "llama3", "factor": 8.0,
+      "low_freq_factor": 1.0, "high_freq_factor": 4.0})"),
+              "model/config.json: rope_scaling.original_max_position_embeddings is missing "
+              "(required by llama3)");
+  ExpectError(Llama(R"("rope_scaling": {"factor": 2.0})"),
+              "model/config.json: rope_scaling.rope_type is missing (required in rope_scaling)");
+  ExpectError(Llama(R"("rope_scaling": {"type": "linear"})"),
+              "model/config.json: rope_scaling.factor is missing (required)");
+  ExpectError(Llama(R"("rope_scaling": {"type": "dynamic", "factor": 2.0})"),
+              "model/config.json: rope_scaling.original_max_position_embeddings is missing and "
+              "so is max_position_embeddings (rope_type dynamic needs one)");
+  ExpectError(Llama(R"("rope_scaling": {"type": "linear", "factor": 2.0},
+      "rope_parameters": {"rope_type": "default"})"),
+              "model/config.json: both rope_scaling and rope_parameters are given (give one)");
+  ExpectError(Llama(R"("rope_theta": 10000.0, "rope_parameters": {"rope_type": "default",
+      "rope_theta": 500000.0})"),
+              "model/config.json: rope_theta = 10000 and rope_parameters.rope_theta = 500000 "
+              "disagree");
+  ExpectError(Llama(R"("rope_parameters": {"full_attention": {"rope_type": "default"},
+      "sliding_attention": {"rope_type": "default"}})"),
+              "model/config.json: rope_parameters per layer type (full_attention) is not "
+              "supported",
+              StatusCode::kUnimplemented);
+  ExpectError(Llama(R"("partial_rotary_factor": 0.5)"),
+              "model/config.json: partial_rotary_factor = 0.5 is not supported (1 only)",
+              StatusCode::kUnimplemented);
+  ExpectError(Llama(R"("model_type": "qwen2", "use_sliding_window": true)"),
+              "model/config.json: use_sliding_window = true is not supported (Qwen's per-layer "
+              "sliding windows; set longctx.window instead)",
+              StatusCode::kUnimplemented);
+  ExpectError(Llama(R"("layer_types": ["full_attention", "sliding_attention", "full_attention",
+      "full_attention"])"),
+              "model/config.json: layer_types[1] = \"sliding_attention\" is not supported "
+              "(full_attention only)",
+              StatusCode::kUnimplemented);
+  ExpectError(Llama(R"("eos_token_id": [2, "x"])"),
+              "model/config.json: eos_token_id[1] = \"x\" is not an integer");
+}
+
+// RoPE frequencies against values worked out by hand from the formulas (model/rope.h).
+TEST(Rope, ScalingFormulas) {
+  ModelConfig c = ParseOk(Llama(R"("head_dim": 8, "rope_theta": 10000.0)"));
+  RopeFrequencies f = ComputeRopeFrequencies(c, 1);
+  ASSERT_EQ(f.inv_freq.size(), 4u);
+  EXPECT_DOUBLE_EQ(f.inv_freq[1], 0.1);  // 10000^(-2/8)
+  EXPECT_DOUBLE_EQ(f.attention_scaling, 1.0);
+  c.rope.type = RopeType::kLinear;
+  c.rope.factor = 4.0;
+  EXPECT_DOUBLE_EQ(ComputeRopeFrequencies(c, 1).inv_freq[1], 0.025);
+  // dynamic: theta unchanged up to L0, then theta * (f n / L0 - (f - 1))^(d / (d - 2)).
+  c.rope.type = RopeType::kDynamic;
+  c.rope.factor = 2.0;
+  c.rope.original_max_position_embeddings = 100;
+  EXPECT_DOUBLE_EQ(ComputeRopeFrequencies(c, 100).inv_freq[1], 0.1);
+  EXPECT_NEAR(ComputeRopeFrequencies(c, 200).inv_freq[1], std::pow(10000.0 * std::pow(3.0, 8.0 / 6), -0.25), 1e-15);
+  // llama3 (L0 1000, low 1, high 4): wavelengths 6.3, 62.8, 628, 6283 -> unchanged, unchanged,
+  // blended with s = (1000/628.3 - 1)/3, divided by f.
+  c.rope.type = RopeType::kLlama3;
+  c.rope.factor = 8.0;
+  c.rope.low_freq_factor = 1.0;
+  c.rope.high_freq_factor = 4.0;
+  c.rope.original_max_position_embeddings = 1000;
+  f = ComputeRopeFrequencies(c, 1);
+  EXPECT_DOUBLE_EQ(f.inv_freq[0], 1.0);
+  EXPECT_DOUBLE_EQ(f.inv_freq[1], 0.1);
+  const double s = (1000.0 / (2 * std::numbers::pi / 0.01) - 1.0) / 3.0;
+  EXPECT_NEAR(f.inv_freq[2], (1 - s) * 0.01 / 8 + s * 0.01, 1e-17);
+  EXPECT_DOUBLE_EQ(f.inv_freq[3], 0.001 / 8);
+  // yarn, f = e: attention factor 0.1 ln e + 1 = 1.1; or mscale ratio; or given.
+  c.rope.type = RopeType::kYarn;
+  c.rope.factor = std::exp(1.0);
+  EXPECT_DOUBLE_EQ(ComputeRopeFrequencies(c, 1).attention_scaling, 1.1);
+  c.rope.mscale = 2.0;
+  c.rope.mscale_all_dim = 1.0;
+  EXPECT_DOUBLE_EQ(ComputeRopeFrequencies(c, 1).attention_scaling, 1.2 / 1.1);
+  c.rope.attention_factor = 0.7;
+  EXPECT_DOUBLE_EQ(ComputeRopeFrequencies(c, 1).attention_scaling, 0.7);
+  // The sequence length of dynamic NTK: the document's for its tokens, position + 1 after it.
+  EXPECT_EQ(RopeSequenceLength(5, 100), 100);
+  EXPECT_EQ(RopeSequenceLength(100, 100), 101);
 }
 
 }  // namespace

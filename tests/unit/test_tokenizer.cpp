@@ -18,8 +18,10 @@ namespace {
 
 using Ids = std::vector<int32_t>;
 
+// From the source directory CMake names (__FILE__ is relative to the build directory when ccache
+// rewrites paths under its base_dir, and ctest runs the tests from elsewhere).
 std::string TinyPath(const std::string& name) {
-  return (std::filesystem::path(__FILE__).parent_path().parent_path() / "tokenizer" / "tiny" / name)
+  return (std::filesystem::path(LONGCTX_SOURCE_DIR) / "tests" / "tokenizer" / "tiny" / name)
       .string();
 }
 

@@ -125,6 +125,25 @@ Result<worker::ParamBlock> TinyParams(bool head) {
   return worker::ParamBlock::FromModel(m, head);
 }
 
+// The backward covers plain Llama/Mistral layers: the families' extras are refused by name.
+TEST(ParamBlock, RefusesFeaturesWithoutABackward) {
+  for (auto [preset, feature] : {std::pair{"qwen2", "the q/k/v biases of model_type qwen2"},
+                                 std::pair{"qwen3", "the q/k RMSNorm of model_type qwen3"},
+                                 std::pair{"llama3", "rope_type llama3"}}) {
+    auto m = model::BuiltinWeights(std::string("builtin:") + preset);
+    ASSERT_TRUE(m.ok()) << m.status().message();
+    auto p = worker::ParamBlock::FromModel(*m, false);
+    ASSERT_FALSE(p.ok()) << preset;
+    EXPECT_EQ(p.status().code(), StatusCode::kUnimplemented);
+    EXPECT_NE(p.status().message().find(std::string("training does not support ") + feature),
+              std::string::npos)
+        << p.status().message();
+  }
+  auto mistral = model::BuiltinWeights("builtin:mistral");
+  ASSERT_TRUE(mistral.ok());
+  EXPECT_TRUE(worker::ParamBlock::FromModel(*mistral, false).ok());
+}
+
 TEST(AdamW, MatchesTheFormulaInDouble) {
   auto p = TinyParams(false);
   ASSERT_TRUE(p.ok()) << p.status().message();

@@ -72,7 +72,9 @@ Status Decoder::Step(int32_t token, bool is_global, float* hidden_out, int32_t* 
       kv(static_cast<size_t>(2 * kvd)), o(q.size()), tmp(static_cast<size_t>(std::max(D, I))),
       g(static_cast<size_t>(I)), u(g.size());
   if (me == last) std::memcpy(x.data(), weights_.embed + int64_t(token) * D, sizeof(float) * D);
-  const RopeTable rope = MakeRopeTable(1, hd, p, c.rope_theta);
+  // A token after the prefill uses the length p + 1 (dynamic NTK; model/rope.h).
+  const RopeTable rope = MakeRopeTable(
+      1, p, model::ComputeRopeFrequencies(c, model::RopeSequenceLength(p, bounds_.back())));
 
   std::vector<size_t> q_counts(static_cast<size_t>(P), 0);
   q_counts[size_t(last)] = q.size() * sizeof(float);
@@ -100,6 +102,11 @@ Status Decoder::Step(int32_t token, bool is_global, float* hidden_out, int32_t* 
       MatVec(L.wq, H * hd, D, h.data(), q.data());
       MatVec(L.wk, kvd, D, h.data(), kv.data());
       MatVec(L.wv, kvd, D, h.data(), kv.data() + kvd);
+      internal::AddBias(q.data(), 1, H * hd, L.bq);
+      internal::AddBias(kv.data(), 1, kvd, L.bk);
+      internal::AddBias(kv.data() + kvd, 1, kvd, L.bv);
+      internal::HeadRmsNorm(q.data(), 1, H, hd, L.q_norm, c.rms_norm_eps);
+      internal::HeadRmsNorm(kv.data(), 1, Hkv, hd, L.k_norm, c.rms_norm_eps);
       ApplyRope(q.data(), 1, H, hd, rope);
       ApplyRope(kv.data(), 1, Hkv, hd, rope);
       if (is_global) {

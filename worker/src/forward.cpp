@@ -51,11 +51,25 @@ Result<Fp32Weights> ToFp32Weights(const model::Model& m) {
     ASSIGN_OR_RETURN(L.w_down, load(model::LayerTensorName(l, LT::kDownProj)));
     ASSIGN_OR_RETURN(L.attn_norm, load(model::LayerTensorName(l, LT::kInputNorm)));
     ASSIGN_OR_RETURN(L.mlp_norm, load(model::LayerTensorName(l, LT::kPostAttentionNorm)));
+    if (c.qkv_bias) {
+      ASSIGN_OR_RETURN(L.bq, load(model::LayerTensorName(l, LT::kQBias)));
+      ASSIGN_OR_RETURN(L.bk, load(model::LayerTensorName(l, LT::kKBias)));
+      ASSIGN_OR_RETURN(L.bv, load(model::LayerTensorName(l, LT::kVBias)));
+    }
+    if (c.qk_norm) {
+      ASSIGN_OR_RETURN(L.q_norm, load(model::LayerTensorName(l, LT::kQNorm)));
+      ASSIGN_OR_RETURN(L.k_norm, load(model::LayerTensorName(l, LT::kKNorm)));
+    }
     out.view.layers.push_back(L);
   }
   ASSIGN_OR_RETURN(out.view.final_norm, load(model::kFinalNormName));
   ASSIGN_OR_RETURN(out.view.lm_head, load(model::OutputEmbeddingName(c)));
   return out;
+}
+
+void LmHeadLogits(const model::ModelConfig& config, const Weights& weights, const float* hidden,
+                  int64_t rows, float* logits) {
+  internal::Linear(hidden, rows, config.hidden_size, weights.lm_head, config.vocab_size, logits);
 }
 
 int32_t GreedyToken(const model::ModelConfig& config, const Weights& weights,
@@ -84,23 +98,28 @@ attention::AttentionSpec LayerSpec(const model::ModelConfig& config, int64_t lay
   return spec;
 }
 
-RopeTable MakeRopeTable(int64_t rows, int64_t hd, int64_t pos0, double theta) {
+RopeTable MakeRopeTable(int64_t rows, int64_t pos0, const model::RopeFrequencies& f) {
   RopeTable t;
-  t.half = hd / 2;
+  t.half = int64_t(f.inv_freq.size());
   t.cos.resize(size_t(rows * t.half));
   t.sin.resize(t.cos.size());
-  std::vector<double> inv_freq(static_cast<size_t>(t.half));
-  for (int64_t i = 0; i < t.half; ++i) {
-    inv_freq[size_t(i)] = std::pow(theta, -2.0 * double(i) / double(hd));
-  }
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t i = 0; i < t.half; ++i) {
-      const double a = double(pos0 + r) * inv_freq[size_t(i)];
-      t.cos[size_t(r * t.half + i)] = float(std::cos(a));
-      t.sin[size_t(r * t.half + i)] = float(std::sin(a));
+      const double a = double(pos0 + r) * f.inv_freq[size_t(i)];
+      t.cos[size_t(r * t.half + i)] = float(std::cos(a) * f.attention_scaling);
+      t.sin[size_t(r * t.half + i)] = float(std::sin(a) * f.attention_scaling);
     }
   }
   return t;
+}
+
+RopeTable MakeRopeTable(int64_t rows, int64_t hd, int64_t pos0, double theta) {
+  model::RopeFrequencies f;
+  f.inv_freq.resize(size_t(hd / 2));
+  for (int64_t i = 0; i < hd / 2; ++i) {
+    f.inv_freq[size_t(i)] = std::pow(theta, -2.0 * double(i) / double(hd));
+  }
+  return MakeRopeTable(rows, pos0, f);
 }
 
 void ApplyRope(float* x, int64_t rows, int64_t heads, int64_t hd, const RopeTable& t) {
@@ -187,7 +206,9 @@ Status ForwardShard(comm::Communicator& comm, const model::ModelConfig& c, const
   for (int64_t r = 0; r < rows; ++r) {
     std::memcpy(x.data() + r * D, w.embed + int64_t(ids[size_t(r)]) * D, sizeof(float) * D);
   }
-  const RopeTable rope = MakeRopeTable(rows, hd, s, c.rope_theta);
+  // Every document token uses the document's length n (dynamic NTK; model/rope.h).
+  const RopeTable rope =
+      MakeRopeTable(rows, s, model::ComputeRopeFrequencies(c, model::RopeSequenceLength(s, n)));
   DistributedWorkspace workspace;  // reused by every layer
   st.dense_seconds += Since(t0);
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
@@ -197,6 +218,11 @@ Status ForwardShard(comm::Communicator& comm, const model::ModelConfig& c, const
     Linear(h.data(), rows, D, L.wq, H * hd, q.data());
     Linear(h.data(), rows, D, L.wk, Hkv * hd, k.data());
     Linear(h.data(), rows, D, L.wv, Hkv * hd, v.data());
+    internal::AddBias(q.data(), rows, H * hd, L.bq);
+    internal::AddBias(k.data(), rows, Hkv * hd, L.bk);
+    internal::AddBias(v.data(), rows, Hkv * hd, L.bv);
+    internal::HeadRmsNorm(q.data(), rows, H, hd, L.q_norm, c.rms_norm_eps);
+    internal::HeadRmsNorm(k.data(), rows, Hkv, hd, L.k_norm, c.rms_norm_eps);
     ApplyRope(q.data(), rows, H, hd, rope);
     ApplyRope(k.data(), rows, Hkv, hd, rope);
     ScaleGlobalQueries(c.hybrid, globals, s, rows, H * hd, q.data());

@@ -36,6 +36,22 @@ inline void RmsNorm(const float* x, int64_t rows, int64_t dim, const float* w, d
   }
 }
 
+// y[r, :] += bias for every row of y [rows, cols]; a null bias (no biases) does nothing.
+inline void AddBias(float* y, int64_t rows, int64_t cols, const float* bias) {
+  if (bias == nullptr) return;
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t i = 0; i < cols; ++i) y[r * cols + i] += bias[i];
+  }
+}
+
+// Qwen3's q_norm/k_norm: RMSNorm over each head's hd values of x [rows, heads, hd], in place,
+// with one weight [hd] shared by the heads; a null weight (no q/k norm) does nothing.
+inline void HeadRmsNorm(float* x, int64_t rows, int64_t heads, int64_t hd, const float* w,
+                        double eps) {
+  if (w == nullptr) return;
+  RmsNorm(x, rows * heads, hd, w, eps, x);  // RmsNorm reads each element before writing it
+}
+
 // gate[i] = SiLU(gate[i]) * up[i] for n elements.
 inline void SwiGlu(float* gate, const float* up, int64_t n) {
   for (int64_t i = 0; i < n; ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];

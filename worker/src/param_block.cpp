@@ -2,12 +2,25 @@
 
 #include <cstring>
 
+#include <fmt/format.h>
+
 #include "longctx/model/llama_names.h"
 
 namespace longctx::worker {
 
 Result<ParamBlock> ParamBlock::FromModel(const model::Model& m, bool with_length_head) {
   const model::ModelConfig& c = m.config;
+  // The hand-written backward (train_step.cpp) covers the plain Llama layer only: a feature
+  // without a backward is refused rather than trained with a wrong gradient.
+  if (c.qkv_bias || c.qk_norm || c.rope.type != model::RopeType::kDefault) {
+    const std::string feature =
+        c.qkv_bias  ? "the q/k/v biases of model_type qwen2"
+        : c.qk_norm ? "the q/k RMSNorm of model_type qwen3"
+                    : fmt::format("rope_type {}", model::RopeTypeName(c.rope.type));
+    return Unimplemented("{}: training does not support {} (the backward implements plain Llama "
+                         "and Mistral layers with unscaled RoPE)",
+                         m.weights.source(), feature);
+  }
   RETURN_IF_ERROR(model::CheckWeights(c, m.weights));
   ParamBlock b;
   b.config_ = c;

@@ -36,15 +36,38 @@ ModelConfig SmallConfig();
 // 0.002 (a budget that paragraph boundaries fill at every length, so that the sentence holding
 // a needle is as rarely global at 2K tokens as at 1M; the question's tokens are global queries).
 ModelConfig HybridTinyConfig();
-// "tiny", "small" or "hybrid-tiny" (kInvalidArgument otherwise, listing the presets).
+// The model families at tiny sizes (hidden 64, 4 heads, MLP 128, 2 layers, vocab 288, window
+// 64), for tests of each family against an independent reference; each comes with
+// PresetTokenizerJson() (BOS 272, EOS 273 = eos_token_id):
+//   llama3   2 kv heads, head_dim 16, rope_theta 5e5, rope_scaling llama3 (factor 8, low 1,
+//            high 4, original 256: the three wavelength bands all occur at head_dim 16)
+//   qwen2    2 kv heads, head_dim 16, q/k/v biases, tied embeddings (as Qwen2.5-0.5B), theta 1e6
+//   qwen3    2 kv heads, explicit head_dim 32 (not hidden/heads = 16), q/k RMSNorm, theta 1e6
+//   mistral  1 kv head, head_dim 16, sliding_window 48 (the window of every layer)
+// "tiny", "small", "hybrid-tiny" or a family (kInvalidArgument otherwise, listing the presets).
 Result<ModelConfig> PresetConfig(std::string_view preset);
+// Whether `preset` is one of the families above (mkmodel writes a tokenizer.json with them).
+bool IsFamilyPreset(std::string_view preset);
+
+// A small byte-level BPE tokenizer.json for the family presets: the 256 byte tokens (id = byte
+// value, GPT-2's byte-to-character map), 16 merges of frequent English pairs (ids 256-271),
+// <|begin_of_text|> 272 and <|end_of_text|> 273 (special); ByteLevel pre-tokenizer and decoder,
+// a TemplateProcessing post-processor that adds BOS. 274 ids.
+std::string PresetTokenizerJson();
+inline constexpr int32_t kPresetBosId = 272;
+inline constexpr int32_t kPresetEosId = 273;
+
+// Writes `json` to dir/tokenizer.json atomically.
+Status WriteTokenizerJson(const std::string& dir, std::string_view json);
 
 // The weights of `config` for `seed`, as ExpectedTensors(config) lists them, in `dtype`
 // (kF32, kF16 or kBF16; kInvalidArgument otherwise). Each tensor is generated from its own
 // splitmix64 stream seeded by (seed, tensor name), so a tensor's values do not depend on the
 // other tensors. Values: approximately N(0, 1) (sum of four uniforms, rescaled) times
 // 1/sqrt(in_features) for linear weights (so activations stay O(1)), times 1 for the
-// embedding, and exactly 1 for the norm weights; rounded to `dtype` from float32 (nearest even).
+// embedding, exactly 1 for the layer and final norm weights, 1 + 0.25 N(0, 1) for qwen3's q/k
+// norms and 0.5 N(0, 1) for qwen2's biases (so that a reference notices a norm or bias left
+// out); rounded to `dtype` from float32 (nearest even).
 Result<std::vector<OwnedTensor>> GenerateWeights(const ModelConfig& config, uint64_t seed,
                                                  DType dtype);
 

@@ -1,6 +1,7 @@
-// A model's hyper-parameters: a Hugging Face Llama/Mistral `config.json` plus our "longctx"
-// block of hybrid-attention settings (DESIGN.md §5), parsed and validated into one struct that
-// the forward pass, the planner and `longctx mkmodel` share. CLI flags override the block.
+// A model's hyper-parameters: a Hugging Face Llama/Mistral/Qwen2/Qwen3 `config.json` plus our
+// "longctx" block of hybrid-attention settings (DESIGN.md §5, §7), parsed and validated into one
+// struct that the forward pass, the planner and `longctx mkmodel` share. CLI flags override the
+// block. docs/models.md lists what each family supports and what is refused.
 #pragma once
 
 #include <cstdint>
@@ -51,25 +52,60 @@ struct HybridConfig {
   bool operator==(const HybridConfig&) const = default;
 };
 
-// Llama/Mistral hyper-parameters. Sizes are in elements; HF defaults where HF has one that we
+// How RoPE's inverse frequencies are derived (HF `rope_scaling` / `rope_parameters` "rope_type";
+// formulas in model/rope.h).
+enum class RopeType : uint8_t { kDefault, kLinear, kDynamic, kLlama3, kYarn };
+std::string_view RopeTypeName(RopeType t);  // "default", "linear", "dynamic", "llama3", "yarn"
+
+// The scaling fields of `rope_scaling` or `rope_parameters`, resolved. Lengths are in tokens.
+struct RopeScaling {
+  RopeType type = RopeType::kDefault;
+  double factor = 1.0;                     // linear, dynamic, llama3, yarn; > 0
+  double low_freq_factor = 1.0;            // llama3
+  double high_freq_factor = 4.0;           // llama3; > low_freq_factor
+  // llama3: required; dynamic, yarn: default max_position_embeddings (one of them is required).
+  std::optional<int64_t> original_max_position_embeddings;
+  double beta_fast = 32.0, beta_slow = 1.0;  // yarn (HF: a falsy value means the default)
+  std::optional<double> attention_factor;    // yarn: multiplies cos and sin
+  std::optional<double> mscale, mscale_all_dim;  // yarn: attention factor from their ratio
+  bool truncate = true;                      // yarn: floor/ceil the correction range
+  // The config spelled it "rope_parameters" (rope_theta inside) rather than "rope_scaling";
+  // ToJson writes the same spelling back.
+  bool rope_parameters_spelling = false;
+
+  bool operator==(const RopeScaling&) const = default;
+};
+
+// Llama/Mistral/Qwen2/Qwen3 hyper-parameters. Sizes are in elements; HF defaults where HF has one that we
 // keep (noted); the keys without a default are required in config.json.
 struct ModelConfig {
-  std::string model_type = "llama";      // "llama" or "mistral" (HF default: absent = llama)
+  // "llama", "mistral", "qwen2" or "qwen3" (HF default: absent = llama). The family fixes
+  // the layer's extra tensors: qwen2 has q/k/v biases, qwen3 q/k RMSNorm per head (below).
+  std::string model_type = "llama";
   int64_t hidden_size = 0;               // required
   int64_t num_attention_heads = 0;       // required (H)
   int64_t num_key_value_heads = 0;       // default H; H % Hkv == 0
-  int64_t head_dim = 0;                  // default hidden_size / H; even (RoPE rotates halves)
+  // Default hidden_size / H (qwen3: 128, HF's Qwen3Config default); even (RoPE rotates halves).
+  int64_t head_dim = 0;
   int64_t intermediate_size = 0;         // required (MLP width)
   int64_t num_hidden_layers = 0;         // required
   int64_t vocab_size = 0;                // required, >= 256 (byte-level tokenizer)
   double rms_norm_eps = 1e-6;            // default 1e-6 (HF's LlamaConfig default); > 0
-  double rope_theta = 10000.0;           // default 10000; > 0
+  double rope_theta = 10000.0;           // default 10000; > 0 (also read from rope_parameters)
+  RopeScaling rope;                      // type kDefault: plain RoPE
+  bool qkv_bias = false;                 // q_proj/k_proj/v_proj have biases (qwen2)
+  bool qk_norm = false;                  // RMSNorm over head_dim per head on q, k before RoPE (qwen3)
   bool tie_word_embeddings = false;      // default false: lm_head.weight is its own tensor
   // Mistral's window in tokens (>= 1); null = none. Absent: none for llama, 4096 for mistral
   // (HF's MistralConfig default).
   std::optional<int64_t> sliding_window;
-  std::optional<int64_t> max_position_embeddings;  // informational only; never enforced
-  std::string torch_dtype;               // informational ("float32", "bfloat16"); may be empty
+  // Never enforced as a limit; the length that dynamic and yarn scaling default their
+  // original_max_position_embeddings to.
+  std::optional<int64_t> max_position_embeddings;
+  // "torch_dtype" or the newer "dtype" (informational: "float32", "bfloat16"); may be empty.
+  std::string torch_dtype;
+  // "eos_token_id": a number or a list; generation stops at any of them (with the tokenizer's).
+  std::vector<int64_t> eos_token_ids;
   HybridConfig hybrid;
 
   int64_t q_dim() const { return num_attention_heads * head_dim; }    // H*hd
@@ -83,9 +119,11 @@ struct ModelConfig {
 // num_key_value_heads = 3 does not divide num_attention_heads = 8"). All errors are
 // kInvalidArgument, one line, naming the key; malformed JSON reports nlohmann's line/column.
 // Unknown keys are ignored (HF configs carry many); keys whose value would change the
-// computation and that longctx does not implement are refused: hidden_act other than "silu",
-// attention_bias / mlp_bias true, a non-null rope_scaling (kUnimplemented), model_type other
-// than llama/mistral.
+// computation and that longctx does not implement are refused, naming the key: hidden_act other
+// than "silu", attention_bias / mlp_bias true, a rope type other than default/linear/dynamic/
+// llama3/yarn or a rope key its type does not read, partial_rotary_factor != 1, per-layer-type
+// rope_parameters, Qwen's use_sliding_window true, layer_types other than full_attention
+// (kUnimplemented), model_type other than llama/mistral/qwen2/qwen3 (kInvalidArgument).
 // Window resolution: longctx.window, else sliding_window, else kDefaultWindow.
 Result<ModelConfig> ParseModelConfig(std::string_view json_text, std::string_view source_name);
 

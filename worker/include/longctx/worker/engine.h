@@ -79,6 +79,7 @@ class Engine {
   ~Engine();
 
   const model::ModelConfig& config() const { return model_.config; }
+  const Weights& weights() const { return weights_.view; }  // fp32, for LmHeadLogits
   comm::Communicator& comm() { return comm_; }
 
   // Prefills `ids` (the whole document, the same on every rank; classes from ClassifyBytes for

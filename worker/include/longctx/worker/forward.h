@@ -1,5 +1,6 @@
 // The transformer forward pass over one rank's shard of a document (DESIGN.md §2): embedding,
-// then per layer RMSNorm -> Q/K/V projections -> RoPE -> distributed hybrid attention ->
+// then per layer RMSNorm -> Q/K/V projections (+ qwen2's biases, qwen3's per-head q/k RMSNorm)
+// -> RoPE (with the config's scaling, model/rope.h) -> distributed hybrid attention ->
 // output projection + residual -> RMSNorm -> SwiGLU MLP + residual, then the final norm.
 // Token-local work (norms, GEMMs through OpenBLAS, RoPE, MLP) runs on the own rows only;
 // attention is the only step that talks to other ranks. fp32 compute.
@@ -17,6 +18,7 @@
 #include "longctx/comm/communicator.h"
 #include "longctx/model/builtin.h"
 #include "longctx/model/config.h"
+#include "longctx/model/rope.h"
 #include "longctx/worker/distributed_attention.h"
 
 namespace longctx::worker {
@@ -32,6 +34,12 @@ struct LayerWeights {
   const float* w_down = nullptr;     // [hidden, inter]
   const float* attn_norm = nullptr;  // [hidden] input_layernorm
   const float* mlp_norm = nullptr;   // [hidden] post_attention_layernorm
+  // Family extras, null when the model has none (ExpectedTensors decides which exist).
+  const float* bq = nullptr;         // [H*hd] q_proj.bias (qwen2)
+  const float* bk = nullptr;         // [Hkv*hd] k_proj.bias (qwen2)
+  const float* bv = nullptr;         // [Hkv*hd] v_proj.bias (qwen2)
+  const float* q_norm = nullptr;     // [hd] q_norm.weight (qwen3), applied per head before RoPE
+  const float* k_norm = nullptr;     // [hd] k_norm.weight (qwen3)
 };
 struct Weights {
   const float* embed = nullptr;       // [vocab, hidden]
@@ -85,13 +93,21 @@ attention::SelectionConfig SelectionFor(const model::ModelConfig& config);
 // The attention spec of a layer of `config` (window, fusion, causal).
 attention::AttentionSpec LayerSpec(const model::ModelConfig& config, int64_t layer);
 
-// cos/sin of the RoPE angles pos * theta^(-2i/hd), i < hd/2, for positions pos0 + [0, rows):
-// computed once in double (exact enough at position 2^20+), shared by every layer.
+// cos/sin of the RoPE angles pos * inv_freq[i], i < hd/2, for positions pos0 + [0, rows), times
+// the frequencies' attention_scaling (yarn; else 1): computed once in double (exact enough at
+// position 2^20+), shared by every layer.
 struct RopeTable {
   int64_t half = 0;
   std::vector<float> cos, sin;  // [rows][half]
 };
+RopeTable MakeRopeTable(int64_t rows, int64_t pos0, const model::RopeFrequencies& freqs);
+// Plain RoPE: inv_freq = theta^(-2i/hd) (the trainer's models, which refuse scaling).
 RopeTable MakeRopeTable(int64_t rows, int64_t hd, int64_t pos0, double theta);
+
+// logits[r, :] = lm_head * hidden[r, :] for `rows` final-norm hidden states [rows, hidden] into
+// logits [rows, vocab_size] (fp32).
+void LmHeadLogits(const model::ModelConfig& config, const Weights& weights, const float* hidden,
+                  int64_t rows, float* logits);
 
 // HF rotate-half RoPE in place on x [rows, heads, hd] with the table's rows.
 void ApplyRope(float* x, int64_t rows, int64_t heads, int64_t hd, const RopeTable& table);

@@ -12,13 +12,14 @@
 #include "longctx/core/status.h"
 #include "longctx/model/builtin.h"
 #include "longctx/model/config.h"
+#include "longctx/model/llama_names.h"
 #include "longctx/model/safetensors.h"
 #include "longctx/worker/forward.h"
 
 namespace longctx::worker {
 
-inline constexpr std::string_view kLengthHeadWeightName = "length_head.weight";  // [1, hidden]
-inline constexpr std::string_view kLengthHeadBiasName = "length_head.bias";      // [1]
+using model::kLengthHeadBiasName;    // [1]
+using model::kLengthHeadWeightName;  // [1, hidden]
 
 struct ParamTensor {
   std::string name;
