@@ -11,6 +11,7 @@
 #include <chrono>
 #include <csignal>
 #include <cstring>
+#include <filesystem>
 #include <deque>
 #include <memory>
 #include <optional>
@@ -209,6 +210,16 @@ Status RunWorker(const WorkerFlags& f) {
     ASSIGN_OR_RETURN(lo.token, co::LoadToken(f.token_file));
     if (f.max_documents < 1) return InvalidArgument("--max-documents must be >= 1");
     ASSIGN_OR_RETURN(eo, f.engine.Options(/*keep_kv=*/true));
+    // A worker group reads documents and questions as bytes (WorkerGroup::Compute has no
+    // tokenizer yet): a model with its own tokenizer.json would compute on the wrong ids and
+    // answer garbage with exit 0, so it is refused; `longctx run` serves it.
+    std::error_code ec;
+    if (std::filesystem::is_regular_file(std::filesystem::path(f.engine.model) / "tokenizer.json",
+                                         ec)) {
+      return Unimplemented("{}: a model with a tokenizer.json is not served by worker groups yet "
+                           "(they read bytes); use longctx run",
+                           f.engine.model);
+    }
     return Status::Ok();
   }();
   RETURN_IF_ERROR(comm::AgreeOnStatus(c, st));

@@ -89,6 +89,12 @@ for preset in llama3 qwen2 qwen3 mistral; do
     bad "family preset $preset: $(tail -3 "$T/f.txt")"
   fi
 done
+# A worker group reads bytes: a model with its own tokenizer is refused before it connects
+# (never served on the wrong ids).
+printf 'a-test-token-of-enough-length-0123456789abcdef\n' >"$T/wtoken"
+chmod 600 "$T/wtoken"
+expect_error "worker: a model with a tokenizer.json" worker --coordinator 127.0.0.1:9 \
+  --token-file "$T/wtoken" --model "$T/f_llama3"
 edit_config() {  # edit_config SRC DST PYTHON-STATEMENTS-ON-c
   rm -rf "$2"; cp -r "$1" "$2"
   "$PY" - "$2/config.json" "$3" <<'PYEOF'
