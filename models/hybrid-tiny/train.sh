@@ -6,6 +6,8 @@
 #   theta   the positional-scheme comparison arm: rope_theta 1e4, phases 1-3 and the first 60
 #           steps (the 16K stage) of phase 4, the same data as the shipped model's
 #   window  the window-only baseline: no budgeted globals, the question local, phases 1-2
+#   logn    the log-length scaling experiment (docs/training.md), from the shipped weights
+#           OUT/p5/final (run the shipped arm into the same OUT first): phases 6-7, not shipped
 # Needs a built longctx (BUILD_DIR, default build/) and mpirun for phases 4-5 (2 ranks).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -23,10 +25,23 @@ case "$ARM" in
   "") ;;
   theta) INIT_FLAGS=(--rope-theta 10000) ;;
   window) INIT_FLAGS=(--global-max 0 --sinks 0 --query-globals off) ;;
-  *) echo "train.sh: unknown arm '$ARM' (theta, window)" >&2; exit 2 ;;
+  logn) ;;
+  *) echo "train.sh: unknown arm '$ARM' (theta, window, logn)" >&2; exit 2 ;;
 esac
 
 # Phase 0: the initial weights (the hybrid-tiny preset: 4 layers, hidden 128, rope_theta 3e8).
+if [[ "$ARM" == logn ]]; then
+  # Phase 6: the shipped weights fine-tuned with the global queries' logits scaled by
+  # max(1, ln(p+1)/ln 2048) (longctx.logn_base, written into the checkpoints' config).
+  "${MPIRUN[@]}" -x LONGCTX_COMM_TIMEOUT_S=900 "$B" train --model "$OUT/p5/final" --logn-base 2048 \
+    --tasks passkey,niah --curriculum 2K:150,16K:60,64K:40 --lr 1e-3 --min-lr 1e-4 --mining on \
+    --seed 8 --batch 2 --threads 1 --progress off --save-every 50 --out "$OUT/p6"
+  # Phase 7: 256K tokens.
+  "${MPIRUN[@]}" -x LONGCTX_COMM_TIMEOUT_S=900 "$B" train --model "$OUT/p6/final" \
+    --tasks passkey,niah --curriculum 256K:16 --lr 5e-4 --min-lr 1e-4 --mining on --seed 9 \
+    --batch 2 --threads 1 --progress off --save-every 8 --out "$OUT/p7"
+  exit 0
+fi
 "$B" mkmodel --preset hybrid-tiny --seed 0 --out "$OUT/init"
 # Phase 1: the pass key alone in 180-token documents — short enough that a needle is often
 # within the question's window, so the answer format and the reading are learned first.
