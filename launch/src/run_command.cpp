@@ -28,6 +28,7 @@
 #include "longctx/comm/communicator.h"
 #include "longctx/comm/placement.h"
 #include "longctx/core/byte_size.h"
+#include "longctx/core/file.h"
 #include "longctx/core/log.h"
 #include "longctx/core/npy.h"
 #include "longctx/model/builtin.h"
@@ -323,9 +324,7 @@ Status RunRun(const RunFlags& f) {
     }
     if (st.ok() && f.dump_hidden) st = CreateNpyForRows(dir + "hidden.npy", DType::kF32, {n_total, D});
     if (st.ok() && decode) {
-      std::ofstream gen(dir + "generated.txt", std::ios::binary);
-      gen << answer.generated;
-      if (!gen) st = InvalidArgument("{}generated.txt: cannot write", dir);
+      st = WriteFileAtomically(dir + "generated.txt", answer.generated);
     }
   }
   RETURN_IF_ERROR(comm::AgreeOnStatus(c, st));
@@ -460,9 +459,7 @@ Status RunRun(const RunFlags& f) {
         budget(ko.remote_budget), tier(sum.device), tier(sum.host), tier(sum.remote),
         sum.demotions, sum.loads, sum.prefetch_hits, sum.prefetch_misses, sum.stall_seconds,
         per_rank);
-    std::ofstream out(dir + "report.json");
-    out << report;
-    if (!out) return InvalidArgument("{}report.json: cannot write", dir);
+    RETURN_IF_ERROR(WriteFileAtomically(dir + "report.json", report));
     int64_t peak = 0;
     for (const auto& x : all) peak = std::max(peak, x.peak_rss);
     fmt::print("run: {} tokens on {} rank(s), {} globals, {} layers: prefill {:.2f} s ({:.0f} "
