@@ -33,7 +33,6 @@ import copy
 import json
 import math
 import os
-import struct
 import subprocess
 import sys
 import tempfile
@@ -53,33 +52,9 @@ DOC = ("The parties agree as follows. First, the supplier delivers the goods; se
 QUERY = "Who pays, and when?"
 
 
-def read_safetensors(path):
-    with open(path, "rb") as f:
-        blob = f.read()
-    (hlen,) = struct.unpack("<Q", blob[:8])
-    header = json.loads(blob[8:8 + hlen])
-    data = blob[8 + hlen:]
-    out = {}
-    for name, meta in header.items():
-        if name == "__metadata__":
-            continue
-        a, b = meta["data_offsets"]
-        raw = data[a:b]
-        if meta["dtype"] == "F32":
-            arr = np.frombuffer(raw, dtype="<f4").astype(np.float64)
-        elif meta["dtype"] == "F16":
-            arr = np.frombuffer(raw, dtype="<f2").astype(np.float64)
-        elif meta["dtype"] == "BF16":
-            u = np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16
-            arr = u.view(np.float32).astype(np.float64)
-        else:
-            raise ValueError("unsupported dtype " + meta["dtype"])
-        out[name] = torch.from_numpy(arr.reshape(meta["shape"]).copy())
-    return out
-
-
-def rms_norm(x, w, eps):
-    return w * (x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps))
+# The safetensors reader and RMSNorm of the plain-Llama reference (same directory, on sys.path
+# when run as a script).
+from test_model_reference import read_safetensors, rms_norm  # noqa: E402
 
 
 # ---- RoPE: inverse frequencies from the published formulas -----------------------------------
