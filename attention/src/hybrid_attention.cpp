@@ -146,6 +146,59 @@ Status HybridAttention(const TokenView& q, const TokenView& k, const TokenView& 
   return Status::Ok();
 }
 
+Status HybridAttentionInChunks(const TokenView& q, const TokenView& k, const TokenView& v,
+                               std::span<const int64_t> globals, const AttentionSpec& spec,
+                               int64_t chunk_rows, ChunkSink& sink, const ExecOptions& exec) {
+  RETURN_IF_ERROR(ValidateAttentionInputs(q, k, v, globals, spec));
+  if (chunk_rows < 1) return InvalidArgument("chunk_rows must be >= 1, got {}", chunk_rows);
+  const int64_t n = q.rows, H = q.heads, d = q.head_dim, g = int64_t(globals.size());
+  // Whole kernel tasks per chunk, so every row is computed exactly as HybridAttention does.
+  const int64_t granule = detail::QueryPositionsPerTask(H / k.heads);
+  chunk_rows = (chunk_rows + granule - 1) / granule * granule;
+
+  // The global queries' full rows (every visible key), once, before any chunk.
+  std::vector<std::byte> gq_buf, gk_buf, gv_buf;
+  std::vector<float> o_all(size_t(g * H * d)), l_all(size_t(g * H));
+  if (g > 0) {
+    DensePartialArgs dp;
+    dp.q = GatherRows(q, globals, &gq_buf);
+    dp.k = k;
+    dp.v = v;
+    dp.q_pos = globals;
+    dp.kv_pos0 = 0;
+    dp.out = o_all.data();
+    dp.lse = l_all.data();
+    RETURN_IF_ERROR(DensePartialPass(dp, spec, exec));
+  }
+
+  WindowGlobalArgs wg;
+  wg.k = k;
+  wg.v = v;
+  wg.gk = GatherRows(k, globals, &gk_buf);
+  wg.gv = GatherRows(v, globals, &gv_buf);
+  wg.seq_len = n;
+  wg.global_pos = globals;
+  size_t gi = 0;  // globals[0, gi) lie in chunks already done
+  for (int64_t row0 = 0; row0 < n; row0 += chunk_rows) {
+    const int64_t rows = std::min(chunk_rows, n - row0);
+    ASSIGN_OR_RETURN(ChunkSink::Buffer buf, sink.Acquire(row0, rows));
+    if (!buf.out || !buf.lse) return InvalidArgument("ChunkSink: out and lse are required");
+    wg.q = TokenView{q.Row(row0), q.dtype, rows, H, d, q.row_stride};
+    wg.q_pos0 = row0;
+    wg.out = buf.out;
+    wg.lse = buf.lse;
+    RETURN_IF_ERROR(WindowGlobalPass(wg, spec, exec));
+    // Complete this chunk's global queries with their dense partial, as HybridAttention does.
+    for (; gi < globals.size() && globals[gi] < row0 + rows; ++gi) {
+      const int64_t r = globals[gi] - row0;
+      FuseGlobalQueries(spec, 1, H, d, buf.out + r * H * d, buf.lse + r * H,
+                        o_all.data() + int64_t(gi) * H * d, l_all.data() + int64_t(gi) * H);
+    }
+    RETURN_IF_ERROR(sink.Done(row0, rows));
+  }
+  return Status::Ok();
+}
+
 int64_t AllowedPairs(int64_t n, int64_t heads, std::span<const int64_t> globals,
                      const AttentionSpec& spec) {
   const int64_t W = spec.window;

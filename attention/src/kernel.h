@@ -9,6 +9,15 @@
 
 namespace longctx::attention::detail {
 
+// Query rows (positions x the heads sharing a kv head) per kernel task, about. A task's
+// window-key tiles start at its first query, so the result of a row depends (in the last
+// bits) on which task it falls in: callers that split the queries of one pass and want the
+// unsplit result bit for bit split at multiples of QueryPositionsPerTask.
+constexpr int kQueryRowsPerTask = 384;  // measured best
+inline int64_t QueryPositionsPerTask(int64_t group) {
+  return group >= kQueryRowsPerTask ? 1 : kQueryRowsPerTask / group;
+}
+
 struct KernelTable {
   void (*window_global)(const WindowGlobalArgs& args, const AttentionSpec& spec, ThreadPool* pool);
   void (*dense_partial)(const DensePartialArgs& args, const AttentionSpec& spec, ThreadPool* pool);

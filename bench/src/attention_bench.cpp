@@ -6,7 +6,10 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <vector>
 
@@ -14,7 +17,9 @@
 
 #include "longctx/attention/attention_backward.h"
 #include "longctx/attention/hybrid_attention.h"
+#include "longctx/core/npy.h"
 #include "longctx/core/thread_pool.h"
+#include "matrix_internal.h"
 
 namespace longctx::bench {
 namespace {
@@ -75,6 +80,12 @@ Status RunAttentionBench(const AttentionBenchOptions& o) {
   }
   if (o.reps < 1) return InvalidArgument("--reps must be >= 1");
 
+  const char* coretype = std::getenv("OPENBLAS_CORETYPE");
+  const char* chose = std::getenv("LONGCTX_BLAS_REEXEC_FROM");
+  fmt::print("# BLAS: {}; kernel {} (chosen by {}{}{})\n", openblas_get_config(),
+             openblas_get_corename(),
+             chose ? "longctx; the library chose " : (coretype ? "the user" : "the library"),
+             chose ? chose : "", coretype && !chose ? " via OPENBLAS_CORETYPE" : "");
   std::vector<double> sgemm(o.threads.size());
   for (size_t t = 0; t < o.threads.size(); ++t) {
     if (o.threads[t] < 1) return InvalidArgument("--threads values must be >= 1");
@@ -182,6 +193,148 @@ Status RunAttentionBench(const AttentionBenchOptions& o) {
     f << json;
     if (!f) return InvalidArgument("{}: cannot write the JSON results", o.json);
   }
+  return Status::Ok();
+}
+
+// ---- --whole-process ---------------------------------------------------------------------
+
+Status RunWholeProcessAttentionBench(const AttentionBenchOptions& o) {
+  ASSIGN_OR_RETURN(attention::Isa isa, attention::ParseIsa(o.isa));
+  if (isa == attention::Isa::kAuto) isa = attention::BestIsa();
+  if (!attention::IsaSupported(isa)) return InvalidArgument("--isa {} is not supported", o.isa);
+  if (o.dtype != "f32" && o.dtype != "f16") {
+    return InvalidArgument("--whole-process takes --dtype f32 or f16 (.npy has no bfloat16)");
+  }
+  const DType dtype = o.dtype == "f32" ? DType::kF32 : DType::kF16;
+  if (o.heads < 1 || o.kv_heads < 1 || o.heads % o.kv_heads != 0) {
+    return InvalidArgument("--heads must be a positive multiple of --kv-heads");
+  }
+  if (o.reps < 1) return InvalidArgument("--reps must be >= 1");
+  for (int t : o.threads) {
+    if (t < 1) return InvalidArgument("--threads values must be >= 1");
+  }
+  std::string dir = o.workdir;
+  bool remove_dir = false;
+  if (dir.empty()) {
+    std::string tmpl = (std::filesystem::temp_directory_path() / "longctx-wp-XXXXXX").string();
+    if (!::mkdtemp(tmpl.data())) return ErrnoStatus(errno, "mkdtemp");
+    dir = tmpl;
+    remove_dir = true;
+  }
+  struct Cleanup {
+    std::string dir;
+    bool on;
+    ~Cleanup() {
+      std::error_code ec;
+      if (on) std::filesystem::remove_all(dir, ec);
+    }
+  } cleanup{dir, remove_dir};
+
+  fmt::print("# whole process: `{} attention` (map .npy inputs, check them, compute, stream the "
+             "output .npy and commit it) vs the kernel alone (HybridAttention, in this process, "
+             "same inputs and threads); best of {} after a warm-up; isa={} dtype={} heads={}/{}\n",
+             o.binary, o.reps, attention::IsaName(isa), o.dtype, o.heads, o.kv_heads);
+  fmt::print("{:>7} {:>4} {:>5} {:>5} {:>3} {:>10} {:>10} {:>8}\n", "n", "d", "W", "globs", "thr",
+             "kernel_s", "process_s", "ratio");
+  std::fflush(stdout);
+  std::string json = "[\n";
+  bool first_json = true;
+  for (int64_t n : o.n) {
+    for (int64_t d : o.head_dim) {
+      if (n < 1 || d < 1) return InvalidArgument("--n and --d values must be >= 1");
+      std::vector<float> qf(size_t(n * o.heads * d)), kf(size_t(n * o.kv_heads * d)),
+          vf(size_t(n * o.kv_heads * d));
+      Fill(qf, 11);
+      Fill(kf, 12);
+      Fill(vf, 13);
+      std::vector<uint16_t> q16, k16, v16;
+      const void *qp = qf.data(), *kp = kf.data(), *vp = vf.data();
+      if (dtype == DType::kF16) {
+        for (auto [x, y] : {std::pair{&qf, &q16}, std::pair{&kf, &k16}, std::pair{&vf, &v16}}) {
+          y->resize(x->size());
+          for (size_t i = 0; i < x->size(); ++i) (*y)[i] = FloatToHalf((*x)[i]);
+        }
+        qp = q16.data();
+        kp = k16.data();
+        vp = v16.data();
+      }
+      const std::string qpath = dir + "/q.npy", kpath = dir + "/k.npy", vpath = dir + "/v.npy",
+                        gpath = dir + "/globals.npy", opath = dir + "/out.npy",
+                        lpath = dir + "/lse.npy", log = dir + "/attention.log";
+      RETURN_IF_ERROR(WriteNpy(qpath, dtype, {n, o.heads, d}, qp));
+      RETURN_IF_ERROR(WriteNpy(kpath, dtype, {n, o.kv_heads, d}, kp));
+      RETURN_IF_ERROR(WriteNpy(vpath, dtype, {n, o.kv_heads, d}, vp));
+      const auto q = attention::TokenView::Dense(qp, dtype, n, o.heads, d);
+      const auto k = attention::TokenView::Dense(kp, dtype, n, o.kv_heads, d);
+      const auto v = attention::TokenView::Dense(vp, dtype, n, o.kv_heads, d);
+      for (int64_t w : o.window) {
+        for (const auto& gmode : o.globals) {
+          if (gmode != "none" && gmode != "log") {
+            return InvalidArgument("--globals takes none and/or log");
+          }
+          const std::vector<int64_t> globals =
+              gmode == "log" ? EvenGlobals(n, LogGlobalCount(n)) : std::vector<int64_t>{};
+          if (!globals.empty()) {
+            RETURN_IF_ERROR(WriteNpy(gpath, DType::kI64, {int64_t(globals.size())},
+                                     globals.data()));
+          }
+          attention::AttentionSpec spec;
+          spec.window = w;
+          for (int threads : o.threads) {
+            // The kernel alone: the output buffer is allocated and faulted once, outside the
+            // timing, as a library user holding its buffers would have it.
+            std::vector<float> out(size_t(n * o.heads * d)), lse(size_t(n * o.heads));
+            ThreadPool pool(threads);
+            attention::ExecOptions exec{&pool, isa};
+            double kernel = 1e30;
+            for (int rep = 0; rep <= o.reps; ++rep) {
+              const auto t0 = Clock::now();
+              RETURN_IF_ERROR(attention::HybridAttention(q, k, v, globals, spec, out.data(),
+                                                         lse.data(), exec));
+              if (rep > 0) kernel = std::min(kernel, Seconds(t0));
+            }
+            std::vector<std::string> argv = {o.binary, "attention", "--q", qpath, "--k", kpath,
+                                             "--v", vpath, "--out", opath, "--lse", lpath,
+                                             "--window", std::to_string(w), "--threads",
+                                             std::to_string(threads), "--isa",
+                                             std::string(attention::IsaName(isa))};
+            if (!globals.empty()) {
+              argv.push_back("--globals");
+              argv.push_back(gpath);
+            }
+            double process = 1e30;
+            for (int rep = 0; rep <= o.reps; ++rep) {
+              ASSIGN_OR_RETURN(matrix::ProcessResult r, matrix::RunProcess(argv, log, 600.0));
+              if (r.exit_code != 0) {
+                return Internal("{} attention failed (exit {}, signal {}): {}", o.binary,
+                                r.exit_code, r.signal, matrix::LastLogLine(log));
+              }
+              if (rep > 0) process = std::min(process, r.seconds);
+            }
+            // The child's result must be the kernel's, bit for bit.
+            ASSIGN_OR_RETURN(MappedNpy written, MappedNpy::Open(opath));
+            if (written.data_bytes() != int64_t(out.size() * sizeof(float)) ||
+                std::memcmp(written.data(), out.data(), out.size() * sizeof(float)) != 0) {
+              return Internal("the process's output differs from the kernel's");
+            }
+            fmt::print("{:>7} {:>4} {:>5} {:>5} {:>3} {:>10.4f} {:>10.4f} {:>7.2f}x\n", n, d, w,
+                       globals.size(), threads, kernel, process, process / kernel);
+            std::fflush(stdout);
+            json += fmt::format(
+                "{}  {{\"n\": {}, \"d\": {}, \"window\": {}, \"globals\": {}, "
+                "\"threads\": {}, \"heads\": {}, \"kv_heads\": {}, \"dtype\": \"{}\", "
+                "\"isa\": \"{}\", \"kernel_seconds\": {:.6f}, \"process_seconds\": {:.6f}, "
+                "\"process_to_kernel\": {:.4f}}}",
+                first_json ? "" : ",\n", n, d, w, globals.size(), threads, o.heads, o.kv_heads,
+                o.dtype, attention::IsaName(isa), kernel, process, process / kernel);
+            first_json = false;
+          }
+        }
+      }
+    }
+  }
+  json += "\n]\n";
+  if (!o.json.empty()) RETURN_IF_ERROR(WriteFileAtomically(o.json, json));
   return Status::Ok();
 }
 

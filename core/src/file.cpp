@@ -81,6 +81,13 @@ Status AtomicFile::Write(const void* data, size_t bytes) {
   return Status::Ok();
 }
 
+Status AtomicFile::StartWriteback() {
+  if (::sync_file_range(fd_.get(), 0, 0, SYNC_FILE_RANGE_WRITE) != 0) {
+    return ErrnoStatus(errno, fmt::format("{}: write-back of {} failed", path_, tmp_path_));
+  }
+  return Status::Ok();
+}
+
 Status AtomicFile::Commit() {
   if (::fsync(fd_.get()) != 0) {
     return ErrnoStatus(errno, fmt::format("{}: fsync of {} failed", path_, tmp_path_));

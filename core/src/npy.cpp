@@ -3,6 +3,7 @@
 #include "longctx/core/file.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -587,6 +588,82 @@ Status WriteNpy(const std::string& path, const NpyArray& array) {
                            data_bytes);
   }
   return WriteNpy(path, array.dtype, array.shape, array.data.data());
+}
+
+// ---- MappedNpy ---------------------------------------------------------------------------
+
+Result<MappedNpy> MappedNpy::Open(const std::string& path, bool populate) {
+  ASSIGN_OR_RETURN(OpenNpy file, OpenAndReadHeader(path));
+  MappedNpy m;
+  m.header_ = file.header;
+  m.data_bytes_ = file.data_bytes;
+  m.length_ = static_cast<size_t>(file.header.data_offset + file.data_bytes);
+  void* base = ::mmap(nullptr, m.length_, PROT_READ, MAP_PRIVATE | (populate ? MAP_POPULATE : 0),
+                      file.fd.get(), 0);
+  if (base == MAP_FAILED) return ErrnoStatus(errno, fmt::format("{}: cannot map", path));
+  m.base_ = base;
+  return m;
+}
+
+MappedNpy::MappedNpy(MappedNpy&& other) noexcept
+    : header_(std::move(other.header_)),
+      base_(std::exchange(other.base_, nullptr)),
+      length_(std::exchange(other.length_, 0)),
+      data_bytes_(std::exchange(other.data_bytes_, 0)) {}
+
+MappedNpy& MappedNpy::operator=(MappedNpy&& other) noexcept {
+  if (this != &other) {
+    if (base_) ::munmap(base_, length_);
+    header_ = std::move(other.header_);
+    base_ = std::exchange(other.base_, nullptr);
+    length_ = std::exchange(other.length_, 0);
+    data_bytes_ = std::exchange(other.data_bytes_, 0);
+  }
+  return *this;
+}
+
+MappedNpy::~MappedNpy() {
+  if (base_) ::munmap(base_, length_);
+}
+
+const std::byte* MappedNpy::data() const {
+  return static_cast<const std::byte*>(base_) + header_.data_offset;
+}
+
+// ---- NpyRowStream ------------------------------------------------------------------------
+
+Result<NpyRowStream> NpyRowStream::Create(const std::string& path, DType dtype,
+                                          const std::vector<int64_t>& shape) {
+  const std::optional<std::string_view> descr = DescrOf(dtype);
+  if (dtype == DType::kBF16 || !descr) {
+    return InvalidArgument("{}: dtype {} cannot be written to .npy", path, DTypeName(dtype));
+  }
+  if (shape.empty()) return InvalidArgument("{}: a row-written array needs >= 1 dimension", path);
+  RETURN_IF_ERROR(ValidateShape(path, dtype, shape).status());
+  ASSIGN_OR_RETURN(const std::string header, BuildHeader(path, *descr, shape));
+  int64_t row_bytes = static_cast<int64_t>(DTypeSize(dtype));
+  for (size_t i = 1; i < shape.size(); ++i) row_bytes *= shape[i];
+  ASSIGN_OR_RETURN(AtomicFile file, AtomicFile::Create(path));
+  RETURN_IF_ERROR(file.Write(header.data(), header.size()));
+  return NpyRowStream(path, std::move(file), shape[0], row_bytes);
+}
+
+Status NpyRowStream::Append(const void* data, int64_t rows) {
+  if (rows < 0 || written_ + rows > rows_) {
+    return OutOfRange("{}: appending {} rows after {} exceeds shape[0] = {}", path_, rows,
+                      written_, rows_);
+  }
+  RETURN_IF_ERROR(file_.Write(data, static_cast<size_t>(rows * row_bytes_)));
+  written_ += rows;
+  return file_.StartWriteback();
+}
+
+Status NpyRowStream::Commit() {
+  if (written_ != rows_) {
+    return FailedPrecondition("{}: {} of {} rows written; not committing a partial array", path_,
+                              written_, rows_);
+  }
+  return file_.Commit();
 }
 
 std::string NpyStagingPath(const std::string& path) { return path + ".partial"; }

@@ -2,6 +2,12 @@
 // Also `--make-sample DIR`, which writes a deterministic random Q/K/V/globals set so the
 // command can be tried (and checked with --check) without any other tool.
 #include <algorithm>
+#include <array>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <mutex>
+#include <thread>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -59,18 +65,58 @@ Result<attention::TokenView> ViewOf(const NpyArray& a, const std::string& path,
   return attention::TokenView::Dense(a.data.data(), a.dtype, a.shape[0], a.shape[1], a.shape[2]);
 }
 
+Result<attention::TokenView> ViewOf(const MappedNpy& a, const std::string& path,
+                                    std::string_view name) {
+  const NpyHeader& h = a.header();
+  RETURN_IF_ERROR(CheckTokenArray(h.shape, h.dtype, path, name));
+  return attention::TokenView::Dense(a.data(), h.dtype, h.shape[0], h.shape[1], h.shape[2]);
+}
+
 // Non-finite inputs would give NaN outputs silently; refuse them with the first position.
-Status CheckFinite(const NpyArray& a, const std::string& path) {
-  const int64_t n = a.numel();
-  for (int64_t i = 0; i < n; ++i) {
-    const float x = a.dtype == DType::kF32 ? a.as<float>()[i] : HalfToFloat(a.as<uint16_t>()[i]);
-    if (!std::isfinite(x)) {
-      const int64_t inner = a.shape[1] * a.shape[2];
-      return InvalidArgument("{}: non-finite value {} at [{}, {}, {}]", path, x, i / inner,
-                             (i % inner) / a.shape[2], i % a.shape[2]);
+// Scans [n, H, d] elements at `data` in parallel slices; the error names the first bad one.
+Status CheckFinite(const void* data, DType dtype, const std::vector<int64_t>& shape,
+                   const std::string& path, ThreadPool* pool) {
+  int64_t n = 1;
+  for (int64_t dim : shape) n *= dim;
+  constexpr int64_t kSlice = int64_t{1} << 20;  // elements per task
+  const int64_t tasks = (n + kSlice - 1) / kSlice;
+  std::vector<int64_t> first_bad(size_t(tasks), -1);
+  auto scan = [&](int64_t t, int) {
+    const int64_t lo = t * kSlice, hi = std::min(n, lo + kSlice);
+    if (dtype == DType::kF32) {
+      const float* x = static_cast<const float*>(data);
+      // Branch-free over the slice (vectorises); the position is searched only on failure.
+      bool ok = true;
+      for (int64_t i = lo; i < hi; ++i) ok &= std::isfinite(x[i]);
+      if (ok) return;
     }
+    for (int64_t i = lo; i < hi; ++i) {
+      const float x = dtype == DType::kF32 ? static_cast<const float*>(data)[i]
+                                           : HalfToFloat(static_cast<const uint16_t*>(data)[i]);
+      if (!std::isfinite(x)) {
+        first_bad[size_t(t)] = i;
+        return;
+      }
+    }
+  };
+  if (pool) {
+    pool->ParallelFor(tasks, scan);
+  } else {
+    for (int64_t t = 0; t < tasks; ++t) scan(t, 0);
+  }
+  for (int64_t i : first_bad) {
+    if (i < 0) continue;
+    const float x = dtype == DType::kF32 ? static_cast<const float*>(data)[i]
+                                         : HalfToFloat(static_cast<const uint16_t*>(data)[i]);
+    const int64_t inner = shape[1] * shape[2];
+    return InvalidArgument("{}: non-finite value {} at [{}, {}, {}]", path, x, i / inner,
+                           (i % inner) / shape[2], i % shape[2]);
   }
   return Status::Ok();
+}
+
+Status CheckFinite(const NpyArray& a, const std::string& path) {
+  return CheckFinite(a.data.data(), a.dtype, a.shape, path, nullptr);
 }
 
 Result<std::vector<int64_t>> ReadGlobals(const std::string& path) {
@@ -196,40 +242,145 @@ Status CheckAgainstReference(const AttentionFlags& f, const attention::Attention
   return Status::Ok();
 }
 
+// Streams finished output chunks to the .npy file on a writer thread while the next chunk is
+// computed: kSlots chunk buffers are lent to the kernel in turn, so the process never holds
+// (or zero-fills) an [n, H, d] output and the file write overlaps the computation. The lse
+// ([n, H], 1/d of the output) is gathered whole for --lse and --check.
+class StreamingSink : public attention::ChunkSink {
+ public:
+  static constexpr int kSlots = 3;
+  StreamingSink(NpyRowStream* out, int64_t H, int64_t d, float* lse_all)
+      : out_(out), H_(H), d_(d), lse_all_(lse_all) {
+    writer_ = std::thread([this] { WriterLoop(); });
+  }
+  ~StreamingSink() override { (void)Finish(); }
+
+  Result<Buffer> Acquire(int64_t row0, int64_t rows) override {
+    Slot& s = slots_[size_t(next_ % kSlots)];
+    std::unique_lock lock(mu_);
+    cv_.wait(lock, [&] { return !s.pending || !status_.ok(); });
+    if (!status_.ok()) return status_;
+    s.row0 = row0;
+    s.rows = rows;
+    // Sized by the first chunk (the largest); each slot is faulted in once and then reused.
+    if (s.out.size() < size_t(rows * H_ * d_)) {
+      s.out.resize(size_t(rows * H_ * d_));
+      s.lse.resize(size_t(rows * H_));
+    }
+    return Buffer{s.out.data(), s.lse.data()};
+  }
+
+  Status Done(int64_t, int64_t) override {
+    Slot& s = slots_[size_t(next_++ % kSlots)];
+    std::memcpy(lse_all_ + s.row0 * H_, s.lse.data(), size_t(s.rows * H_) * sizeof(float));
+    std::lock_guard lock(mu_);
+    s.pending = true;
+    queue_.push_back(&s);
+    cv_.notify_all();
+    return status_;
+  }
+
+  // Waits for every queued chunk to be written; the first write error, if any.
+  Status Finish() {
+    {
+      std::lock_guard lock(mu_);
+      stop_ = true;
+      cv_.notify_all();
+    }
+    if (writer_.joinable()) writer_.join();
+    return status_;
+  }
+
+ private:
+  struct Slot {
+    std::vector<float> out, lse;
+    int64_t row0 = 0, rows = 0;
+    bool pending = false;  // queued or being written; guarded by mu_
+  };
+
+  void WriterLoop() {
+    for (;;) {
+      Slot* s = nullptr;
+      {
+        std::unique_lock lock(mu_);
+        cv_.wait(lock, [&] { return !queue_.empty() || stop_; });
+        if (queue_.empty()) return;
+        s = queue_.front();
+        queue_.pop_front();
+      }
+      Status st = status_.ok() ? out_->Append(s->out.data(), s->rows) : Status::Ok();
+      std::lock_guard lock(mu_);
+      if (!st.ok() && status_.ok()) status_ = st;
+      s->pending = false;
+      cv_.notify_all();
+    }
+  }
+
+  NpyRowStream* out_;
+  const int64_t H_, d_;
+  float* lse_all_;
+  std::array<Slot, kSlots> slots_;
+  int64_t next_ = 0;  // chunks handed out (compute thread only)
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Slot*> queue_;
+  bool stop_ = false;
+  Status status_;  // the first write error; guarded by mu_
+  std::thread writer_;
+};
+
+// One process: the inputs are mapped (no copy, no zero-filled buffer), the output is computed
+// in row chunks and streamed to the file as it is produced (HybridAttentionInChunks).
 Status RunSingle(const AttentionFlags& f, const Resolved& r) {
   const attention::AttentionSpec& spec = r.spec;
-  ASSIGN_OR_RETURN(NpyArray q, ReadNpy(f.q));
-  ASSIGN_OR_RETURN(NpyArray k, ReadNpy(f.k));
-  ASSIGN_OR_RETURN(NpyArray v, ReadNpy(f.v));
+  const auto t_start = std::chrono::steady_clock::now();
+  ASSIGN_OR_RETURN(MappedNpy q, MappedNpy::Open(f.q));
+  ASSIGN_OR_RETURN(MappedNpy k, MappedNpy::Open(f.k));
+  ASSIGN_OR_RETURN(MappedNpy v, MappedNpy::Open(f.v));
   ASSIGN_OR_RETURN(std::vector<int64_t> globals, ReadGlobals(f.globals));
   ASSIGN_OR_RETURN(attention::TokenView qv, ViewOf(q, f.q, "q"));
   ASSIGN_OR_RETURN(attention::TokenView kv, ViewOf(k, f.k, "k"));
   ASSIGN_OR_RETURN(attention::TokenView vv, ViewOf(v, f.v, "v"));
-  if (k.shape != v.shape || k.dtype != v.dtype) {
+  if (k.header().shape != v.header().shape || k.header().dtype != v.header().dtype) {
     return InvalidArgument("{} and {}: k and v must have the same shape and dtype", f.k, f.v);
   }
-  RETURN_IF_ERROR(CheckFinite(q, f.q));
-  RETURN_IF_ERROR(CheckFinite(k, f.k));
-  RETURN_IF_ERROR(CheckFinite(v, f.v));
+  ThreadPool pool(f.threads);
+  RETURN_IF_ERROR(CheckFinite(q.data(), q.header().dtype, q.header().shape, f.q, &pool));
+  RETURN_IF_ERROR(CheckFinite(k.data(), k.header().dtype, k.header().shape, f.k, &pool));
+  RETURN_IF_ERROR(CheckFinite(v.data(), v.header().dtype, v.header().shape, f.v, &pool));
   RETURN_IF_ERROR(attention::ValidateAttentionInputs(qv, kv, vv, globals, spec));
 
   const int64_t n = qv.rows, H = qv.heads, d = qv.head_dim;
-  std::vector<float> out(size_t(n * H * d)), lse(size_t(n * H));
-  ThreadPool pool(f.threads);
+  // About 4096 rows x H x d floats per chunk (4 MiB at H = 4, d = 64): small enough to stay
+  // warm in the cache hierarchy between kernel and writer, large enough that one write() per
+  // chunk costs nothing.
+  constexpr int64_t kChunkRows = 4096;
+  std::vector<float> lse(size_t(n * H));
+  ASSIGN_OR_RETURN(NpyRowStream out_file, NpyRowStream::Create(f.out, DType::kF32, {n, H, d}));
   attention::ExecOptions exec{&pool, r.isa};
   const auto t0 = std::chrono::steady_clock::now();
-  RETURN_IF_ERROR(attention::HybridAttention(qv, kv, vv, globals, spec, out.data(), lse.data(),
-                                             exec));
+  StreamingSink sink(&out_file, H, d, lse.data());
+  Status st = attention::HybridAttentionInChunks(qv, kv, vv, globals, spec, kChunkRows, sink, exec);
+  const Status written = sink.Finish();
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  RETURN_IF_ERROR(WriteNpy(f.out, DType::kF32, {n, H, d}, out.data()));
+  RETURN_IF_ERROR(st);
+  RETURN_IF_ERROR(written);
+  RETURN_IF_ERROR(out_file.Commit());
   if (!f.lse.empty()) RETURN_IF_ERROR(WriteNpy(f.lse, DType::kF32, {n, H}, lse.data()));
+  const double total =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
   const double pairs = double(attention::AllowedPairs(n, H, globals, spec));
   fmt::print("attention n={} heads={}/{} head_dim={} globals={} {} isa={} threads={}: "
-             "{:.3f} s, {:.2f} GFLOP/s (allowed pairs x 4d)\n",
+             "{:.3f} s, {:.2f} GFLOP/s (allowed pairs x 4d); {:.3f} s with input mapping, "
+             "checks and the output committed\n",
              n, H, kv.heads, d, globals.size(), spec.ToString(),
              attention::IsaName(r.isa == attention::Isa::kAuto ? attention::BestIsa() : r.isa),
-             pool.size(), secs, pairs * 4.0 * double(d) / secs * 1e-9);
-  if (f.check) RETURN_IF_ERROR(CheckAgainstReference(f, spec, globals, out.data(), lse.data()));
+             pool.size(), secs, pairs * 4.0 * double(d) / secs * 1e-9, total);
+  if (f.check) {
+    ASSIGN_OR_RETURN(MappedNpy o, MappedNpy::Open(f.out));
+    RETURN_IF_ERROR(CheckAgainstReference(f, spec, globals,
+                                          reinterpret_cast<const float*>(o.data()), lse.data()));
+  }
   return Status::Ok();
 }
 

@@ -30,6 +30,10 @@ Runner AddBenchCommand(CLI::App& app) {
   att->add_option("--dtype", o->dtype, "f32 | f16 | bf16 inputs")->capture_default_str();
   att->add_option("--isa", o->isa, "auto | avx512 | avx2 | generic")->capture_default_str();
   att->add_option("--json", o->json, "also write the results as JSON");
+  att->add_flag("--whole-process", o->whole_process,
+                "time the whole `longctx attention` process (.npy in, .npy out) against the "
+                "kernel alone on the same inputs");
+  att->add_option("--workdir", o->workdir, "--whole-process: directory for the .npy files");
 
   auto c = std::make_shared<bench::CommBenchOptions>();
   CLI::App* cm = app.add_subcommand(
@@ -166,7 +170,9 @@ Runner AddBenchCommand(CLI::App& app) {
     }
     if (tk->parsed()) return bench::RunTokenizeBench(*to);
     if (kv->parsed()) return bench::RunKvstoreBench(*ko);
-    if (att->parsed()) return bench::RunAttentionBench(*o);
+    if (att->parsed()) {
+      return o->whole_process ? bench::RunWholeProcessAttentionBench(*o) : bench::RunAttentionBench(*o);
+    }
     if (mx->parsed()) return bench::RunMatrix(*mo);
     ASSIGN_OR_RETURN(std::shared_ptr<comm::Communicator> world, comm::WorldCommunicator("auto"));
     return bench::RunCommBench(*c, *world);

@@ -9,8 +9,12 @@
 
 #include "commands.h"
 #include "longctx/core/log.h"
+#include "longctx/worker/blas.h"
 
 int main(int argc, char** argv) {
+  // Before anything else: a misdetected BLAS kernel is corrected by executing again with
+  // OPENBLAS_CORETYPE set (it is read only when the library loads).
+  longctx::worker::ChooseBlasKernel(argv);
   longctx::InitLogging();
   CLI::App app{
       "longctx: hybrid sliding-window + global-token attention for million-token documents"};
@@ -79,7 +83,14 @@ int main(int argc, char** argv) {
   try {
     for (auto& [sub, runner] : runners) {
       if (!sub->parsed()) continue;
-      const longctx::Status st = runner();
+      // Commands whose time is GEMMs check the BLAS kernel against a plain loop first (~1 ms).
+      const std::string& name = sub->get_name();
+      longctx::Status st;
+      if (name == "run" || name == "worker" || name == "train" || name == "grad" ||
+          name == "eval" || name == "bench") {
+        st = longctx::worker::VerifyGemm();
+      }
+      if (st.ok()) st = runner();
       if (!st.ok()) {
         // An empty message means another rank of the job has reported this failure.
         if (!st.message().empty()) {

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -20,6 +21,7 @@
 #include <vector>
 
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 #include "commands.h"
 #include "engine_flags.h"
@@ -33,6 +35,7 @@
 #include "longctx/core/npy.h"
 #include "longctx/model/builtin.h"
 #include "longctx/model/tokenizer.h"
+#include "longctx/worker/blas.h"
 #include "longctx/worker/engine.h"
 
 namespace longctx::cli {
@@ -393,28 +396,37 @@ Status RunRun(const RunFlags& f) {
                                fig_counts, comm::DeadlineIn(comm::DefaultTimeout())));
   if (me == 0) {
     const double total_s = Since(t_start);
+    using Json = nlohmann::ordered_json;
     auto tier = [](const cache::KvTierStats& t) {
-      return fmt::format("{{\"bytes\": {}, \"blocks\": {}, \"peak_bytes\": {}}}", t.bytes,
-                         t.blocks, t.peak_bytes);
+      return Json{{"bytes", t.bytes}, {"blocks", t.blocks}, {"peak_bytes", t.peak_bytes}};
     };
-    std::string per_rank;
+    auto round6 = [](double x) { return std::round(x * 1e6) / 1e6; };  // microseconds
+    Json per_rank = Json::array();
     cache::KvCacheStats sum;
     for (int r = 0; r < P; ++r) {
       const RankFigures& x = all[size_t(r)];
-      per_rank += fmt::format(
-          "{}    {{\"rank\": {}, \"tokens\": [{}, {}], \"peak_rss_bytes\": {}, "
-          "\"comm_bytes_sent\": {}, \"comm_bytes_received\": {}, \"attention_seconds\": {:.6f}, "
-          "\"dense_seconds\": {:.6f}, \"kv_cache_bytes\": {}, \"host\": \"{}\", "
-          "\"local_rank\": {}, \"local_size\": {}, \"launcher\": \"{}\",\n"
-          "     \"kv\": {{\"device\": {}, \"host\": {}, \"remote\": {}, \"demotions\": {}, "
-          "\"loads\": {}, \"prefetch_hits\": {}, \"prefetch_misses\": {}, "
-          "\"stall_seconds\": {:.6f}}}}}",
-          r ? ",\n" : "", r, bounds[size_t(r)], bounds[size_t(r) + 1], x.peak_rss, x.sent,
-          x.received, x.attention_s, x.dense_s, x.kv_bytes,
-          std::string(x.host, strnlen(x.host, sizeof x.host)), x.local_rank, x.local_size,
-          comm::LauncherName(comm::Launcher(x.launcher)), tier(x.kv.device), tier(x.kv.host),
-          tier(x.kv.remote), x.kv.demotions, x.kv.loads, x.kv.prefetch_hits,
-          x.kv.prefetch_misses, x.kv.stall_seconds);
+      per_rank.push_back(Json{
+          {"rank", r},
+          {"tokens", {bounds[size_t(r)], bounds[size_t(r) + 1]}},
+          {"peak_rss_bytes", x.peak_rss},
+          {"comm_bytes_sent", x.sent},
+          {"comm_bytes_received", x.received},
+          {"attention_seconds", round6(x.attention_s)},
+          {"dense_seconds", round6(x.dense_s)},
+          {"kv_cache_bytes", x.kv_bytes},
+          {"host", std::string(x.host, strnlen(x.host, sizeof x.host))},
+          {"local_rank", x.local_rank},
+          {"local_size", x.local_size},
+          {"launcher", comm::LauncherName(comm::Launcher(x.launcher))},
+          {"kv",
+           {{"device", tier(x.kv.device)},
+            {"host", tier(x.kv.host)},
+            {"remote", tier(x.kv.remote)},
+            {"demotions", x.kv.demotions},
+            {"loads", x.kv.loads},
+            {"prefetch_hits", x.kv.prefetch_hits},
+            {"prefetch_misses", x.kv.prefetch_misses},
+            {"stall_seconds", round6(x.kv.stall_seconds)}}}});
       for (auto [a, b] : {std::pair{&sum.device, &x.kv.device}, std::pair{&sum.host, &x.kv.host},
                           std::pair{&sum.remote, &x.kv.remote}}) {
         a->bytes += b->bytes;
@@ -431,35 +443,56 @@ Status RunRun(const RunFlags& f) {
     for (int64_t l = 0; l < L; ++l) windows.push_back(config.Window(l));
     const cache::KvCacheOptions& ko = eo.kv;
     auto budget = [](uint64_t b) {
-      return b == cache::kUnlimitedBudget ? std::string("null") : std::to_string(b);
+      return b == cache::kUnlimitedBudget ? Json(nullptr) : Json(b);
     };
-    const std::string report = fmt::format(
-        "{{\n  \"model\": \"{}\",\n  \"tokens\": {},\n  \"ranks\": {},\n  \"globals\": {},\n"
-        "  \"layers\": {},\n  \"windows\": [{}],\n  \"fusion\": \"{}\",\n"
-        "  \"shards\": [{}],\n"
-        "  \"seconds\": {{\"load\": {:.6f}, \"prefill\": {:.6f}, \"decode\": {:.6f}, "
-        "\"write\": {:.6f}, \"total\": {:.6f}}},\n  \"tokens_per_second\": {:.1f},\n"
-        "  \"query_tokens\": {},\n  \"generated_tokens\": {},\n"
-        "  \"decode_ms_per_token\": {},\n  \"first_token_seconds\": {},\n"
-        "  \"kv_bytes\": {{\"device\": {}, \"host\": {}, \"remote\": {}}},\n"
-        "  \"kv\": {{\"codec\": \"{}\", \"block_tokens\": {}, \"budgets\": {{\"device\": {}, "
-        "\"host\": {}, \"remote\": {}}},\n"
-        "         \"device\": {}, \"host\": {}, \"remote\": {},\n"
-        "         \"demotions\": {}, \"loads\": {}, \"prefetch_hits\": {}, "
-        "\"prefetch_misses\": {}, \"max_stall_seconds\": {:.6f}}},\n"
-        "  \"per_rank\": [\n{}\n  ]\n}}\n",
-        f.engine.model, n_total, P, all_globals.size(), L, fmt::join(windows, ", "),
-        config.hybrid.fusion, fmt::join(bounds, ", "), load_s, prefill_s, decode_s, write_s,
-        total_s, double(n) / std::max(prefill_s, 1e-9), query_tokens, int64_t(appended.size()) - query_tokens,
-        appended.empty() ? std::string("null")
-                         : fmt::format("{:.3f}", 1e3 * decode_s / double(appended.size())),
-        generate > 0 ? fmt::format("{:.6f}", answer.first_token_seconds) : std::string("null"),
-        sum.device.bytes, sum.host.bytes, sum.remote.bytes, cache::CodecName(ko.codec),
-        ko.block_tokens, budget(ko.device_budget), budget(ko.host_budget),
-        budget(ko.remote_budget), tier(sum.device), tier(sum.host), tier(sum.remote),
-        sum.demotions, sum.loads, sum.prefetch_hits, sum.prefetch_misses, sum.stall_seconds,
-        per_rank);
-    RETURN_IF_ERROR(WriteFileAtomically(dir + "report.json", report));
+    const worker::BlasInfo blas = worker::CurrentBlas();
+    Json report = {
+        {"model", f.engine.model},
+        {"tokens", n_total},
+        {"ranks", P},
+        {"globals", all_globals.size()},
+        {"layers", L},
+        {"windows", windows},
+        {"fusion", config.hybrid.fusion},
+        {"shards", bounds},
+        {"seconds",
+         {{"load", round6(load_s)},
+          {"prefill", round6(prefill_s)},
+          {"decode", round6(decode_s)},
+          {"write", round6(write_s)},
+          {"total", round6(total_s)}}},
+        {"tokens_per_second", std::round(10.0 * double(n) / std::max(prefill_s, 1e-9)) / 10.0},
+        {"query_tokens", query_tokens},
+        {"generated_tokens", int64_t(appended.size()) - query_tokens},
+        {"decode_ms_per_token",
+         appended.empty() ? Json(nullptr)
+                          : Json(std::round(1e6 * decode_s / double(appended.size())) / 1e3)},
+        {"first_token_seconds",
+         generate > 0 ? Json(round6(answer.first_token_seconds)) : Json(nullptr)},
+        {"kv_bytes",
+         {{"device", sum.device.bytes}, {"host", sum.host.bytes}, {"remote", sum.remote.bytes}}},
+        {"kv",
+         {{"codec", cache::CodecName(ko.codec)},
+          {"block_tokens", ko.block_tokens},
+          {"budgets",
+           {{"device", budget(ko.device_budget)},
+            {"host", budget(ko.host_budget)},
+            {"remote", budget(ko.remote_budget)}}},
+          {"device", tier(sum.device)},
+          {"host", tier(sum.host)},
+          {"remote", tier(sum.remote)},
+          {"demotions", sum.demotions},
+          {"loads", sum.loads},
+          {"prefetch_hits", sum.prefetch_hits},
+          {"prefetch_misses", sum.prefetch_misses},
+          {"max_stall_seconds", round6(sum.stall_seconds)}}},
+        {"blas",
+         {{"library", blas.library},
+          {"kernel", blas.kernel},
+          {"cpu_best", blas.cpu_best},
+          {"chosen_by", blas.chosen_by}}},
+        {"per_rank", per_rank}};
+    RETURN_IF_ERROR(WriteFileAtomically(dir + "report.json", report.dump(2) + "\n"));
     int64_t peak = 0;
     for (const auto& x : all) peak = std::max(peak, x.peak_rss);
     fmt::print("run: {} tokens on {} rank(s), {} globals, {} layers: prefill {:.2f} s ({:.0f} "

@@ -27,7 +27,25 @@ r = json.load(open(sys.argv[1] + "/report.json"))
 for k in ("tokens", "ranks", "globals", "shards", "seconds", "tokens_per_second", "per_rank"):
     assert k in r, k
 assert r["per_rank"][0]["peak_rss_bytes"] > 0
+assert r["blas"]["kernel"] and r["blas"]["library"].startswith("OpenBLAS"), r["blas"]
 PYEOF
+
+# The BLAS kernel: a generic kernel on an AVX2/AVX-512 CPU is replaced by re-executing with
+# OPENBLAS_CORETYPE (LONGCTX_TEST_BLAS_KERNEL pretends the library detected Prescott); a core
+# type the user set is never overridden; the report says who chose.
+blas_of() { "$PY" -c "import json,sys; b=json.load(open(sys.argv[1]+'/report.json'))['blas']; print(b['kernel'] + '|' + b['chosen_by'] + '|' + b['cpu_best'])" "$1"; }
+LONGCTX_TEST_BLAS_KERNEL=Prescott "$BIN" "${R[@]}" --model "$T/m" --input "$T/doc.txt" --out "$T/blas1" --dump-hidden >/dev/null 2>&1
+b1="$(blas_of "$T/blas1" 2>/dev/null)"
+case "$b1" in
+  *"|longctx (library chose Prescott)|avx512") [[ "${b1%%|*}" == SkylakeX ]] ;;
+  *"|longctx (library chose Prescott)|avx2") [[ "${b1%%|*}" == Haswell || "${b1%%|*}" == Zen ]] ;;
+  *"|library|generic") true ;;  # a CPU without AVX2: nothing better to choose
+  *) false ;;
+esac && cmp -s "$T/a/hidden.npy" "$T/blas1/hidden.npy" \
+  && ok "a misdetected kernel is replaced and the run is unchanged: $b1" || bad "BLAS auto-choice: '$b1'"
+OPENBLAS_CORETYPE=Prescott LONGCTX_TEST_BLAS_KERNEL=Prescott "$BIN" "${R[@]}" --model "$T/m" --input "$T/doc.txt" --out "$T/blas2" >/dev/null 2>&1
+b2="$(blas_of "$T/blas2" 2>/dev/null)"
+[[ "$b2" == "Prescott|user|"* ]] && ok "a core type the user set is kept: $b2" || bad "user core type overridden: '$b2'"
 
 # Bad input.
 : >"$T/empty.txt"

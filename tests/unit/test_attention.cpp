@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <set>
 #include <vector>
@@ -270,6 +271,87 @@ TEST(HybridAttention, DeterministicAcrossThreadCounts) {
   ASSERT_TRUE(HybridAttention(in.qv, in.kv, in.vv, c.globals, spec, b.data(), lb.data(), {&p3}).ok());
   EXPECT_EQ(a, b) << "bitwise identical for any thread count";
   EXPECT_EQ(la, lb);
+}
+
+// A sink that copies each chunk into a whole [n, H, d] result, checking the chunk order.
+class CollectingSink : public ChunkSink {
+ public:
+  CollectingSink(int64_t n, int64_t H, int64_t d, int64_t chunk_rows)
+      : H_(H), d_(d), out_(size_t(n * H * d), NAN), lse_(size_t(n * H), NAN),
+        buf_out_(size_t(chunk_rows * H * d)), buf_lse_(size_t(chunk_rows * H)) {}
+  Result<Buffer> Acquire(int64_t row0, int64_t rows) override {
+    EXPECT_EQ(row0, next_row_);
+    buf_out_.resize(size_t(rows * H_ * d_));
+    buf_lse_.resize(size_t(rows * H_));
+    std::fill(buf_out_.begin(), buf_out_.end(), NAN);  // nothing may leak from a previous chunk
+    std::fill(buf_lse_.begin(), buf_lse_.end(), NAN);
+    return Buffer{buf_out_.data(), buf_lse_.data()};
+  }
+  Status Done(int64_t row0, int64_t rows) override {
+    std::copy_n(buf_out_.data(), rows * H_ * d_, out_.data() + row0 * H_ * d_);
+    std::copy_n(buf_lse_.data(), rows * H_, lse_.data() + row0 * H_);
+    next_row_ = row0 + rows;
+    ++chunks_;
+    if (fail_after_ > 0 && chunks_ == fail_after_) return DataLoss("sink failed on purpose");
+    return Status::Ok();
+  }
+  int64_t H_, d_;
+  std::vector<float> out_, lse_, buf_out_, buf_lse_;
+  int64_t next_row_ = 0, chunks_ = 0, fail_after_ = 0;
+};
+
+TEST(HybridAttention, InChunksEqualsWholeSequenceBitwise) {
+  // Chunk sizes that do and do not align with kernel tiles, a chunk larger than n, globals on
+  // chunk edges; both fusions and directions; every ISA; 1 and 3 threads.
+  const int64_t n = 1100, H = 4, Hkv = 2, d = 64, W = 96;
+  const std::vector<int64_t> globals = {0, 1, 2, 3, 255, 256, 511, 700, 1024, 1099};
+  for (bool causal : {true, false}) {
+    for (Fusion f : {Fusion::kUnion, Fusion::kWeighted}) {
+      Case c{n, H, Hkv, d, W, causal, f, globals};
+      const Inputs in = MakeInputs(c, 31);
+      AttentionSpec spec;
+      spec.window = W;
+      spec.causal = causal;
+      spec.fusion = f;
+      spec.alpha = 0.7f;
+      for (Isa isa : Isas()) {
+        for (int threads : {1, 3}) {
+          ThreadPool pool(threads);
+          const ExecOptions exec{&pool, isa};
+          std::vector<float> whole(size_t(n * H * d)), whole_lse(size_t(n * H));
+          ASSERT_TRUE(HybridAttention(in.qv, in.kv, in.vv, globals, spec, whole.data(),
+                                      whole_lse.data(), exec).ok());
+          for (int64_t chunk : {1, 7, 256, 300, 512, 4096}) {
+            SCOPED_TRACE(testing::Message() << "isa=" << IsaName(isa) << " threads=" << threads
+                                            << " chunk=" << chunk << " causal=" << causal
+                                            << " fusion=" << int(f));
+            CollectingSink sink(n, H, d, std::min(chunk, n));
+            const Status st =
+                HybridAttentionInChunks(in.qv, in.kv, in.vv, globals, spec, chunk, sink, exec);
+            ASSERT_TRUE(st.ok()) << st.ToString();
+            EXPECT_EQ(sink.next_row_, n);
+            EXPECT_EQ(0, std::memcmp(sink.out_.data(), whole.data(), whole.size() * 4));
+            EXPECT_EQ(0, std::memcmp(sink.lse_.data(), whole_lse.data(), whole_lse.size() * 4));
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(HybridAttention, InChunksStopsAtTheFirstSinkError) {
+  Case c{600, 2, 2, 32, 16, true, Fusion::kUnion, {0, 300}};
+  const Inputs in = MakeInputs(c, 5);
+  AttentionSpec spec;
+  spec.window = c.W;
+  CollectingSink sink(c.n, c.H, c.d, 100);
+  sink.fail_after_ = 2;
+  const Status st = HybridAttentionInChunks(in.qv, in.kv, in.vv, c.globals, spec, 100, sink);
+  EXPECT_EQ(st.code(), StatusCode::kDataLoss);
+  EXPECT_EQ(sink.chunks_, 2);
+  CollectingSink ok_sink(c.n, c.H, c.d, 100);
+  EXPECT_EQ(HybridAttentionInChunks(in.qv, in.kv, in.vv, c.globals, spec, 0, ok_sink).code(),
+            StatusCode::kInvalidArgument);
 }
 
 TEST(HybridAttention, ShardedBuildingBlocksEqualWholeSequence) {

@@ -624,5 +624,63 @@ TEST_F(NpyTest, WriteRejectsBadArguments) {
   EXPECT_TRUE(DirEntries().empty());
 }
 
+TEST_F(NpyTest, MappedNpyReadsInPlaceWithReadNpysErrors) {
+  std::vector<float> x(6 * 5);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = float(i) * 0.5f;
+  ASSERT_TRUE(WriteNpy(Path("a.npy"), DType::kF32, {6, 5}, x.data()).ok());
+  for (bool populate : {true, false}) {
+    Result<MappedNpy> m = MappedNpy::Open(Path("a.npy"), populate);
+    ASSERT_TRUE(m.ok()) << m.status().ToString();
+    EXPECT_EQ(m->header().shape, (std::vector<int64_t>{6, 5}));
+    EXPECT_EQ(m->data_bytes(), int64_t(x.size() * 4));
+    EXPECT_EQ(0, std::memcmp(m->data(), x.data(), x.size() * 4));
+    MappedNpy moved = std::move(m.value());  // the mapping moves with it
+    EXPECT_EQ(0, std::memcmp(moved.data(), x.data(), x.size() * 4));
+  }
+  // The same validation as ReadNpy: codes and messages.
+  EXPECT_EQ(MappedNpy::Open(Path("missing.npy")).status().code(), StatusCode::kNotFound);
+  const std::string bad = WriteFile("bad.npy", "not an npy file at all");
+  const Status st = MappedNpy::Open(bad).status();
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(st.message(), ReadNpy(bad).status().message());
+}
+
+TEST_F(NpyTest, RowStreamWritesWhatWriteNpyWrites) {
+  std::vector<float> x(10 * 3 * 4);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = float(i) - 7.25f;
+  ASSERT_TRUE(WriteNpy(Path("whole.npy"), DType::kF32, {10, 3, 4}, x.data()).ok());
+  Result<NpyRowStream> s = NpyRowStream::Create(Path("rows.npy"), DType::kF32, {10, 3, 4});
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  EXPECT_EQ(s->row_bytes(), 3 * 4 * 4);
+  ASSERT_TRUE(s->Append(x.data(), 4).ok());
+  ASSERT_TRUE(s->Append(x.data() + 4 * 12, 0).ok());
+  ASSERT_TRUE(s->Append(x.data() + 4 * 12, 6).ok());
+  EXPECT_FALSE(fs::exists(Path("rows.npy"))) << "nothing at the path before Commit";
+  ASSERT_TRUE(s->Commit().ok());
+  std::ifstream a(Path("whole.npy"), std::ios::binary), b(Path("rows.npy"), std::ios::binary);
+  const std::string wa((std::istreambuf_iterator<char>(a)), {}), wb((std::istreambuf_iterator<char>(b)), {});
+  EXPECT_EQ(wa, wb) << "byte-identical to WriteNpy (and so to np.save)";
+  EXPECT_EQ(DirEntries().size(), 2u) << "no temporary file left";
+}
+
+TEST_F(NpyTest, RowStreamRefusesTooManyOrTooFewRowsAndLeavesNothing) {
+  std::vector<float> x(8 * 2);
+  {
+    Result<NpyRowStream> s = NpyRowStream::Create(Path("p.npy"), DType::kF32, {8, 2});
+    ASSERT_TRUE(s.ok());
+    ASSERT_TRUE(s->Append(x.data(), 5).ok());
+    EXPECT_EQ(s->Append(x.data(), 4).code(), StatusCode::kOutOfRange);
+    EXPECT_EQ(s->Commit().code(), StatusCode::kFailedPrecondition);
+  }  // destroyed uncommitted: the temporary file goes
+  EXPECT_TRUE(DirEntries().empty());
+  EXPECT_EQ(NpyRowStream::Create(Path("b.npy"), DType::kBF16, {2}).status().code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(NpyRowStream::Create(Path("s.npy"), DType::kF32, {}).status().code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(NpyRowStream::Create(Path("no/such/dir/x.npy"), DType::kF32, {2}).status().code(),
+            StatusCode::kNotFound);
+  EXPECT_TRUE(DirEntries().empty());
+}
+
 }  // namespace
 }  // namespace longctx

@@ -40,6 +40,31 @@ Status HybridAttention(const TokenView& q, const TokenView& k, const TokenView& 
                        std::span<const int64_t> globals, const AttentionSpec& spec, float* out,
                        float* lse, const ExecOptions& exec = {});
 
+// Where HybridAttentionInChunks puts its result: it asks for a buffer for rows
+// [row0, row0 + rows) (out: [rows, H, d] float32, lse: [rows, H] float32, both required),
+// fills it, and hands it back finished with Done. Chunks come in row order, one at a time;
+// a sink that writes chunk i while chunk i+1 is computed lends several buffers in turn.
+class ChunkSink {
+ public:
+  struct Buffer {
+    float* out = nullptr;
+    float* lse = nullptr;
+  };
+  virtual ~ChunkSink() = default;
+  virtual Result<Buffer> Acquire(int64_t row0, int64_t rows) = 0;
+  virtual Status Done(int64_t row0, int64_t rows) = 0;
+};
+
+// HybridAttention's result, bit for bit, computed `chunk_rows` query rows at a time, so that
+// the caller needs no [n, H, d] output buffer and can store or send each chunk while the next
+// is computed. The global queries' dense pass runs first (its [g, H, d] partial is kept); the
+// sliding-window pass then runs per chunk. chunk_rows >= 1 is rounded up to a whole number of
+// the kernel's query tasks (at most 384 rows; 192 when two query heads share a kv head), so
+// the sink must accept chunks of up to that many rows.
+Status HybridAttentionInChunks(const TokenView& q, const TokenView& k, const TokenView& v,
+                               std::span<const int64_t> globals, const AttentionSpec& spec,
+                               int64_t chunk_rows, ChunkSink& sink, const ExecOptions& exec = {});
+
 // Checks shapes, dtypes, window, fusion and globals (sorted, unique, in [0, n)); the message
 // names what is wrong. HybridAttention calls it.
 Status ValidateAttentionInputs(const TokenView& q, const TokenView& k, const TokenView& v,

@@ -24,8 +24,14 @@ struct AttentionBenchOptions {
   std::string dtype = "f32";     // f32 | f16 | bf16 inputs
   std::string isa = "auto";
   std::string json;              // write results here too
+  // --whole-process: time `longctx attention` as a user runs it (a child process reading
+  // .npy files and writing the output .npy) against the kernel alone on the same inputs.
+  bool whole_process = false;
+  std::string binary = "/proc/self/exe";  // the longctx to run
+  std::string workdir;                    // where the .npy files go (default: a temp dir)
 };
 
 Status RunAttentionBench(const AttentionBenchOptions& options);
+Status RunWholeProcessAttentionBench(const AttentionBenchOptions& options);
 
 }  // namespace longctx::bench

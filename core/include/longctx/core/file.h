@@ -47,6 +47,10 @@ class AtomicFile {
   ~AtomicFile();
 
   Status Write(const void* data, size_t bytes);
+  // Starts the write-back to disk of everything written so far without waiting for it
+  // (sync_file_range), so that Commit's fsync waits only for what was written since. A
+  // streaming writer calls it between chunks to overlap disk I/O with its computation.
+  Status StartWriteback();
   Status Commit();  // fsync, close, rename
 
  private:

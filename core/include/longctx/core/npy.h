@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "longctx/core/dtype.h"
+#include "longctx/core/file.h"
 #include "longctx/core/status.h"
 
 namespace longctx {
@@ -55,6 +56,57 @@ Result<NpyArray> ReadNpy(const std::string& path);
 // distributed ranks each reading its own slice. A scalar array is kInvalidArgument; rows
 // outside [0, shape[0]] or row_end < row_begin are kOutOfRange. An empty range is allowed.
 Result<NpyArray> ReadNpyRows(const std::string& path, int64_t row_begin, int64_t row_end);
+
+// A whole .npy file mapped read-only (mmap, MAP_PRIVATE): the elements are used in place, with
+// no copy into a buffer and no zero-filled allocation. The header is validated exactly as
+// ReadNpyHeader does (same errors). `populate` pre-faults the page tables in one call
+// (MAP_POPULATE) instead of one page fault per 4 KiB touched. The file must not shrink while
+// mapped (SIGBUS); longctx only maps inputs it does not write.
+class MappedNpy {
+ public:
+  static Result<MappedNpy> Open(const std::string& path, bool populate = true);
+  MappedNpy(MappedNpy&& other) noexcept;
+  MappedNpy& operator=(MappedNpy&& other) noexcept;
+  MappedNpy(const MappedNpy&) = delete;
+  MappedNpy& operator=(const MappedNpy&) = delete;
+  ~MappedNpy();
+
+  const NpyHeader& header() const { return header_; }
+  const std::byte* data() const;  // the first element (64-byte aligned in numpy's files)
+  int64_t data_bytes() const { return data_bytes_; }
+
+ private:
+  MappedNpy() = default;
+  NpyHeader header_;
+  void* base_ = nullptr;  // the mapping of the whole file
+  size_t length_ = 0;     // bytes mapped
+  int64_t data_bytes_ = 0;
+};
+
+// Writes an array in row order as it is produced, atomically: the header, then Append()ed
+// rows, into a temporary file that Commit() renames onto `path` (AtomicFile: fsync, rename).
+// Each Append starts the write-back of what it wrote (AtomicFile::StartWriteback), so the
+// disk works while the caller computes the next rows and Commit's fsync waits only for the
+// tail. Commit refuses unless exactly shape[0] rows were appended; destroying an uncommitted
+// stream removes the temporary file.
+class NpyRowStream {
+ public:
+  static Result<NpyRowStream> Create(const std::string& path, DType dtype,
+                                     const std::vector<int64_t>& shape);
+  // `data` holds rows * row_bytes() bytes.
+  Status Append(const void* data, int64_t rows);
+  Status Commit();
+  int64_t row_bytes() const { return row_bytes_; }
+
+ private:
+  NpyRowStream(std::string path, AtomicFile file, int64_t rows, int64_t row_bytes)
+      : path_(std::move(path)), file_(std::move(file)), rows_(rows), row_bytes_(row_bytes) {}
+  std::string path_;
+  AtomicFile file_;
+  int64_t rows_ = 0;       // shape[0]
+  int64_t row_bytes_ = 0;  // bytes per row (product of the other dims x element size)
+  int64_t written_ = 0;    // rows appended so far
+};
 
 // Writes atomically: to "<path>.tmp.<pid>", fsync, then rename(), so an existing file is
 // never left half-written (and the .tmp file is removed on failure). Concurrent writers of
