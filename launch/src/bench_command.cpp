@@ -34,6 +34,8 @@ Runner AddBenchCommand(CLI::App& app) {
                 "time the whole `longctx attention` process (.npy in, .npy out) against the "
                 "kernel alone on the same inputs");
   att->add_option("--workdir", o->workdir, "--whole-process: directory for the .npy files");
+  att->add_option("--binary", o->binary, "--whole-process: the longctx binary to time")
+      ->capture_default_str();
 
   auto c = std::make_shared<bench::CommBenchOptions>();
   CLI::App* cm = app.add_subcommand(
