@@ -6,9 +6,12 @@
 
 #include <pybind11/pybind11.h>
 
+#include <atomic>
 #include <exception>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <utility>
 
 #include "longctx/core/status.h"
@@ -71,6 +74,41 @@ class CallbackError {
 
  private:
   std::unique_ptr<pybind11::error_already_set> error_;
+};
+
+// One call at a time on an object whose C++ side is not thread-safe (Engine, Client): calls from
+// other threads wait (the GIL is released first, so they cannot deadlock on it); a call from
+// inside one of the object's own callbacks — the same thread, already inside — would wait for
+// itself forever, so it fails with FailedPrecondition instead.
+class CallLock {
+ public:
+  // Call with the GIL held (it may throw StatusError).
+  void CheckNotReentered(const char* what) const {
+    if (owner_.load() == std::this_thread::get_id()) {
+      throw StatusError(Status(StatusCode::kFailedPrecondition,
+                               std::string(what) + " was called from inside its own callback"));
+    }
+  }
+  class Held {
+   public:
+    explicit Held(CallLock& l) : l_(l) {
+      l_.mu_.lock();
+      l_.owner_.store(std::this_thread::get_id());
+    }
+    ~Held() {
+      l_.owner_.store(std::thread::id());
+      l_.mu_.unlock();
+    }
+    Held(const Held&) = delete;
+    Held& operator=(const Held&) = delete;
+
+   private:
+    CallLock& l_;
+  };
+
+ private:
+  std::mutex mu_;
+  std::atomic<std::thread::id> owner_{};
 };
 
 void AddAttention(pybind11::module_& m);

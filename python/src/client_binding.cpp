@@ -128,9 +128,10 @@ class PyClient {
     CallbackError cb_error;
     control::JobEvent done;
     Status st;
+    mu_.CheckNotReentered("Client.submit");
     {
       py::gil_scoped_release release;
-      std::lock_guard<std::mutex> lock(mu_);
+      CallLock::Held lock(mu_);
       st = [&]() -> Status {
         RETURN_IF_ERROR(Connect(end));
         auto forward = [&](const control::JobEvent& e) {
@@ -153,9 +154,10 @@ class PyClient {
   py::dict StatusOf(uint64_t job_id, double timeout_s) {
     const co::Deadline end = DeadlineIn(timeout_s);
     Result<control::StatusReply> reply = Internal("not run");
+    mu_.CheckNotReentered("Client.status");
     {
       py::gil_scoped_release release;
-      std::lock_guard<std::mutex> lock(mu_);
+      CallLock::Held lock(mu_);
       Status st = Connect(end);
       reply = st.ok() ? co::QueryStatus(*conn_, job_id, end) : Result<control::StatusReply>(st);
       if (!reply.ok()) conn_.reset();
@@ -189,8 +191,9 @@ class PyClient {
   }
 
   void Close() {
+    mu_.CheckNotReentered("Client.close");
     py::gil_scoped_release release;
-    std::lock_guard<std::mutex> lock(mu_);
+    CallLock::Held lock(mu_);
     conn_.reset();
   }
 
@@ -213,7 +216,7 @@ class PyClient {
   std::string host_;
   uint16_t port_ = 0;
   std::string token_;
-  std::mutex mu_;  // one request at a time over the one connection
+  CallLock mu_;  // one request at a time over the one connection
   std::unique_ptr<co::ControlConnection> conn_;
 };
 

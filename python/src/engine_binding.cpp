@@ -99,9 +99,10 @@ class PyEngine {
     CallbackError cb_error;
     worker::DocumentInfo info;
     Status st;
+    mu_.CheckNotReentered("Engine.prefill");
     {
       py::gil_scoped_release release;
-      std::lock_guard<std::mutex> lock(mu_);
+      CallLock::Held lock(mu_);
       st = [&]() -> Status {
         std::vector<int32_t> tok_ids;
         std::vector<attention::TokenClass> classes;
@@ -159,9 +160,10 @@ class PyEngine {
     worker::AnswerResult answer;
     int64_t query_tokens = int64_t(question.size());
     Status st;
+    mu_.CheckNotReentered("Engine.ask");
     {
       py::gil_scoped_release release;
-      std::lock_guard<std::mutex> lock(mu_);
+      CallLock::Held lock(mu_);
       st = [&]() -> Status {
         if (generate < -1) return InvalidArgument("generate must be >= 0, got {}", generate);
         if (!engine_->Has(doc_id)) {
@@ -218,16 +220,19 @@ class PyEngine {
 
   void Drop(const std::string& doc_id) {
     Status st;
+    mu_.CheckNotReentered("Engine.drop");
     {
       py::gil_scoped_release release;
-      std::lock_guard<std::mutex> lock(mu_);
+      CallLock::Held lock(mu_);
       st = engine_->Drop(doc_id);
     }
     ThrowIfError(st);
   }
 
   bool Has(const std::string& doc_id) {
-    std::lock_guard<std::mutex> lock(mu_);
+    mu_.CheckNotReentered("Engine.has");
+    py::gil_scoped_release release;
+    CallLock::Held lock(mu_);
     return engine_->Has(doc_id);
   }
 
@@ -306,7 +311,7 @@ class PyEngine {
     return Status::Ok();
   }
 
-  std::mutex mu_;  // one call at a time (the engine is not thread-safe; the GIL is released)
+  CallLock mu_;  // one call at a time (the engine is not thread-safe; the GIL is released)
   std::shared_ptr<comm::Communicator> comm_;
   std::unique_ptr<model::Tokenizer> tok_;
   std::unique_ptr<worker::Engine> engine_;  // after comm_: destroyed first

@@ -127,6 +127,8 @@ class ClientVsRun(LongctxTestCase):
                          code=None)
         self.assertError(lambda: c.submit(generate=2))
         self.assertError(lambda: c.status(987654), code="NotFound")
+        self.assertError(lambda: c.submit("doc", generate=2, on_event=lambda e: c.status()),
+                         code="FailedPrecondition", contains="inside its own callback")
         # the client still works after errors
         self.assertEqual(len(c.status()["workers"]), 1)
 

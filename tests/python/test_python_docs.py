@@ -15,7 +15,6 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-import unittest
 
 from pylongctx_testlib import LongctxTestCase, Service, main, need_bin
 

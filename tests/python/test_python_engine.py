@@ -146,6 +146,35 @@ class EngineVsRun(LongctxTestCase):
             raise KeyError("from the callback")
         with self.assertRaises(KeyError):
             eng.prefill(DOC, doc_id="x", on_layer=boom)
+        # the engine from inside its own callback: an error, not a deadlock
+        self.assertError(lambda: eng.ask("Who?", 3, on_token=lambda t, i: eng.ask("again", 1)),
+                         code="FailedPrecondition", contains="inside its own callback")
+        self.assertEqual(eng.ask("Who?", 7).ids, ans.ids)  # and it still works
+
+    def test_threads_take_turns(self):
+        import threading
+        eng = longctx.Engine("builtin:tiny", threads=1)
+        docs = {f"d{i}": DOC[i * 7:] for i in range(4)}
+        want = {}
+        for doc_id, text in docs.items():
+            eng.prefill(text, doc_id=doc_id)
+            want[doc_id] = eng.ask("Why?", 6, doc_id=doc_id).ids
+        got, errors = {}, []
+
+        def work(doc_id):
+            try:
+                for _ in range(3):
+                    got.setdefault(doc_id, []).append(eng.ask("Why?", 6, doc_id=doc_id).ids)
+            except Exception as e:  # reported below
+                errors.append(e)
+        threads = [threading.Thread(target=work, args=(d,)) for d in docs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        self.assertEqual(errors, [])
+        for doc_id in docs:
+            self.assertEqual(got[doc_id], [want[doc_id]] * 3)
 
 
 class EngineErrors(LongctxTestCase):
