@@ -42,7 +42,8 @@ def attention(q: Any, k: Any, v: Any, window: int = 64, globals: Any = None,
     Args:
       q: ``[n, H, d]`` or ``[batch, n, H, d]`` queries; k, v: ``[.., n, Hkv, d]`` with
         ``H % Hkv == 0`` (grouped-query attention). float32, float16, bfloat16 (torch) or
-        float64 (copied to float32). numpy arrays or CPU torch tensors.
+        float64 (copied to float32). numpy arrays or CPU torch tensors (no autograd here: see
+        longctx.torch.HybridAttention).
       window: W in tokens, >= 1. Causal: key j is in query i's window when i-W < j <= i;
         bidirectional: when |i-j| < W.
       globals: sorted unique positions in [0, n) (the same for every batch element). A global
@@ -137,8 +138,9 @@ class Engine:
     the model's ``"longctx"`` block as the ``longctx run`` flags of the same names do; ``threads``
     0 = every core; ``kv_*`` are the decode cache's tiers (``--kv-codec`` etc.).
 
-    One call runs at a time (calls from several threads wait for each other); the GIL is released
-    while the engine computes.
+    One call runs at a time (calls from several threads wait for each other; a call from inside
+    one of its own callbacks raises longctx.Error FailedPrecondition); the GIL is released while
+    the engine computes.
     """
 
     def __init__(self, model_dir: Union[str, "os.PathLike[str]"] = "builtin:tiny", *,
