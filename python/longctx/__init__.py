@@ -157,7 +157,8 @@ class Engine:
         a.seed = int(seed)
         a.threads = int(threads)
         if window is not None:
-            a.window = [int(window)] if isinstance(window, (int, np.integer)) else [int(w) for w in window]
+            scalar = isinstance(window, (int, np.integer))
+            a.window = [int(window)] if scalar else [int(w) for w in window]
         a.global_ratio = global_ratio
         a.global_max = global_max
         a.sinks = sinks
@@ -215,13 +216,15 @@ class Engine:
                 raise error("InvalidArgument", f"generate must be >= 0 or 'auto', got {n}")
         else:
             raise error("InvalidArgument", f"generate must be an int or 'auto', got {generate!r}")
-        r = self._engine.ask(doc_id, _as_bytes(question, "question"), n, int(max_generate), on_token)
+        r = self._engine.ask(doc_id, _as_bytes(question, "question"), n, int(max_generate),
+                             on_token)
         ids = list(r["appended"])
         q = int(r["query_tokens"])
         gen = bytes(r["generated"])
         return Answer(ids=ids, generated_ids=ids[q:], generated=gen,
-                      text=gen.decode("utf-8", errors="replace"), globals=list(r["appended_globals"]),
-                      query_tokens=q, seconds=r["seconds"], first_token_seconds=r["first_token_seconds"])
+                      text=gen.decode("utf-8", errors="replace"),
+                      globals=list(r["appended_globals"]), query_tokens=q, seconds=r["seconds"],
+                      first_token_seconds=r["first_token_seconds"])
 
     def drop(self, doc_id: str = "default") -> None:
         """Frees a prefilled document's KV cache."""
@@ -291,7 +294,8 @@ def _job_event(d: Dict[str, Any]) -> JobEvent:
     result = d.get("result")
     return JobEvent(kind=d["kind"], job_id=d["job_id"], layer=d["layer"], layers=d["layers"],
                     token=d["token"], index=d["index"], group_id=d["group_id"], error=d["error"],
-                    result=None if result is None else _job_result(result, d["job_id"], d["group_id"]))
+                    result=(None if result is None
+                            else _job_result(result, d["job_id"], d["group_id"])))
 
 
 def _fnv1a(data: bytes) -> int:
@@ -376,7 +380,8 @@ class Client:
     def status(self, job_id: int = 0, timeout: Optional[float] = None) -> Dict[str, Any]:
         """The service's state: worker groups ("workers"), recent jobs ("jobs"), counts; with
         ``job_id`` also that job's record ("job", with its "result" when done)."""
-        d = dict(self._client.status(int(job_id), self._timeout if timeout is None else float(timeout)))
+        t = self._timeout if timeout is None else float(timeout)
+        d = dict(self._client.status(int(job_id), t))
         job = d.get("job")
         if job is not None and job.get("result") is not None:
             job["result"] = _job_result(job["result"], job["job_id"], job["group_id"])

@@ -13,6 +13,7 @@ from . import _core
 
 Descriptor = Tuple[int, str, Tuple[int, ...], Tuple[int, ...]]
 
+_SUPPORTED = "float32, float16, bfloat16 or float64"
 _NUMPY_DTYPES = {np.dtype(np.float32): "float32", np.dtype(np.float16): "float16",
                  np.dtype(np.float64): "float64"}
 
@@ -37,11 +38,12 @@ def describe(x: Any, name: str) -> Tuple[Descriptor, Any]:
     is not a float32/float16/bfloat16/float64 numpy array or CPU torch tensor."""
     if is_torch(x):
         if x.device.type != "cpu":
-            raise error("InvalidArgument", f"{name}: tensor is on {x.device}; longctx runs on the CPU")
+            raise error("InvalidArgument",
+                        f"{name}: tensor is on {x.device}; longctx runs on the CPU")
         dtype = _torch_dtype_name(x)
         if dtype not in ("float32", "float16", "bfloat16", "float64"):
             raise error("InvalidArgument",
-                        f"{name}: dtype {dtype} is not supported (float32, float16, bfloat16 or float64)")
+                        f"{name}: dtype {dtype} is not supported ({_SUPPORTED})")
         if x.numel() == 0:
             raise error("InvalidArgument", f"{name}: empty tensor of shape {list(x.shape)}")
         return (x.data_ptr(), dtype, tuple(x.shape), tuple(x.stride())), x
@@ -49,11 +51,12 @@ def describe(x: Any, name: str) -> Tuple[Descriptor, Any]:
         try:
             x = np.asarray(x)
         except Exception as e:  # e.g. ragged lists
-            raise error("InvalidArgument", f"{name}: not an array ({type(x).__name__}): {e}") from None
+            raise error("InvalidArgument",
+                        f"{name}: not an array ({type(x).__name__}): {e}") from None
     dtype = _NUMPY_DTYPES.get(x.dtype)
     if dtype is None or not x.dtype.isnative:
         raise error("InvalidArgument",
-                    f"{name}: dtype {x.dtype} is not supported (float32, float16, bfloat16 or float64)")
+                    f"{name}: dtype {x.dtype} is not supported ({_SUPPORTED})")
     if x.size == 0:
         raise error("InvalidArgument", f"{name}: empty array of shape {list(x.shape)}")
     item = x.itemsize

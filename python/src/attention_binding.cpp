@@ -45,10 +45,14 @@ struct ArrayArg {
 
 size_t ElemSize(ElemType t) {
   switch (t) {
-    case ElemType::kF32: return 4;
-    case ElemType::kF16: return 2;
-    case ElemType::kBF16: return 2;
-    case ElemType::kF64: return 8;
+    case ElemType::kF32:
+      return 4;
+    case ElemType::kF16:
+      return 2;
+    case ElemType::kBF16:
+      return 2;
+    case ElemType::kF64:
+      return 8;
   }
   return 0;
 }
@@ -58,20 +62,30 @@ Result<ArrayArg> ParseArray(const py::tuple& t, const char* name) {
   ArrayArg a;
   a.address = t[0].cast<uintptr_t>();
   const std::string dtype = t[1].cast<std::string>();
-  if (dtype == "float32") a.type = ElemType::kF32;
-  else if (dtype == "float16") a.type = ElemType::kF16;
-  else if (dtype == "bfloat16") a.type = ElemType::kBF16;
-  else if (dtype == "float64") a.type = ElemType::kF64;
-  else return InvalidArgument("{}: dtype {} is not supported (float32, float16, bfloat16 or float64)", name, dtype);
+  if (dtype == "float32")
+    a.type = ElemType::kF32;
+  else if (dtype == "float16")
+    a.type = ElemType::kF16;
+  else if (dtype == "bfloat16")
+    a.type = ElemType::kBF16;
+  else if (dtype == "float64")
+    a.type = ElemType::kF64;
+  else
+    return InvalidArgument("{}: dtype {} is not supported (float32, float16, bfloat16 or float64)",
+                           name, dtype);
   a.shape = t[2].cast<std::vector<int64_t>>();
   a.strides = t[3].cast<std::vector<int64_t>>();
   if (a.shape.size() != 3 && a.shape.size() != 4) {
-    return InvalidArgument("{}: expected [n, heads, head_dim] or [batch, n, heads, head_dim], got {} dimensions",
-                           name, a.shape.size());
+    return InvalidArgument(
+        "{}: expected [n, heads, head_dim] or [batch, n, heads, head_dim], got {} dimensions", name,
+        a.shape.size());
   }
-  if (a.strides.size() != a.shape.size()) return Internal("{}: {} strides for {} dimensions", name, a.strides.size(), a.shape.size());
+  if (a.strides.size() != a.shape.size())
+    return Internal("{}: {} strides for {} dimensions", name, a.strides.size(), a.shape.size());
   for (int64_t s : a.shape) {
-    if (s < 1) return InvalidArgument("{}: every dimension must be >= 1, got shape [{}]", name, fmt::join(a.shape, ", "));
+    if (s < 1)
+      return InvalidArgument("{}: every dimension must be >= 1, got shape [{}]", name,
+                             fmt::join(a.shape, ", "));
   }
   if (a.address == 0) return InvalidArgument("{}: no data", name);
   return a;
@@ -82,10 +96,26 @@ float ReadElem(const ArrayArg& a, int64_t offset_elems) {
   const std::byte* base = reinterpret_cast<const std::byte*>(a.address);
   const std::byte* p = base + offset_elems * int64_t(ElemSize(a.type));
   switch (a.type) {
-    case ElemType::kF32: { float x; std::memcpy(&x, p, 4); return x; }
-    case ElemType::kF64: { double x; std::memcpy(&x, p, 8); return float(x); }
-    case ElemType::kF16: { uint16_t x; std::memcpy(&x, p, 2); return HalfToFloat(x); }
-    case ElemType::kBF16: { uint16_t x; std::memcpy(&x, p, 2); return BF16ToFloat(x); }
+    case ElemType::kF32: {
+      float x;
+      std::memcpy(&x, p, 4);
+      return x;
+    }
+    case ElemType::kF64: {
+      double x;
+      std::memcpy(&x, p, 8);
+      return float(x);
+    }
+    case ElemType::kF16: {
+      uint16_t x;
+      std::memcpy(&x, p, 2);
+      return HalfToFloat(x);
+    }
+    case ElemType::kBF16: {
+      uint16_t x;
+      std::memcpy(&x, p, 2);
+      return BF16ToFloat(x);
+    }
   }
   return 0.0f;
 }
@@ -93,8 +123,8 @@ float ReadElem(const ArrayArg& a, int64_t offset_elems) {
 // True when the `count` contiguous elements at `offset_elems` are all finite (f32/f16/bf16):
 // an element is inf or NaN exactly when its exponent bits are all ones.
 bool RowFinite(const ArrayArg& a, int64_t offset_elems, int64_t count) {
-  const std::byte* p = reinterpret_cast<const std::byte*>(a.address) +
-                       offset_elems * int64_t(ElemSize(a.type));
+  const std::byte* p =
+      reinterpret_cast<const std::byte*>(a.address) + offset_elems * int64_t(ElemSize(a.type));
   uint32_t bad = 0;
   if (a.type == ElemType::kF32) {
     for (int64_t i = 0; i < count; ++i) {
@@ -149,7 +179,8 @@ Status Stage(const ArrayArg& a, int64_t b, const char* name, bool need_f32, Stag
     }
   }
   if (kernel_type && token_major) {
-    const std::byte* p = reinterpret_cast<const std::byte*>(a.address) + base * int64_t(ElemSize(a.type));
+    const std::byte* p =
+        reinterpret_cast<const std::byte*>(a.address) + base * int64_t(ElemSize(a.type));
     st->view = attention::TokenView{p, dtype, n, H, d, st_t};
     return Status::Ok();
   }
@@ -182,7 +213,8 @@ Result<attention::AttentionSpec> MakeSpec(int64_t window, const std::string& fus
   spec.window = window;
   spec.causal = causal;
   if (!std::isfinite(scale) || scale < 0.0) {
-    return InvalidArgument("scale must be a positive number (or None for 1/sqrt(head_dim)), got {}", scale);
+    return InvalidArgument("scale must be a positive number (or None for 1/sqrt(head_dim)), got {}",
+                           scale);
   }
   spec.scale = float(scale);
   RETURN_IF_ERROR(attention::ParseFusion(fusion, &spec));
@@ -314,9 +346,10 @@ void AddAttention(py::module_& m) {
         py::arg("scale"), py::arg("threads"), py::arg("out"), py::arg("lse"), py::arg("dout"),
         py::arg("dq"), py::arg("dk"), py::arg("dv"),
         "Backward of attention, accumulated into caller-owned zeroed float32 buffers (private).");
-  m.def("staged_copies", [] { return g_staged_copies.load(); },
-        "How many input arrays were copied because their layout or dtype could not be read in "
-        "place (a diagnostic: contiguous float32/float16/bfloat16 inputs never are).");
+  m.def(
+      "staged_copies", [] { return g_staged_copies.load(); },
+      "How many input arrays were copied because their layout or dtype could not be read in "
+      "place (a diagnostic: contiguous float32/float16/bfloat16 inputs never are).");
 }
 
 }  // namespace longctx::python

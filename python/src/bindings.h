@@ -22,8 +22,7 @@ namespace longctx::python {
 // .code = "InvalidArgument" etc. and .message = the one-line message).
 class StatusError : public std::exception {
  public:
-  explicit StatusError(Status status)
-      : status_(std::move(status)), what_(status_.ToString()) {}
+  explicit StatusError(Status status) : status_(std::move(status)), what_(status_.ToString()) {}
   const Status& status() const { return status_; }
   const char* what() const noexcept override { return what_.c_str(); }
 

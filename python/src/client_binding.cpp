@@ -25,23 +25,35 @@ namespace co = longctx::coordinator;
 
 const char* KindName(control::JobEvent::Kind k) {
   switch (k) {
-    case control::JobEvent::QUEUED: return "queued";
-    case control::JobEvent::STARTED: return "started";
-    case control::JobEvent::PROGRESS: return "progress";
-    case control::JobEvent::TOKEN: return "token";
-    case control::JobEvent::RESULT: return "result";
-    case control::JobEvent::FAILED: return "failed";
-    default: return "unknown";
+    case control::JobEvent::QUEUED:
+      return "queued";
+    case control::JobEvent::STARTED:
+      return "started";
+    case control::JobEvent::PROGRESS:
+      return "progress";
+    case control::JobEvent::TOKEN:
+      return "token";
+    case control::JobEvent::RESULT:
+      return "result";
+    case control::JobEvent::FAILED:
+      return "failed";
+    default:
+      return "unknown";
   }
 }
 
 const char* StateName(control::JobState s) {
   switch (s) {
-    case control::JOB_QUEUED: return "queued";
-    case control::JOB_RUNNING: return "running";
-    case control::JOB_DONE: return "done";
-    case control::JOB_FAILED: return "failed";
-    default: return "unknown";
+    case control::JOB_QUEUED:
+      return "queued";
+    case control::JOB_RUNNING:
+      return "running";
+    case control::JOB_DONE:
+      return "done";
+    case control::JOB_FAILED:
+      return "failed";
+    default:
+      return "unknown";
   }
 }
 
@@ -49,7 +61,8 @@ py::dict ResultDict(const control::JobResult& r) {
   py::dict d;
   d["document_tokens"] = r.document_tokens();
   d["globals"] = std::vector<int64_t>(r.globals().begin(), r.globals().end());
-  d["appended_tokens"] = std::vector<int32_t>(r.appended_tokens().begin(), r.appended_tokens().end());
+  d["appended_tokens"] =
+      std::vector<int32_t>(r.appended_tokens().begin(), r.appended_tokens().end());
   d["generated"] = py::bytes(r.generated());
   d["next_token"] = r.next_token();
   d["prefilled"] = r.prefilled();
@@ -89,7 +102,7 @@ py::dict RecordDict(const control::JobRecord& j, bool with_result) {
   d["queue_seconds"] = j.queue_seconds();
   d["total_seconds"] = j.total_seconds();
   d["result"] = with_result && j.state() == control::JOB_DONE ? py::object(ResultDict(j.result()))
-                                                               : py::object(py::none());
+                                                              : py::object(py::none());
   return d;
 }
 
@@ -121,7 +134,8 @@ class PyClient {
     req.generate = generate;
     if (generate < 0) ThrowIfError(InvalidArgument("generate must be >= 0, got {}", generate));
     if (!document && req.question.empty() && generate == 0) {
-      ThrowIfError(InvalidArgument("a question on a held document needs a question or generate > 0"));
+      ThrowIfError(
+          InvalidArgument("a question on a held document needs a question or generate > 0"));
     }
     ThrowIfError(co::ValidateDocId(req.doc_id).WithContext("doc_id"));
     const co::Deadline end = DeadlineIn(timeout_s);
@@ -226,8 +240,8 @@ void AddClient(py::module_& m) {
   py::class_<PyClient>(m, "Client", "A coordinator client (private; see longctx.Client)")
       .def(py::init<const std::string&, const std::optional<std::string>&, const std::string&>(),
            py::arg("address"), py::arg("token"), py::arg("token_file"))
-      .def("submit", &PyClient::Submit, py::arg("doc_id"), py::arg("document"),
-           py::arg("question"), py::arg("generate"), py::arg("timeout"), py::arg("on_event"))
+      .def("submit", &PyClient::Submit, py::arg("doc_id"), py::arg("document"), py::arg("question"),
+           py::arg("generate"), py::arg("timeout"), py::arg("on_event"))
       .def("status", &PyClient::StatusOf, py::arg("job_id"), py::arg("timeout"))
       .def("close", &PyClient::Close);
 }

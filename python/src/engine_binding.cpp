@@ -126,8 +126,9 @@ class PyEngine {
         const int64_t vocab = engine_->config().vocab_size;
         for (size_t i = 0; i < tok_ids.size(); ++i) {
           if (tok_ids[i] >= vocab) {
-            return OutOfRange("token id {} at position {} is outside the model's vocabulary [0, {})",
-                              tok_ids[i], i, vocab);
+            return OutOfRange(
+                "token id {} at position {} is outside the model's vocabulary [0, {})", tok_ids[i],
+                i, vocab);
           }
         }
         worker::LayerProgress progress;
@@ -177,7 +178,8 @@ class PyEngine {
         }
         if (tok_->is_byte_level()) {
           if (generate < 0) {
-            ASSIGN_OR_RETURN(generate, engine_->PredictAnswerLength(doc_id, question, max_generate));
+            ASSIGN_OR_RETURN(generate,
+                             engine_->PredictAnswerLength(doc_id, question, max_generate));
           }
           return engine_->Answer(doc_id, question, generate, token_cb, &answer);
         }
