@@ -15,6 +15,7 @@ group started by the test on loopback (CTest `python_client`, label mpi):
 
 import os
 import random
+import re
 import subprocess
 import tempfile
 
@@ -109,9 +110,21 @@ class ClientVsRun(LongctxTestCase):
             res = events[-1].result
             self.assertEqual(len(res.appended_tokens), len("Q?") + 5)
             self.assertEqual([e.token for e in events if e.kind == "token"], res.appended_tokens[2:])
-            # the default document id is the contents' FNV-1a, as `longctx submit` names it
-            again = c.submit("A small document. Two sentences!", generate=1)
-            self.assertTrue(again.prefilled)
+            # the default document id is the one `longctx submit` gives the same contents
+            text = "Another small document, named by its contents."
+            c.submit(text, generate=1)
+            held_before = c.status()["workers"][0]["documents"]
+            path = os.path.join(self.tmp, "named.txt")
+            with open(path, "w") as f:
+                f.write(text)
+            r = subprocess.run([need_bin(self), "submit", "--coordinator", self.svc.address,
+                                "--token-file", self.svc.token_file, "--input", path,
+                                "--generate", "1", "--progress", "off", "--timeout", "120"],
+                               capture_output=True, text=True, timeout=180)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            m = re.search(r"doc (doc-[0-9a-f]{16})", r.stdout)
+            self.assertIsNotNone(m, r.stdout)
+            self.assertIn(m.group(1), held_before)  # the id this client uploaded under
 
     def test_3_errors(self):
         e = self.assertError(lambda: longctx.Client(self.svc.address, "wrong-token", timeout=20).status(),
