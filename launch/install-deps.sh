@@ -16,6 +16,7 @@ PACKAGES=(
   python3-matplotlib                    # the plots of `longctx bench matrix`
   libpcre2-dev libicu-dev               # tokenizer.json: Split regexes (\p{L} ...), NFC/NFKC
   debian-handbook                       # English prose: the filler of `longctx data` (docs/training.md)
+  pybind11-dev python3-dev python3-numpy  # the Python package `longctx` (docs/python.md)
 )
 # ... and what the test suite adds (tests/run.sh): GoogleTest, and python3-torch/numpy as the
 # independent float64 references of the tests and the bench peers.

@@ -12,5 +12,12 @@ JOBS="${JOBS:-$(nproc)}"
 "$ROOT/tests/tokenizer/install_reference.sh" "$BUILD_DIR/tokenizer-reference"
 cmake -S "$ROOT" -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release -DLONGCTX_WERROR=ON
 cmake --build "$BUILD_DIR" -j "$JOBS"
+# The Python package into /usr/bin/python3's site directory (docs/python.md), when it was built.
+if compgen -G "$BUILD_DIR/python/longctx/_core*.so" >/dev/null; then
+  SUDO=""
+  if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
+  $SUDO cmake --install "$BUILD_DIR" --component python
+  (cd / && /usr/bin/python3 -c "import longctx")
+fi
 cd "$BUILD_DIR"
 ctest --output-on-failure -j "$JOBS" --timeout 900 "$@"
