@@ -4,6 +4,7 @@
 #include "commands.h"
 #include "engine_flags.h"
 #include "longctx/bench/attention_bench.h"
+#include "longctx/bench/capacity.h"
 #include "longctx/bench/comm_bench.h"
 #include "longctx/bench/kvstore_bench.h"
 #include "longctx/bench/longeval.h"
@@ -35,6 +36,30 @@ Runner AddBenchCommand(CLI::App& app) {
                 "kernel alone on the same inputs");
   att->add_option("--workdir", o->workdir, "--whole-process: directory for the .npy files");
   att->add_option("--binary", o->binary, "--whole-process: the longctx binary to time")
+      ->capture_default_str();
+
+  auto po = std::make_shared<bench::ProfileOptions>();
+  CLI::App* pf = app.add_subcommand(
+      "profile", "the machine profile of the capacity model (longctx plan): 1-rank runs, fitted");
+  pf->add_option("--model", po->model, "model directory or builtin:NAME")->capture_default_str();
+  pf->add_option("--out", po->out, "profile JSON to write")->capture_default_str();
+  pf->add_option("--tokens", po->tokens, "document lengths (>= 3)")->delimiter(',')
+      ->capture_default_str();
+  pf->add_option("--threads", po->threads, "threads of the runs")->capture_default_str();
+  pf->add_option("--link-gbps", po->link_gbps, "interconnect Gbit/s to assume")
+      ->capture_default_str();
+  pf->add_option("--link-latency-us", po->link_latency_us, "message latency to assume")
+      ->capture_default_str();
+  auto pb = std::make_shared<bench::PlanBenchOptions>();
+  CLI::App* pl = app.add_subcommand(
+      "plan", "the capacity model's predictions against measured runs (ranks x tokens)");
+  pl->add_option("--model", pb->model, "model directory or builtin:NAME")->capture_default_str();
+  pl->add_option("--profile", pb->profile, "profile JSON (bench profile)")->capture_default_str();
+  pl->add_option("--ranks", pb->ranks, "rank counts")->delimiter(',')->capture_default_str();
+  pl->add_option("--tokens", pb->tokens, "document lengths")->delimiter(',')
+      ->capture_default_str();
+  pl->add_option("--json", pb->json, "also write the table as JSON");
+  pl->add_option("--mpirun-args", pb->mpirun_args, "mpirun flags before -np")
       ->capture_default_str();
 
   auto c = std::make_shared<bench::CommBenchOptions>();
@@ -158,7 +183,7 @@ Runner AddBenchCommand(CLI::App& app) {
   lv->add_option("--python", le->python, "python3 with matplotlib")->capture_default_str();
   lv->add_flag("!--no-plots", le->plots, "skip the heat maps");
 
-  return [o, c, att, cm, mo, mx, ko, kv, to, tk, tro, tr, le, le_engine, lv]() -> Status {
+  return [o, c, att, cm, mo, mx, ko, kv, to, tk, tro, tr, le, le_engine, lv, po, pf, pb, pl]() -> Status {
     if (lv->parsed()) {
       ASSIGN_OR_RETURN(std::shared_ptr<comm::Communicator> w, comm::WorldCommunicator("auto"));
       ASSIGN_OR_RETURN(le->engine, le_engine->Options(/*keep_kv=*/true));
@@ -176,6 +201,8 @@ Runner AddBenchCommand(CLI::App& app) {
       return o->whole_process ? bench::RunWholeProcessAttentionBench(*o) : bench::RunAttentionBench(*o);
     }
     if (mx->parsed()) return bench::RunMatrix(*mo);
+    if (pf->parsed()) return bench::RunProfileBench(*po);
+    if (pl->parsed()) return bench::RunPlanBench(*pb);
     ASSIGN_OR_RETURN(std::shared_ptr<comm::Communicator> world, comm::WorldCommunicator("auto"));
     return bench::RunCommBench(*c, *world);
   };

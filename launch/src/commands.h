@@ -25,6 +25,7 @@ void MaybeKillForTest(comm::Communicator& comm);
 // and the decode.
 void MaybePauseForTest(comm::Communicator& comm);
 Runner AddBenchCommand(CLI::App& app);
+Runner AddPlanCommand(CLI::App& app);  // `longctx plan`: the capacity model
 Runner AddRunCommand(CLI::App& app);
 Runner AddMkmodelCommand(CLI::App& app);
 // `longctx store`: a memory-only KV store process (cache/store.h).

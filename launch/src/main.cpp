@@ -27,6 +27,8 @@ int main(int argc, char** argv) {
   runners[app.add_subcommand("mkmodel", "write a built-in model as a HF-layout directory")] =
       nullptr;
   runners[app.add_subcommand("bench", "benchmarks (longctx bench attention)")] = nullptr;
+  runners[app.add_subcommand("plan", "predict memory, traffic and time for N tokens on P ranks")] =
+      nullptr;
   runners[app.add_subcommand("store", "a memory-only KV store process lending a host pool")] =
       nullptr;
   runners[app.add_subcommand("coordinator", "the control-plane service (jobs, worker groups)")] =
@@ -52,6 +54,7 @@ int main(int argc, char** argv) {
     if (sub->get_name() == "detokenize") runner = longctx::cli::AddDetokenizeCommand(*sub);
     if (sub->get_name() == "attention") runner = longctx::cli::AddAttentionCommand(*sub);
     if (sub->get_name() == "bench") runner = longctx::cli::AddBenchCommand(*sub);
+    if (sub->get_name() == "plan") runner = longctx::cli::AddPlanCommand(*sub);
     if (sub->get_name() == "run") runner = longctx::cli::AddRunCommand(*sub);
     if (sub->get_name() == "mkmodel") runner = longctx::cli::AddMkmodelCommand(*sub);
     if (sub->get_name() == "store") runner = longctx::cli::AddStoreCommand(*sub);

@@ -379,13 +379,15 @@ Status RunRun(const RunFlags& f) {
   const worker::ForwardStats& fs = doc.forward;
   struct RankFigures {
     int64_t rows, peak_rss, sent, received, kv_bytes;
+    int64_t prefill_received;  // bytes received in the prefill (all layers)
     double attention_s, dense_s;
     int32_t local_rank, local_size, launcher;
     char host[64];
     cache::KvCacheStats kv;
   } mine{rows, PeakRssBytes(), int64_t(fs.comm_bytes_sent + answer.bytes_sent),
          int64_t(fs.comm_bytes_received + answer.bytes_received),
-         int64_t(kv.device.bytes + kv.host.bytes + kv.remote.bytes), fs.attention_seconds,
+         int64_t(kv.device.bytes + kv.host.bytes + kv.remote.bytes),
+         int64_t(fs.comm_bytes_received), fs.attention_seconds,
          fs.dense_seconds, c.local_rank(), c.local_size(),
          int32_t(comm::DetectLauncher(comm::ProcessEnvironment())), {}, kv};
   gethostname(mine.host, sizeof(mine.host) - 1);
@@ -446,6 +448,12 @@ Status RunRun(const RunFlags& f) {
       return b == cache::kUnlimitedBudget ? Json(nullptr) : Json(b);
     };
     const worker::BlasInfo blas = worker::CurrentBlas();
+    // The capacity model's figures (longctx plan): the busiest rank's.
+    int64_t peak_rss = 0, comm_per_layer = 0;
+    for (const RankFigures& x : all) peak_rss = std::max(peak_rss, x.peak_rss);
+    for (const RankFigures& x : all) {
+      comm_per_layer = std::max(comm_per_layer, x.prefill_received / std::max<int64_t>(1, L));
+    }
     Json report = {
         {"model", f.engine.model},
         {"tokens", n_total},
@@ -461,6 +469,9 @@ Status RunRun(const RunFlags& f) {
           {"decode", round6(decode_s)},
           {"write", round6(write_s)},
           {"total", round6(total_s)}}},
+        {"prefill_seconds", round6(prefill_s)},
+        {"peak_rss_bytes", peak_rss},
+        {"comm_bytes_per_layer", comm_per_layer},
         {"tokens_per_second", std::round(10.0 * double(n) / std::max(prefill_s, 1e-9)) / 10.0},
         {"query_tokens", query_tokens},
         {"generated_tokens", int64_t(appended.size()) - query_tokens},
