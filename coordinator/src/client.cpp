@@ -33,13 +33,37 @@ class ControlConnection::Impl {
     return Status::Ok();
   }
 
-  Status Connect(const std::string& host, uint16_t port, Deadline deadline) {
+  Status Connect(const std::string& host, uint16_t port, Deadline deadline,
+                 const std::string& local_address) {
     error_code ec;
     tcp::resolver resolver(io_);
     const auto endpoints = resolver.resolve(host, std::to_string(port), ec);
     if (ec) {
       return Status(StatusCode::kUnavailable,
                     fmt::format("cannot resolve '{}': {}", host, ec.message()));
+    }
+    if (!local_address.empty()) {
+      const asio::ip::address local = asio::ip::make_address(local_address, ec);
+      if (!ec) socket_.open(local.is_v4() ? tcp::v4() : tcp::v6(), ec);
+      if (!ec) socket_.bind(tcp::endpoint(local, 0), ec);
+      if (ec) {
+        return Status(StatusCode::kUnavailable,
+                      fmt::format("cannot bind to {}: {}", local_address, ec.message()));
+      }
+      bool done = false;
+      error_code result;
+      socket_.async_connect(*endpoints.begin(), [&](error_code e) {
+        result = e;
+        done = true;
+      });
+      RETURN_IF_ERROR(RunUntil(&done, deadline, "connect to"));
+      if (result) {
+        return Status(StatusCode::kUnavailable,
+                      fmt::format("cannot connect to the coordinator at {}:{}: {}", host, port,
+                                  result.message()));
+      }
+      socket_.set_option(tcp::no_delay(true), ec);
+      return Status::Ok();
     }
     bool done = false;
     error_code result;
@@ -105,17 +129,17 @@ class ControlConnection::Impl {
 ControlConnection::ControlConnection(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 ControlConnection::~ControlConnection() = default;
 
-Result<std::unique_ptr<ControlConnection>> ControlConnection::Open(const std::string& host,
-                                                                   uint16_t port,
-                                                                   Deadline deadline) {
+Result<std::unique_ptr<ControlConnection>> ControlConnection::Open(
+    const std::string& host, uint16_t port, Deadline deadline, const std::string& local_address) {
   auto impl = std::make_unique<Impl>();
-  RETURN_IF_ERROR(impl->Connect(host, port, deadline));
+  RETURN_IF_ERROR(impl->Connect(host, port, deadline, local_address));
   return std::unique_ptr<ControlConnection>(new ControlConnection(std::move(impl)));
 }
 
 Result<std::unique_ptr<ControlConnection>> ControlConnection::ConnectClient(
-    const std::string& host, uint16_t port, const std::string& token, Deadline deadline) {
-  ASSIGN_OR_RETURN(std::unique_ptr<ControlConnection> c, Open(host, port, deadline));
+    const std::string& host, uint16_t port, const std::string& token, Deadline deadline,
+    const std::string& local_address) {
+  ASSIGN_OR_RETURN(std::unique_ptr<ControlConnection> c, Open(host, port, deadline, local_address));
   control::Envelope hello;
   hello.set_request_id(c->NextRequestId());
   hello.mutable_hello()->set_protocol_version(kProtocolVersion);
@@ -128,6 +152,7 @@ Result<std::unique_ptr<ControlConnection>> ControlConnection::ConnectClient(
                   fmt::format("the coordinator refused the connection: {}", reply.error().message()));
   }
   if (!reply.has_hello_reply()) return Internal("the coordinator answered Hello with another message");
+  c->client_ = reply.hello_reply().client();
   return c;
 }
 
@@ -200,9 +225,16 @@ Result<control::JobEvent> SubmitJob(ControlConnection& conn, const JobRequest& r
 
 Result<control::StatusReply> QueryStatus(ControlConnection& conn, uint64_t job_id,
                                          Deadline deadline) {
+  control::StatusRequest request;
+  request.set_job_id(job_id);
+  return QueryStatus(conn, request, deadline);
+}
+
+Result<control::StatusReply> QueryStatus(ControlConnection& conn,
+                                         const control::StatusRequest& request, Deadline deadline) {
   control::Envelope env;
   env.set_request_id(conn.NextRequestId());
-  env.mutable_status_request()->set_job_id(job_id);
+  *env.mutable_status_request() = request;
   RETURN_IF_ERROR(conn.Send(env, deadline));
   while (true) {
     ASSIGN_OR_RETURN(control::Envelope reply, conn.Receive(deadline));

@@ -1,6 +1,7 @@
 // `longctx submit` (a document and/or a question to the coordinator, with progress and the
-// result) and `longctx status` (worker groups and jobs; one job's full record with --job).
-// Both take the token from --token-file or LONGCTX_TOKEN, never from the command line.
+// result) and `longctx status` (worker groups and the caller's jobs, a page at a time; one job's
+// full record with --job). Both take the client token from --token-file or LONGCTX_TOKEN, never
+// from the command line; the token's identity decides which jobs and documents are reachable.
 #include <unistd.h>
 
 #include <chrono>
@@ -37,7 +38,8 @@ struct SubmitFlags {
 
 struct StatusFlags {
   ConnectFlags connect;
-  uint64_t job = 0;
+  uint64_t job = 0, before = 0;
+  uint32_t limit = 20;
   std::string out;
 };
 
@@ -148,6 +150,11 @@ Status RunSubmit(const SubmitFlags& f) {
       case control::JobEvent::STARTED:
         fmt::print(stderr, "submit: job {} started on worker group {}\n", e.job_id(), e.group_id());
         break;
+      case control::JobEvent::REQUEUED:
+        if (bar && tokens > 0) fmt::print(stderr, "\n");
+        tokens = 0;
+        fmt::print(stderr, "submit: job {} queued again: {}\n", e.job_id(), e.error());
+        break;
       case control::JobEvent::PROGRESS:
         if (bar) {
           const int width = 30, done = int(width * e.layer() / e.layers());
@@ -192,17 +199,26 @@ Status RunSubmit(const SubmitFlags& f) {
 }
 
 Status RunStatus(const StatusFlags& f) {
+  if (f.limit < 1 || f.limit > 100) return InvalidArgument("--limit must be in [1, 100]");
   co::Deadline end;
   ASSIGN_OR_RETURN(std::unique_ptr<co::ControlConnection> conn, Connect(f.connect, &end));
-  ASSIGN_OR_RETURN(control::StatusReply s, co::QueryStatus(*conn, f.job, end));
+  control::StatusRequest request;
+  request.set_job_id(f.job);
+  request.set_before_job_id(f.before);
+  request.set_limit(f.limit);
+  ASSIGN_OR_RETURN(control::StatusReply s, co::QueryStatus(*conn, request, end));
   if (f.job != 0) {
+    // Another client identity's job is reported exactly like one that does not exist.
     if (s.job().job_id() != f.job) return NotFound("job {} is not known to the coordinator", f.job);
     const control::JobRecord& j = s.job();
     fmt::print("job {}: {}{}; doc {}, {} document bytes, question {} bytes, generate {}, group {}, "
-               "queued {:.3f} s, total {:.3f} s\n", j.job_id(), StateName(j.state()),
+               "attempts {}, queued {:.3f} s, total {:.3f} s\n", j.job_id(), StateName(j.state()),
                j.error().empty() ? "" : " (" + j.error() + ")", j.doc_id(), j.document_bytes(),
-               j.question().size(), j.generate(), j.group_id().empty() ? "-" : j.group_id(),
-               j.queue_seconds(), j.total_seconds());
+               j.question_bytes(), j.generate(), j.group_id().empty() ? "-" : j.group_id(),
+               j.attempts(), j.queue_seconds(), j.total_seconds());
+    for (const std::string& why : j.requeue_reasons()) {
+      fmt::print("job {}: requeued: {}\n", j.job_id(), why);
+    }
     if (j.state() == control::JOB_DONE) {
       fmt::print("job {}: {} tokens, {} globals, generated: {}\n", j.job_id(),
                  j.result().document_tokens(), j.result().globals_size(),
@@ -216,6 +232,7 @@ Status RunStatus(const StatusFlags& f) {
   fmt::print("workers: {} group(s); clients: {}; jobs queued {}, running {}; uploads in "
              "progress {}\n", s.workers_size(), s.clients(), s.queued(), s.running(),
              s.uploads_in_progress());
+  fmt::print("client: {} (its jobs and documents only)\n", s.client());
   for (const control::WorkerInfo& w : s.workers()) {
     fmt::print("  worker {} {} ranks={} model={} {} documents=[{}]\n", w.group_id(), w.name(),
                w.ranks(), w.model(),
@@ -223,9 +240,14 @@ Status RunStatus(const StatusFlags& f) {
                fmt::join(w.documents(), ","));
   }
   for (const control::JobRecord& j : s.jobs()) {
-    fmt::print("  job {} {} doc={} group={} bytes={}{}\n", j.job_id(), StateName(j.state()),
+    fmt::print("  job {} {} doc={} group={} bytes={}{}{}\n", j.job_id(), StateName(j.state()),
                j.doc_id(), j.group_id().empty() ? "-" : j.group_id(), j.document_bytes(),
+               j.requeue_reasons_size() > 0 ? fmt::format(" requeued={}", j.requeue_reasons_size())
+                                            : std::string(),
                j.error().empty() ? "" : " error=" + j.error());
+  }
+  if (s.next_before_job_id() != 0) {
+    fmt::print("more: --before {}\n", s.next_before_job_id());
   }
   return Status::Ok();
 }
@@ -251,6 +273,9 @@ Runner AddStatusCommand(CLI::App& app) {
   auto f = std::make_shared<StatusFlags>();
   AddConnectFlags(app, &f->connect);
   app.add_option("--job", f->job, "one job's full record (its result with --out)");
+  app.add_option("--limit", f->limit, "jobs listed (newest first), at most 100")
+      ->capture_default_str();
+  app.add_option("--before", f->before, "list jobs older than this job id (the next page)");
   app.add_option("--out", f->out, "with --job: write result.json and generated.txt here");
   return [f] { return RunStatus(*f); };
 }

@@ -207,8 +207,13 @@ Status RunWorker(const WorkerFlags& f) {
   Status st = [&]() -> Status {
     RETURN_IF_ERROR(co::ParseHostPort(f.coordinator, false, &lo.host, &lo.port)
                         .WithContext("--coordinator"));
-    ASSIGN_OR_RETURN(lo.token, co::LoadToken(f.token_file));
-    if (f.max_documents < 1) return InvalidArgument("--max-documents must be >= 1");
+    // The worker token: a credential of its own, not a client token (the coordinator refuses
+    // a client token from a worker group).
+    ASSIGN_OR_RETURN(lo.token, co::LoadSecret(f.token_file, "LONGCTX_WORKER_TOKEN",
+                                              "--worker-token-file", "worker token"));
+    if (f.max_documents < 1 || f.max_documents > co::kMaxHeldDocuments) {
+      return InvalidArgument("--max-documents must be in [1, {}]", co::kMaxHeldDocuments);
+    }
     ASSIGN_OR_RETURN(eo, f.engine.Options(/*keep_kv=*/true));
     // A worker group reads documents and questions as bytes (WorkerGroup::Compute has no
     // tokenizer yet): a model with its own tokenizer.json would compute on the wrong ids and
@@ -281,8 +286,9 @@ Runner AddWorkerCommand(CLI::App& app) {
   auto f = std::make_shared<WorkerFlags>();
   app.add_option("--coordinator", f->coordinator, "HOST:PORT of the coordinator")
       ->capture_default_str();
-  app.add_option("--token-file", f->token_file,
-                 "file holding the shared token (else the LONGCTX_TOKEN environment variable)");
+  app.add_option("--worker-token-file,--token-file", f->token_file,
+                 "file holding the worker token (the coordinator's --worker-token-file; else the "
+                 "LONGCTX_WORKER_TOKEN environment variable)");
   f->engine.Register(app);
   app.add_option("--max-documents", f->max_documents,
                  "prefilled documents kept for later questions (least recently used dropped)")
