@@ -12,6 +12,7 @@
 #include <boost/asio.hpp>
 
 #include "longctx/coordinator/job_store.h"
+#include "longctx/coordinator/tls.h"
 #include "longctx/core/log.h"
 
 namespace longctx::coordinator {
@@ -116,6 +117,8 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl> {
 
   const ServerOptions& options() const { return options_; }
   asio::io_context& io() { return io_; }
+  asio::ssl::context* tls_context() const { return tls_.get(); }
+  std::shared_ptr<asio::ssl::context> tls_;  // null: plaintext
   size_t max_client_queued_bytes() const {
     return options_.max_client_queued_bytes != 0 ? options_.max_client_queued_bytes
                                                  : 2 * options_.max_frame_bytes + (size_t(1) << 20);
@@ -166,7 +169,7 @@ class Session : public std::enable_shared_from_this<Session> {
   // counted: registered in the server's per-address table (a refused connection is not).
   Session(Server::Impl& server, tcp::socket socket, std::string address, bool counted)
       : server_(server),
-        socket_(std::move(socket)),
+        channel_(std::move(socket), server.tls_context()),
         timer_(server.io()),
         decoder_(server.options().max_hello_bytes),  // raised once the Hello is accepted
         address_(std::move(address)),
@@ -177,12 +180,28 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void Start() {
     error_code ec;
-    const auto ep = socket_.remote_endpoint(ec);
+    const auto ep = channel_.socket().remote_endpoint(ec);
     peer_ = ec ? std::string("?") : fmt::format("{}:{}", ep.address().to_string(), ep.port());
     // Small frames (events, tokens) go out at once: Nagle + delayed ACK would add ~40 ms each.
-    socket_.set_option(tcp::no_delay(true), ec);
-    Read();
-    Tick();
+    channel_.socket().set_option(tcp::no_delay(true), ec);
+    Tick();  // the Hello timeout covers the TLS handshake too
+    auto self = shared_from_this();
+    channel_.AsyncHandshake(asio::ssl::stream_base::server, [this, self](error_code hec) {
+      if (closed_) return;
+      if (hec) {
+        LONGCTX_LOG_WARN("coordinator: TLS handshake with {} failed: {}", peer_, hec.message());
+        Close(fmt::format("TLS handshake failed: {}", hec.message()));
+        return;
+      }
+      handshaken_ = true;
+      if (!out_.empty() && !writing_) {
+        Write();  // a refusal queued before the handshake (it closes once written)
+      } else if (closing_) {
+        Close(reason_);
+        return;
+      }
+      if (!closing_) Read();
+    });
   }
 
   void Send(const control::Envelope& env) {
@@ -204,7 +223,7 @@ class Session : public std::enable_shared_from_this<Session> {
       return;
     }
     out_.push_back(std::move(*frame));
-    if (!writing_) Write();
+    if (!writing_ && handshaken_) Write();
   }
 
   // Sends a fatal error, then closes once it is written (reads stop now).
@@ -215,16 +234,14 @@ class Session : public std::enable_shared_from_this<Session> {
     closing_ = true;
     closing_since_ = Clock::now();
     reason_ = message;
-    if (!writing_) Close(message);
+    if (!writing_ && handshaken_) Close(message);
   }
 
   void Close(const std::string& reason) {
     if (closed_) return;
     closed_ = true;
     if (reason_.empty()) reason_ = reason;
-    error_code ec;
-    socket_.shutdown(tcp::socket::shutdown_both, ec);
-    socket_.close(ec);
+    channel_.Close();
     timer_.cancel();
     uploads_.clear();  // a client gone mid-upload: its partial document is discarded here
     server_.pending_bytes -= std::min(server_.pending_bytes, upload_bytes_);
@@ -262,7 +279,7 @@ class Session : public std::enable_shared_from_this<Session> {
       }
       want = std::min(want, budget - preauth_bytes_);
     }
-    socket_.async_read_some(asio::buffer(buf_.data(), want), [this, self](error_code ec, size_t n) {
+    channel_.AsyncReadSome(asio::buffer(buf_.data(), want), [this, self](error_code ec, size_t n) {
       if (closed_ || closing_) return;
       if (ec) {
         Close(ec == asio::error::eof ? "connection closed by the peer" : ec.message());
@@ -294,7 +311,7 @@ class Session : public std::enable_shared_from_this<Session> {
   void Write() {
     writing_ = true;
     auto self = shared_from_this();
-    asio::async_write(socket_, asio::buffer(out_.front()), [this, self](error_code ec, size_t) {
+    channel_.AsyncWrite(asio::buffer(out_.front()), [this, self](error_code ec, size_t) {
       writing_ = false;
       if (closed_) return;
       if (ec) {
@@ -428,6 +445,12 @@ class Session : public std::enable_shared_from_this<Session> {
       client_ = *client;
       reply.mutable_hello_reply()->set_client(client_);
     } else {
+      // With TLS, a worker group also proves itself with a certificate signed by --tls-ca.
+      if (channel_.tls() && !channel_.PeerCertificateVerified()) {
+        Fatal(env.request_id(), "a worker group must present a TLS certificate signed by the "
+                                "coordinator's --tls-ca");
+        return;
+      }
       if (h.documents_size() > kMaxHeldDocuments) {
         Fatal(env.request_id(), fmt::format("{} held documents in a Hello (limit {})",
                                             h.documents_size(), kMaxHeldDocuments));
@@ -547,13 +570,13 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   Server::Impl& server_;
-  tcp::socket socket_;
+  Channel channel_;  // TLS when the coordinator has --tls-cert (the handshake precedes any frame)
   asio::steady_timer timer_;
   FrameDecoder decoder_;
   std::array<char, 64 * 1024> buf_{};
   std::deque<std::string> out_;
   size_t queued_bytes_ = 0;
-  bool writing_ = false, closing_ = false, closed_ = false;
+  bool writing_ = false, closing_ = false, closed_ = false, handshaken_ = false;
   std::string address_;         // the peer's IP address (per-address limits)
   bool counted_ = false;        // registered in the server's address table
   size_t preauth_bytes_ = 0;    // bytes read before the Hello was accepted
@@ -1201,6 +1224,13 @@ static Status CheckOptions(const ServerOptions& o) {
     return InvalidArgument("connection limits must be >= 1");
   }
   if (o.max_attempts < 1) return InvalidArgument("--max-attempts must be >= 1");
+  error_code ec;
+  const asio::ip::address addr = asio::ip::make_address(o.host, ec);
+  if (ec) return InvalidArgument("--listen: '{}' is not an IP address", o.host);
+  if (!o.tls.enabled() && !addr.is_loopback() && !o.insecure_plaintext) {
+    return InvalidArgument("listening on {} (not loopback) needs TLS: give --tls-cert, --tls-key "
+                           "and --tls-ca (or --insecure-plaintext on a network you trust)", o.host);
+  }
   if (o.retain_jobs < 0) return InvalidArgument("--retain-jobs must be >= 0");
   if (o.retain.count() < 0) return InvalidArgument("--retain must be >= 0");
   return Status::Ok();
@@ -1208,8 +1238,13 @@ static Status CheckOptions(const ServerOptions& o) {
 
 Result<std::unique_ptr<Server>> Server::Start(asio::io_context& io, ServerOptions options) {
   RETURN_IF_ERROR(CheckOptions(options));
+  std::shared_ptr<asio::ssl::context> tls;
+  if (options.tls.enabled()) {
+    ASSIGN_OR_RETURN(tls, MakeServerTlsContext(options.tls));
+  }
   ASSIGN_OR_RETURN(JobStore store, JobStore::Open(options.state_dir));
   auto impl = std::make_shared<Impl>(io, std::move(options), std::move(store));
+  impl->tls_ = std::move(tls);
   RETURN_IF_ERROR(impl->Init());
   impl->Accept();
   return std::unique_ptr<Server>(new Server(std::move(impl)));

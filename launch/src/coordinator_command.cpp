@@ -27,6 +27,8 @@ struct CoordinatorFlags {
   std::string token_file, client_tokens_file, worker_token_file, state_dir;
   std::string max_document = "256M", max_frame = "4M", max_pending = "1G";
   std::string retain = "7d";
+  coordinator::TlsConfig tls;
+  bool insecure_plaintext = false;
   int retain_jobs = 1000, max_attempts = 3;
   int max_connections = 512, max_connections_per_address = 64;
   int max_jobs_per_client = 16;
@@ -80,6 +82,8 @@ Status RunCoordinator(const CoordinatorFlags& f) {
   ASSIGN_OR_RETURN(o.worker_token,
                    coordinator::LoadSecret(f.worker_token_file, "LONGCTX_WORKER_TOKEN",
                                            "--worker-token-file", "worker token"));
+  o.tls = f.tls;
+  o.insecure_plaintext = f.insecure_plaintext;
   ASSIGN_OR_RETURN(o.retain, ParseAge(f.retain, "--retain"));
   if (f.retain_jobs < 0) return InvalidArgument("--retain-jobs must be >= 0");
   o.retain_jobs = f.retain_jobs;
@@ -112,7 +116,8 @@ Status RunCoordinator(const CoordinatorFlags& f) {
     if (!ec) server->Stop();
   });
   // Scripts wait for this line (the port is the real one when --listen asked for port 0).
-  fmt::print("longctx coordinator: listening on {}:{} (state in {})\n", host, server->port(), state);
+  fmt::print("longctx coordinator: listening on {}:{} ({}; state in {})\n", host, server->port(),
+             f.tls.enabled() ? "TLS" : "plaintext", state);
   std::fflush(stdout);
   io.run();
   fmt::print("longctx coordinator: stopped\n");
@@ -134,6 +139,12 @@ Runner AddCoordinatorCommand(CLI::App& app) {
   app.add_option("--worker-token-file", f->worker_token_file,
                  "file holding the worker groups' token, different from every client token "
                  "(else the LONGCTX_WORKER_TOKEN environment variable)");
+  app.add_option("--tls-cert", f->tls.cert_file, "TLS: the coordinator's certificate (PEM)");
+  app.add_option("--tls-key", f->tls.key_file, "TLS: its private key (PEM)");
+  app.add_option("--tls-ca", f->tls.ca_file,
+                 "TLS: the CA that signs worker groups' certificates (mutual TLS for workers)");
+  app.add_flag("--insecure-plaintext", f->insecure_plaintext,
+               "allow plaintext on a non-loopback address (tokens and documents in clear text)");
   app.add_option("--retain", f->retain, "finished job records older than this are deleted "
                  "(90s, 30m, 12h, 7d)")->capture_default_str();
   app.add_option("--retain-jobs", f->retain_jobs,

@@ -26,6 +26,7 @@ namespace co = longctx::coordinator;
 struct ConnectFlags {
   std::string coordinator = "127.0.0.1:7070";
   std::string token_file;
+  co::TlsConfig tls;
   double timeout_s = 3600;  // the whole command
 };
 
@@ -48,6 +49,10 @@ void AddConnectFlags(CLI::App& app, ConnectFlags* f) {
       ->capture_default_str();
   app.add_option("--token-file", f->token_file,
                  "file holding the shared token (else the LONGCTX_TOKEN environment variable)");
+  app.add_option("--tls-ca", f->tls.ca_file,
+                 "TLS: the CA of the coordinator's certificate (enables TLS)");
+  app.add_option("--tls-cert", f->tls.cert_file, "TLS: a client certificate to present (optional)");
+  app.add_option("--tls-key", f->tls.key_file, "TLS: its private key");
   app.add_option("--timeout", f->timeout_s, "seconds the whole command may take")
       ->capture_default_str();
 }
@@ -61,7 +66,7 @@ Result<std::unique_ptr<co::ControlConnection>> Connect(const ConnectFlags& f, co
   ASSIGN_OR_RETURN(std::string token, co::LoadToken(f.token_file));
   // Connecting gets at most 30 s of the budget: a dead address fails fast.
   const co::Deadline connect_by = std::min(*end, co::Clock::now() + std::chrono::seconds(30));
-  return co::ControlConnection::ConnectClient(host, port, token, connect_by);
+  return co::ControlConnection::ConnectClient(host, port, token, connect_by, "", f.tls);
 }
 
 const char* StateName(control::JobState s) {

@@ -38,6 +38,7 @@ using namespace std::chrono_literals;
 struct WorkerFlags {
   std::string coordinator = "127.0.0.1:7070";
   std::string token_file;
+  co::TlsConfig tls;
   EngineFlags engine;     // model, hybrid overrides, threads, --kv-* (the same as `longctx run`)
   int max_documents = 4;  // documents kept (least recently used dropped beyond)
 };
@@ -240,6 +241,7 @@ Status RunWorker(const WorkerFlags& f) {
     lo.name = fmt::format("{}:{}", host, getpid());
     lo.model = f.engine.model;
     lo.ranks = c.size();
+    lo.tls = f.tls;
     link = std::make_unique<co::WorkerLink>(lo);
     link->Start();
   }
@@ -286,6 +288,11 @@ Runner AddWorkerCommand(CLI::App& app) {
   auto f = std::make_shared<WorkerFlags>();
   app.add_option("--coordinator", f->coordinator, "HOST:PORT of the coordinator")
       ->capture_default_str();
+  app.add_option("--tls-ca", f->tls.ca_file,
+                 "TLS: the CA of the coordinator's certificate (enables TLS)");
+  app.add_option("--tls-cert", f->tls.cert_file,
+                 "TLS: the worker group's certificate, signed by the coordinator's --tls-ca");
+  app.add_option("--tls-key", f->tls.key_file, "TLS: its private key");
   app.add_option("--worker-token-file,--token-file", f->token_file,
                  "file holding the worker token (the coordinator's --worker-token-file; else the "
                  "LONGCTX_WORKER_TOKEN environment variable)");

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -79,7 +80,7 @@ class ServerTest : public ::testing::Test {
 
   std::unique_ptr<ControlConnection> Client(const std::string& token = kToken) {
     Result<std::unique_ptr<ControlConnection>> c =
-        ControlConnection::ConnectClient("127.0.0.1", port_, token, In(5s));
+        ControlConnection::ConnectClient("127.0.0.1", port_, token, In(5s), "", client_tls_);
     EXPECT_TRUE(c.ok()) << c.status().message();
     return c.ok() ? std::move(*c) : nullptr;
   }
@@ -114,6 +115,7 @@ class ServerTest : public ::testing::Test {
     o.host = "127.0.0.1";
     o.port = port_;
     o.token = token;
+    o.tls = link_tls_;
     o.name = name;
     o.model = "test";
     o.ranks = 2;
@@ -124,6 +126,7 @@ class ServerTest : public ::testing::Test {
 
   std::string state_;
   ServerOptions options_;
+  TlsConfig client_tls_, link_tls_;  // what Client() and Link() use (empty: plaintext)
   std::unique_ptr<boost::asio::io_context> io_;
   std::unique_ptr<Server> server_;
   std::thread thread_;
@@ -935,6 +938,126 @@ TEST_F(ServerTest, RestartKeepsQueuedJobs) {
   ASSERT_TRUE(WaitFor([&] { return Status(id).job().state() == control::JOB_DONE; }, 10s));
   EXPECT_EQ(Status(id).job().result().generated(), "ab");
   EXPECT_EQ(FilesIn(state_ + "/documents"), 0u);
+}
+
+// ---- Item 4: TLS (Boost.Asio SSL over OpenSSL), with a CA made here by the openssl CLI --------
+
+// A CA, the coordinator's certificate for 127.0.0.1, a worker group's certificate, and a rogue
+// CA with a worker certificate of its own, all made by the openssl command-line tool.
+class TestPki {
+ public:
+  explicit TestPki(const std::string& dir) : dir_(dir) {
+    std::filesystem::create_directories(dir);
+    {
+      std::ofstream ext(dir + "/server.ext");
+      ext << "subjectAltName=IP:127.0.0.1\n";
+    }
+    ok_ = Ca("ca") && Ca("rogue-ca") && Leaf("server", "ca", "server.ext") &&
+          Leaf("worker", "ca", "") && Leaf("rogue-worker", "rogue-ca", "");
+  }
+  bool ok() const { return ok_; }
+  std::string File(const std::string& name) const { return dir_ + "/" + name; }
+
+ private:
+  bool Run(const std::string& cmd) {
+    return std::system((cmd + " >>" + dir_ + "/openssl.log 2>&1").c_str()) == 0;
+  }
+  bool Ca(const std::string& name) {
+    return Run("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout " +
+               File(name + ".key") + " -out " + File(name + ".pem") + " -days 2 -subj /CN=" + name);
+  }
+  bool Leaf(const std::string& name, const std::string& ca, const std::string& ext) {
+    return Run("openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout " +
+               File(name + ".key") + " -out " + File(name + ".csr") + " -subj /CN=" + name) &&
+           Run("openssl x509 -req -in " + File(name + ".csr") + " -CA " + File(ca + ".pem") +
+               " -CAkey " + File(ca + ".key") + " -CAcreateserial -days 2 -out " +
+               File(name + ".pem") + (ext.empty() ? "" : " -extfile " + File(ext)));
+  }
+  std::string dir_;
+  bool ok_ = false;
+};
+
+TEST_F(ServerTest, TlsWithMutualTlsForWorkerGroups) {
+  TestPki pki(state_ + "-pki");
+  ASSERT_TRUE(pki.ok()) << "openssl failed; see " << pki.File("openssl.log");
+  options_.tls = {pki.File("server.pem"), pki.File("server.key"), pki.File("ca.pem")};
+  StartServer();
+  client_tls_.ca_file = pki.File("ca.pem");
+  link_tls_ = {pki.File("worker.pem"), pki.File("worker.key"), pki.File("ca.pem")};
+  auto link = Link("tls-group");
+  ASSERT_TRUE(WaitFor([&] { return Status().workers_size() == 1; }, 10s));
+  GroupAnswer served;
+  std::thread group([&] { served = ServeOne(*link, 3, {"default/tls-doc"}); });
+  auto c = Client();
+  ASSERT_TRUE(c);
+  std::string doc(400 * 1024, 't');  // several chunks and TLS records each way
+  doc[4242] = '!';
+  JobRequest r;
+  r.doc_id = "tls-doc";
+  r.document = &doc;
+  r.question = "over TLS?";
+  r.generate = 3;
+  Result<control::JobEvent> e = SubmitJob(*c, r, nullptr, In(20s));
+  group.join();
+  ASSERT_TRUE(e.ok()) << e.status().message();
+  EXPECT_EQ(served.job.document, doc);
+  EXPECT_EQ(e->result().generated(), "abc");
+
+  // A plaintext client is not understood.
+  Result<std::unique_ptr<ControlConnection>> plain =
+      ControlConnection::ConnectClient("127.0.0.1", port_, kToken, In(5s));
+  EXPECT_FALSE(plain.ok());
+  // A client trusting another CA refuses the coordinator's certificate.
+  TlsConfig rogue_trust;
+  rogue_trust.ca_file = pki.File("rogue-ca.pem");
+  Result<std::unique_ptr<ControlConnection>> wrong_ca =
+      ControlConnection::ConnectClient("127.0.0.1", port_, kToken, In(5s), "", rogue_trust);
+  ASSERT_FALSE(wrong_ca.ok());
+  EXPECT_NE(wrong_ca.status().message().find("TLS handshake"), std::string::npos)
+      << wrong_ca.status().message();
+  // The certificate must name the host connected to: it names 127.0.0.1, not "localhost".
+  Result<std::unique_ptr<ControlConnection>> wrong_name =
+      ControlConnection::ConnectClient("localhost", port_, kToken, In(5s), "", client_tls_);
+  ASSERT_FALSE(wrong_name.ok());
+  EXPECT_NE(wrong_name.status().message().find("TLS handshake"), std::string::npos)
+      << wrong_name.status().message();
+
+  // A worker group with the worker token but no certificate is refused at Hello, for good.
+  link_tls_ = {"", "", pki.File("ca.pem")};
+  auto no_cert = Link("no-cert");
+  ASSERT_TRUE(WaitFor([&] { return !no_cert->fatal().ok(); }, 10s));
+  EXPECT_NE(no_cert->fatal().message().find("must present a TLS certificate"), std::string::npos)
+      << no_cert->fatal().message();
+  // One whose certificate another CA signed fails the handshake and never registers.
+  link_tls_ = {pki.File("rogue-worker.pem"), pki.File("rogue-worker.key"), pki.File("ca.pem")};
+  auto rogue = Link("rogue");
+  std::this_thread::sleep_for(1500ms);
+  EXPECT_EQ(Status().workers_size(), 1);
+  std::filesystem::remove_all(state_ + "-pki");
+}
+
+TEST_F(ServerTest, PlaintextOnlyOnLoopbackUnlessInsecure) {
+  io_ = std::make_unique<boost::asio::io_context>();
+  ServerOptions o = options_;
+  o.host = "0.0.0.0";
+  o.port = 0;
+  Result<std::unique_ptr<Server>> s = Server::Start(*io_, o);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.status().message().find("needs TLS"), std::string::npos) << s.status().message();
+  o.insecure_plaintext = true;
+  s = Server::Start(*io_, o);
+  EXPECT_TRUE(s.ok()) << s.status().message();
+  if (s.ok()) (*s)->Stop();
+  io_->run();
+  io_.reset();
+  // TLS needs all three files.
+  o = options_;
+  o.tls.cert_file = "/nonexistent.pem";
+  io_ = std::make_unique<boost::asio::io_context>();
+  s = Server::Start(*io_, o);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.status().message().find("--tls-ca"), std::string::npos) << s.status().message();
+  io_.reset();
 }
 
 }  // namespace

@@ -82,7 +82,8 @@ Status ValidateQuery(const control::Query& q);
 Status ValidateEvent(const control::JobEvent& e);
 
 // Equality of two secrets whose running time depends only on their lengths, not on where they
-// differ (no early exit). Written here because OpenSSL's CRYPTO_memcmp is not a dependency.
+// differ (no early exit). Written here, not OpenSSL's CRYPTO_memcmp, so frame.cpp (and its fuzz
+// target) stays free of OpenSSL (only tls.cpp uses it).
 bool ConstantTimeEquals(std::string_view a, std::string_view b);
 
 // The shared token: the contents of `token_file` (trailing whitespace removed) when it is not

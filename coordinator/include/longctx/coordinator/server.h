@@ -20,6 +20,7 @@
 #include <boost/asio/io_context.hpp>
 
 #include "longctx/coordinator/frame.h"
+#include "longctx/coordinator/tls.h"
 #include "longctx/core/status.h"
 
 namespace longctx::coordinator {
@@ -31,6 +32,10 @@ struct ServerOptions {
   std::vector<ClientCredential> client_tokens;  // named client identities (--client-tokens-file)
   std::string worker_token;        // worker groups' token (required; no client token may equal it)
   std::string state_dir;           // job table (required)
+  // TLS (tls.h): cert + key + the CA of worker groups' certificates. Without it the coordinator
+  // listens only on a loopback address, unless insecure_plaintext.
+  TlsConfig tls;
+  bool insecure_plaintext = false;
   size_t max_frame_bytes = kDefaultMaxFrameBytes;
   uint64_t max_document_bytes = uint64_t(256) << 20;
   uint64_t max_pending_bytes = uint64_t(1) << 30;  // uploads + queued documents, all clients
