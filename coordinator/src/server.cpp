@@ -1223,7 +1223,9 @@ static Status CheckOptions(const ServerOptions& o) {
       o.max_unauthenticated_per_address < 1) {
     return InvalidArgument("connection limits must be >= 1");
   }
-  if (o.max_attempts < 1) return InvalidArgument("--max-attempts must be >= 1");
+  if (o.max_attempts < 1 || o.max_attempts > 100) {
+    return InvalidArgument("--max-attempts must be in [1, 100], got {}", o.max_attempts);
+  }
   error_code ec;
   const asio::ip::address addr = asio::ip::make_address(o.host, ec);
   if (ec) return InvalidArgument("--listen: '{}' is not an IP address", o.host);

@@ -87,8 +87,7 @@ Status RunCoordinator(const CoordinatorFlags& f) {
   ASSIGN_OR_RETURN(o.retain, ParseAge(f.retain, "--retain"));
   if (f.retain_jobs < 0) return InvalidArgument("--retain-jobs must be >= 0");
   o.retain_jobs = f.retain_jobs;
-  if (f.max_attempts < 1) return InvalidArgument("--max-attempts must be >= 1");
-  o.max_attempts = f.max_attempts;
+  o.max_attempts = f.max_attempts;  // checked by Server::Start ([1, 100])
   if (f.max_connections < 1 || f.max_connections_per_address < 1) {
     return InvalidArgument("--max-connections and --max-connections-per-address must be >= 1");
   }
