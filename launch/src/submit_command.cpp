@@ -2,6 +2,8 @@
 // result) and `longctx status` (worker groups and the caller's jobs, a page at a time; one job's
 // full record with --job). Both take the client token from --token-file or LONGCTX_TOKEN, never
 // from the command line; the token's identity decides which jobs and documents are reachable.
+// A submit whose connection is lost after its job was queued reconnects and waits for the job's
+// record (a restarted coordinator runs it again).
 #include <unistd.h>
 
 #include <chrono>
@@ -10,6 +12,7 @@
 #include <fstream>
 #include <memory>
 #include <string>
+#include <thread>
 
 #include <fmt/format.h>
 
@@ -67,6 +70,54 @@ Result<std::unique_ptr<co::ControlConnection>> Connect(const ConnectFlags& f, co
   // Connecting gets at most 30 s of the budget: a dead address fails fast.
   const co::Deadline connect_by = std::min(*end, co::Clock::now() + std::chrono::seconds(30));
   return co::ControlConnection::ConnectClient(host, port, token, connect_by, "", f.tls);
+}
+
+// After the connection is lost with job `job_id` already queued (a coordinator restart keeps it):
+// reconnect (every second) and poll its record until it is done or failed, or until `end`.
+// The result is returned as the RESULT event the lost connection would have carried.
+Result<control::JobEvent> AwaitJob(const ConnectFlags& f, uint64_t job_id, co::Deadline end) {
+  std::string host;
+  uint16_t port = 0;
+  RETURN_IF_ERROR(co::ParseHostPort(f.coordinator, false, &host, &port));
+  ASSIGN_OR_RETURN(std::string token, co::LoadToken(f.token_file));
+  std::unique_ptr<co::ControlConnection> conn;
+  Status last = Status(StatusCode::kUnavailable, "not connected");
+  while (co::Clock::now() < end) {
+    if (!conn) {
+      const co::Deadline by = std::min(end, co::Clock::now() + std::chrono::seconds(5));
+      Result<std::unique_ptr<co::ControlConnection>> c =
+          co::ControlConnection::ConnectClient(host, port, token, by, "", f.tls);
+      if (c.ok()) {
+        conn = std::move(*c);
+      } else {
+        last = c.status();
+        if (last.code() != StatusCode::kUnavailable && last.code() != StatusCode::kDeadlineExceeded) {
+          return last;  // refused (a token problem): waiting cannot help
+        }
+      }
+    }
+    if (conn) {
+      Result<control::StatusReply> r = co::QueryStatus(*conn, job_id, end);
+      if (!r.ok()) {
+        last = r.status();
+        conn.reset();
+      } else if (r->job().job_id() != job_id) {
+        return NotFound("job {} is no longer known to the coordinator", job_id);
+      } else if (r->job().state() == control::JOB_DONE) {
+        control::JobEvent e;
+        e.set_kind(control::JobEvent::RESULT);
+        e.set_job_id(job_id);
+        e.set_group_id(r->job().group_id());
+        *e.mutable_result() = r->job().result();
+        return e;
+      } else if (r->job().state() == control::JOB_FAILED) {
+        return FailedPrecondition("job {} failed: {}", job_id, r->job().error());
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+  }
+  return Status(StatusCode::kDeadlineExceeded,
+                fmt::format("job {}: no result before --timeout ({})", job_id, last.message()));
 }
 
 const char* StateName(control::JobState s) {
@@ -146,7 +197,9 @@ Status RunSubmit(const SubmitFlags& f) {
   const bool show = f.progress != "off";
   const bool bar = show && isatty(fileno(stderr));
   int64_t tokens = 0;
+  uint64_t queued_job = 0;  // the job id of the request in flight, once QUEUED arrived
   auto on_event = [&](const control::JobEvent& e) {
+    if (e.kind() == control::JobEvent::QUEUED) queued_job = e.job_id();
     if (!show) return;
     switch (e.kind()) {
       case control::JobEvent::QUEUED:
@@ -181,7 +234,18 @@ Status RunSubmit(const SubmitFlags& f) {
   const auto t0 = co::Clock::now();
   control::JobEvent done;
   for (int k = 0; k < f.repeat; ++k) {
-    ASSIGN_OR_RETURN(done, co::SubmitJob(*conn, req, on_event, end));
+    queued_job = 0;
+    Result<control::JobEvent> r = co::SubmitJob(*conn, req, on_event, end);
+    if (!r.ok() && r.status().code() == StatusCode::kUnavailable && queued_job != 0 &&
+        f.repeat == 1) {
+      // The coordinator went away after queueing the job; a restarted one runs it again.
+      if (show) {
+        fmt::print(stderr, "submit: lost the coordinator ({}); waiting for job {}\n",
+                   r.status().message(), queued_job);
+      }
+      r = AwaitJob(f.connect, queued_job, end);
+    }
+    ASSIGN_OR_RETURN(done, std::move(r));
   }
   if (f.repeat > 1) {
     const double secs = std::chrono::duration<double>(co::Clock::now() - t0).count();

@@ -6,7 +6,9 @@
 #     with the same answer as `longctx run`;
 #  2. the coordinator is restarted (SIGTERM, then the same port and --state-dir): finished results
 #     are still there (`status --job`), the worker group reconnects by itself with backoff, and a
-#     question on the document it kept runs without a new upload.
+#     question on the document it kept runs without a new upload;
+#  3. a job queued with no worker group connected survives another restart: the client waits
+#     through it and gets the same answer once a new group registers.
 # Usage: test_service_faults.sh LONGCTX_BINARY
 set -uo pipefail
 BIN=${1:?usage: test_service_faults.sh LONGCTX_BINARY}
@@ -95,6 +97,32 @@ if "$BIN" submit "${S[@]}" --doc-id d1 --query "Q?" --generate 6 --out "$T/again
   ok "question on the kept document after the restart: same answer, no prefill"
 else
   bad "question after restart: $(cat "$T/again.log")"
+fi
+
+# 3. A job queued while no worker group is connected survives another restart: `submit` waits
+#    through it (reconnecting) and gets the same answer as job 2 (same document and flags).
+kill -TERM "$MPIRUN_PID"
+for _ in $(seq 100); do kill -0 "$MPIRUN_PID" 2>/dev/null || break; sleep 0.1; done
+wait_workers "$PORT" 0 20 || bad "the stopped worker group is still listed"
+"$BIN" submit "${S[@]:0:6}" --progress on --input "$T/doc.txt" --doc-id d3 --query "Q?" \
+  --generate 6 --out "$T/across" >"$T/across.log" 2>&1 &
+sub=$!
+pids+=("$sub")
+for _ in $(seq 100); do
+  "$BIN" status "${S[@]:0:6}" 2>/dev/null | grep -q "jobs queued 1," && break
+  sleep 0.1
+done
+kill -TERM "$COORD_PID"
+for _ in $(seq 100); do kill -0 "$COORD_PID" 2>/dev/null || break; sleep 0.1; done
+start_coordinator "$PORT" "$T/coord3.log" || exit 1
+"$BIN" status "${S[@]:0:6}" | grep -qE "^  job [0-9]+ queued doc=d3" &&
+  ok "the queued job is still queued after the restart" ||
+  bad "queued job after the restart: $("$BIN" status "${S[@]:0:6}" 2>&1)"
+start_workers 2 "$PORT" "$T/workers3.log"
+if wait "$sub" && cmp -s "$T/before/generated.txt" "$T/across/generated.txt"; then
+  ok "submit waited through the restart: $(grep -m1 'waiting for job' "$T/across.log" | cut -c1-80)...; same answer"
+else
+  bad "job queued across the restart: $(tail -3 "$T/across.log")"
 fi
 
 echo "test_service_faults: $passed passed, $failed failed"
