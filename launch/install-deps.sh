@@ -12,6 +12,7 @@ PACKAGES=(
   libopenblas-dev libfmt-dev libspdlog-dev libcli11-dev nlohmann-json3-dev libxxhash-dev
   openmpi-bin libopenmpi-dev            # the MPI communicator (comm/)
   libprotobuf-dev protobuf-compiler libboost-dev  # the coordinator (Protobuf, Boost.Asio)
+  libssl-dev openssl  # the coordinator's TLS (Boost.Asio SSL over OpenSSL; the CLI makes test CAs)
   libucx-dev ucx-utils libhiredis-dev   # the UCX KV store; hiredis for `bench kvstore`
   python3-matplotlib                    # the plots of `longctx bench matrix`
   libpcre2-dev libicu-dev               # tokenizer.json: Split regexes (\p{L} ...), NFC/NFKC

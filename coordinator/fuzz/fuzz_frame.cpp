@@ -34,7 +34,11 @@ void Exercise(const longctx::control::Envelope& env) {
       (void)co::ValidateEvent(env.event());
       break;
     case E::kHello:
-      for (const std::string& d : env.hello().documents()) (void)co::ValidateDocId(d);
+      for (const std::string& d : env.hello().documents()) {
+        (void)co::ValidateDocId(d);
+        (void)co::ValidateScopedDocId(d);
+        (void)co::ValidateClientName(d);
+      }
       (void)co::ConstantTimeEquals(env.hello().token(), "fuzz-token");
       break;
     default:

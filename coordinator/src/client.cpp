@@ -13,7 +13,8 @@ using boost::system::error_code;
 
 class ControlConnection::Impl {
  public:
-  Impl() : socket_(io_), decoder_(kDefaultMaxFrameBytes) {}
+  explicit Impl(std::shared_ptr<asio::ssl::context> tls)
+      : tls_(std::move(tls)), channel_(tcp::socket(io_), tls_.get()), decoder_(kDefaultMaxFrameBytes) {}
 
   // Runs the io_context until `*done` or the deadline; at the deadline the socket is closed,
   // which completes the pending operation with operation_aborted.
@@ -23,7 +24,7 @@ class ControlConnection::Impl {
       if (io_.run_one_until(deadline) == 0 && !*done) {
         if (Clock::now() < deadline) continue;
         error_code ec;
-        socket_.close(ec);
+        channel_.socket().close(ec);
         io_.restart();
         while (!*done) io_.run_one();
         return Status(StatusCode::kDeadlineExceeded,
@@ -33,7 +34,29 @@ class ControlConnection::Impl {
     return Status::Ok();
   }
 
-  Status Connect(const std::string& host, uint16_t port, Deadline deadline) {
+  Status Connect(const std::string& host, uint16_t port, Deadline deadline,
+                 const std::string& local_address) {
+    RETURN_IF_ERROR(ConnectTcp(host, port, deadline, local_address));
+    if (!channel_.tls()) return Status::Ok();
+    RETURN_IF_ERROR(channel_.ExpectPeerName(host));
+    bool done = false;
+    error_code result;
+    channel_.AsyncHandshake(asio::ssl::stream_base::client, [&](error_code e) {
+      result = e;
+      done = true;
+    });
+    RETURN_IF_ERROR(RunUntil(&done, deadline, "shake hands (TLS) with"));
+    if (result) {
+      return Status(StatusCode::kUnavailable,
+                    fmt::format("TLS handshake with the coordinator at {}:{} failed: {}", host,
+                                port, result.message()));
+    }
+    return Status::Ok();
+  }
+
+  Status ConnectTcp(const std::string& host, uint16_t port, Deadline deadline,
+                    const std::string& local_address) {
+    tcp::socket& sock = channel_.socket();
     error_code ec;
     tcp::resolver resolver(io_);
     const auto endpoints = resolver.resolve(host, std::to_string(port), ec);
@@ -41,9 +64,32 @@ class ControlConnection::Impl {
       return Status(StatusCode::kUnavailable,
                     fmt::format("cannot resolve '{}': {}", host, ec.message()));
     }
+    if (!local_address.empty()) {
+      const asio::ip::address local = asio::ip::make_address(local_address, ec);
+      if (!ec) sock.open(local.is_v4() ? tcp::v4() : tcp::v6(), ec);
+      if (!ec) sock.bind(tcp::endpoint(local, 0), ec);
+      if (ec) {
+        return Status(StatusCode::kUnavailable,
+                      fmt::format("cannot bind to {}: {}", local_address, ec.message()));
+      }
+      bool done = false;
+      error_code result;
+      sock.async_connect(*endpoints.begin(), [&](error_code e) {
+        result = e;
+        done = true;
+      });
+      RETURN_IF_ERROR(RunUntil(&done, deadline, "connect to"));
+      if (result) {
+        return Status(StatusCode::kUnavailable,
+                      fmt::format("cannot connect to the coordinator at {}:{}: {}", host, port,
+                                  result.message()));
+      }
+      sock.set_option(tcp::no_delay(true), ec);
+      return Status::Ok();
+    }
     bool done = false;
     error_code result;
-    asio::async_connect(socket_, endpoints, [&](error_code e, const tcp::endpoint&) {
+    asio::async_connect(sock, endpoints, [&](error_code e, const tcp::endpoint&) {
       result = e;
       done = true;
     });
@@ -52,18 +98,17 @@ class ControlConnection::Impl {
       return Status(StatusCode::kUnavailable, fmt::format("cannot connect to the coordinator at "
                                                           "{}:{}: {}", host, port, result.message()));
     }
-    socket_.set_option(tcp::no_delay(true), ec);
+    sock.set_option(tcp::no_delay(true), ec);
     return Status::Ok();
   }
 
   Status Write(std::string_view bytes, Deadline deadline) {
     bool done = false;
     error_code result;
-    asio::async_write(socket_, asio::buffer(bytes.data(), bytes.size()),
-                      [&](error_code e, size_t) {
-                        result = e;
-                        done = true;
-                      });
+    channel_.AsyncWrite(asio::buffer(bytes.data(), bytes.size()), [&](error_code e, size_t) {
+      result = e;
+      done = true;
+    });
     RETURN_IF_ERROR(RunUntil(&done, deadline, "write to"));
     if (result) {
       return Status(StatusCode::kUnavailable,
@@ -77,7 +122,7 @@ class ControlConnection::Impl {
       bool done = false;
       error_code result;
       size_t got = 0;
-      socket_.async_read_some(asio::buffer(buf_), [&](error_code e, size_t n) {
+      channel_.AsyncReadSome(asio::buffer(buf_), [&](error_code e, size_t n) {
         result = e;
         got = n;
         done = true;
@@ -85,7 +130,7 @@ class ControlConnection::Impl {
       RETURN_IF_ERROR(RunUntil(&done, deadline, "hear from"));
       if (result) {
         return Status(StatusCode::kUnavailable,
-                      result == asio::error::eof
+                      result == asio::error::eof || result == asio::ssl::error::stream_truncated
                           ? std::string("the coordinator closed the connection")
                           : fmt::format("lost the connection to the coordinator: {}",
                                         result.message()));
@@ -97,7 +142,8 @@ class ControlConnection::Impl {
 
  private:
   asio::io_context io_;
-  tcp::socket socket_;
+  std::shared_ptr<asio::ssl::context> tls_;  // null: plaintext
+  Channel channel_;
   FrameDecoder decoder_;
   std::array<char, 64 * 1024> buf_{};
 };
@@ -105,17 +151,23 @@ class ControlConnection::Impl {
 ControlConnection::ControlConnection(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 ControlConnection::~ControlConnection() = default;
 
-Result<std::unique_ptr<ControlConnection>> ControlConnection::Open(const std::string& host,
-                                                                   uint16_t port,
-                                                                   Deadline deadline) {
-  auto impl = std::make_unique<Impl>();
-  RETURN_IF_ERROR(impl->Connect(host, port, deadline));
+Result<std::unique_ptr<ControlConnection>> ControlConnection::Open(
+    const std::string& host, uint16_t port, Deadline deadline, const std::string& local_address,
+    const TlsConfig& tls) {
+  std::shared_ptr<asio::ssl::context> ctx;
+  if (tls.enabled()) {
+    ASSIGN_OR_RETURN(ctx, MakeClientTlsContext(tls));
+  }
+  auto impl = std::make_unique<Impl>(std::move(ctx));
+  RETURN_IF_ERROR(impl->Connect(host, port, deadline, local_address));
   return std::unique_ptr<ControlConnection>(new ControlConnection(std::move(impl)));
 }
 
 Result<std::unique_ptr<ControlConnection>> ControlConnection::ConnectClient(
-    const std::string& host, uint16_t port, const std::string& token, Deadline deadline) {
-  ASSIGN_OR_RETURN(std::unique_ptr<ControlConnection> c, Open(host, port, deadline));
+    const std::string& host, uint16_t port, const std::string& token, Deadline deadline,
+    const std::string& local_address, const TlsConfig& tls) {
+  ASSIGN_OR_RETURN(std::unique_ptr<ControlConnection> c,
+                   Open(host, port, deadline, local_address, tls));
   control::Envelope hello;
   hello.set_request_id(c->NextRequestId());
   hello.mutable_hello()->set_protocol_version(kProtocolVersion);
@@ -128,6 +180,7 @@ Result<std::unique_ptr<ControlConnection>> ControlConnection::ConnectClient(
                   fmt::format("the coordinator refused the connection: {}", reply.error().message()));
   }
   if (!reply.has_hello_reply()) return Internal("the coordinator answered Hello with another message");
+  c->client_ = reply.hello_reply().client();
   return c;
 }
 
@@ -200,9 +253,16 @@ Result<control::JobEvent> SubmitJob(ControlConnection& conn, const JobRequest& r
 
 Result<control::StatusReply> QueryStatus(ControlConnection& conn, uint64_t job_id,
                                          Deadline deadline) {
+  control::StatusRequest request;
+  request.set_job_id(job_id);
+  return QueryStatus(conn, request, deadline);
+}
+
+Result<control::StatusReply> QueryStatus(ControlConnection& conn,
+                                         const control::StatusRequest& request, Deadline deadline) {
   control::Envelope env;
   env.set_request_id(conn.NextRequestId());
-  env.mutable_status_request()->set_job_id(job_id);
+  *env.mutable_status_request() = request;
   RETURN_IF_ERROR(conn.Send(env, deadline));
   while (true) {
     ASSIGN_OR_RETURN(control::Envelope reply, conn.Receive(deadline));

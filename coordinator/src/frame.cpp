@@ -113,6 +113,37 @@ Status ValidateDocId(std::string_view doc_id) {
   return Status::Ok();
 }
 
+Status ValidateClientName(std::string_view name) {
+  if (name.empty() || name.size() > 64) {
+    return InvalidArgument("client name must be 1 to 64 characters, got {}", name.size());
+  }
+  for (char c : name) {
+    const bool ok = std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-';
+    if (!ok) {
+      return InvalidArgument("client name may hold only letters, digits and . _ - (got byte {})",
+                             int(static_cast<unsigned char>(c)));
+    }
+  }
+  return Status::Ok();
+}
+
+std::string ScopedDocId(std::string_view client, std::string_view doc_id) {
+  std::string s(client);
+  s.push_back('/');
+  s.append(doc_id);
+  return s;
+}
+
+Status ValidateScopedDocId(std::string_view scoped) {
+  const size_t slash = scoped.find('/');
+  if (slash == std::string_view::npos) {
+    return InvalidArgument("held document '{}' lacks its client prefix",
+                           scoped.substr(0, std::min<size_t>(scoped.size(), 64)));
+  }
+  RETURN_IF_ERROR(ValidateClientName(scoped.substr(0, slash)));
+  return ValidateDocId(scoped.substr(slash + 1));
+}
+
 namespace {
 constexpr int64_t kMaxGenerate = 1 << 20;
 constexpr size_t kMaxQuestionBytes = size_t(1) << 20;
@@ -172,7 +203,13 @@ Status ValidateEvent(const control::JobEvent& e) {
       if (e.index() < 0) return InvalidArgument("token index {} is negative", e.index());
       return Status::Ok();
     case control::JobEvent::RESULT:
-      for (const std::string& d : e.result().held_documents()) RETURN_IF_ERROR(ValidateDocId(d));
+      if (e.result().held_documents_size() > kMaxHeldDocuments) {
+        return InvalidArgument("{} held documents reported (limit {})",
+                               e.result().held_documents_size(), kMaxHeldDocuments);
+      }
+      for (const std::string& d : e.result().held_documents()) {
+        RETURN_IF_ERROR(ValidateScopedDocId(d));
+      }
       return Status::Ok();
     case control::JobEvent::FAILED:
       return Status::Ok();
@@ -195,26 +232,79 @@ bool ConstantTimeEquals(std::string_view a, std::string_view b) {
 }
 
 Result<std::string> LoadToken(const std::string& token_file) {
+  return LoadSecret(token_file, "LONGCTX_TOKEN", "--token-file", "token");
+}
+
+Result<std::string> LoadSecret(const std::string& token_file, const char* env_var,
+                               const char* flag, const char* what) {
   std::string token;
   if (!token_file.empty()) {
     std::ifstream in(token_file, std::ios::binary);
-    if (!in) return NotFound("{}: cannot open the token file", token_file);
+    if (!in) return NotFound("{}: cannot open the {} file", token_file, what);
     char buf[4097];
     in.read(buf, sizeof buf);
     if (in.bad()) return DataLoss("{}: read error", token_file);
     if (in.gcount() > 4096) return InvalidArgument("{}: token file larger than 4096 bytes", token_file);
     token.assign(buf, size_t(in.gcount()));
     while (!token.empty() && std::isspace(static_cast<unsigned char>(token.back()))) token.pop_back();
-    if (token.empty()) return InvalidArgument("{}: the token file is empty", token_file);
+    if (token.empty()) return InvalidArgument("{}: the {} file is empty", token_file, what);
     return token;
   }
-  const char* env = std::getenv("LONGCTX_TOKEN");
+  const char* env = std::getenv(env_var);
   if (env != nullptr) token = env;
   if (token.empty()) {
-    return InvalidArgument("no token: give --token-file FILE or set LONGCTX_TOKEN");
+    return InvalidArgument("no {}: give {} FILE or set {}", what, flag, env_var);
   }
-  if (token.size() > 4096) return InvalidArgument("LONGCTX_TOKEN is longer than 4096 bytes");
+  if (token.size() > 4096) return InvalidArgument("{} is longer than 4096 bytes", env_var);
   return token;
+}
+
+Status CheckTokenStrength(std::string_view token, std::string_view what) {
+  if (token.size() < kMinTokenBytes) {
+    return InvalidArgument("the {} is {} bytes; at least {} are required (e.g. head -c 32 "
+                           "/dev/urandom | base64 > FILE)", what, token.size(), kMinTokenBytes);
+  }
+  return Status::Ok();
+}
+
+Result<std::vector<ClientCredential>> LoadClientTokens(const std::string& file) {
+  std::ifstream in(file, std::ios::binary);
+  if (!in) return NotFound("{}: cannot open the client tokens file", file);
+  std::vector<ClientCredential> out;
+  std::string line;
+  int number = 0;
+  size_t total = 0;
+  while (std::getline(in, line)) {
+    ++number;
+    total += line.size() + 1;
+    if (total > (size_t(1) << 20)) return InvalidArgument("{}: larger than 1 MiB", file);
+    while (!line.empty() && std::isspace(static_cast<unsigned char>(line.back()))) line.pop_back();
+    size_t b = 0;
+    while (b < line.size() && std::isspace(static_cast<unsigned char>(line[b]))) ++b;
+    if (b == line.size() || line[b] == '#') continue;
+    size_t e = b;
+    while (e < line.size() && !std::isspace(static_cast<unsigned char>(line[e]))) ++e;
+    size_t t = e;
+    while (t < line.size() && std::isspace(static_cast<unsigned char>(line[t]))) ++t;
+    ClientCredential c{line.substr(b, e - b), line.substr(t)};
+    if (c.token.empty()) {
+      return InvalidArgument("{}:{}: expected 'NAME TOKEN'", file, number);
+    }
+    RETURN_IF_ERROR(ValidateClientName(c.name).WithContext(fmt::format("{}:{}", file, number)));
+    RETURN_IF_ERROR(CheckTokenStrength(c.token, fmt::format("token of client '{}'", c.name))
+                        .WithContext(fmt::format("{}:{}", file, number)));
+    for (const ClientCredential& o : out) {
+      if (o.name == c.name) return InvalidArgument("{}:{}: client '{}' twice", file, number, c.name);
+      if (o.token == c.token) {
+        return InvalidArgument("{}:{}: clients '{}' and '{}' have the same token", file, number,
+                               o.name, c.name);
+      }
+    }
+    out.push_back(std::move(c));
+  }
+  if (in.bad()) return DataLoss("{}: read error", file);
+  if (out.empty()) return InvalidArgument("{}: no 'NAME TOKEN' line", file);
+  return out;
 }
 
 Status ParseHostPort(std::string_view text, bool allow_zero, std::string* host, uint16_t* port) {

@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cinttypes>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 
@@ -16,9 +18,37 @@ namespace longctx::coordinator {
 
 namespace fs = std::filesystem;
 
-Result<JobStore> JobStore::Open(const std::string& state_dir) {
-  if (state_dir.empty()) return InvalidArgument("--state-dir is required");
-  const std::string dir = state_dir + "/jobs";
+namespace {
+
+// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
+Status WriteAtomically(const std::string& dir, const std::string& name, const std::string& bytes,
+                       bool durable) {
+  const std::string path = fmt::format("{}/{}", dir, name);
+  const std::string tmp = fmt::format("{}/.tmp-{}", dir, name);
+  {
+    UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+    if (fd.get() < 0) return ErrnoStatus(errno, fmt::format("{}: cannot create", tmp));
+    size_t done = 0;
+    while (done < bytes.size()) {
+      const ssize_t w = ::write(fd.get(), bytes.data() + done, bytes.size() - done);
+      if (w < 0 && errno == EINTR) continue;
+      if (w < 0) return ErrnoStatus(errno, fmt::format("{}: cannot write", tmp));
+      done += size_t(w);
+    }
+    // durable: fsync before the rename, so after a crash the name never points at unwritten
+    // blocks. Either way the rename is atomic: readers see the old file or the new one.
+    if (durable && ::fsync(fd.get()) != 0) {
+      return ErrnoStatus(errno, fmt::format("{}: fsync failed", tmp));
+    }
+    if (fd.Close() != 0) return ErrnoStatus(errno, fmt::format("{}: close failed", tmp));
+  }
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    return ErrnoStatus(errno, fmt::format("{}: cannot rename {} into place", path, tmp));
+  }
+  return Status::Ok();
+}
+
+Status CreateClean(const std::string& dir) {
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) return FailedPrecondition("{}: cannot create the state directory: {}", dir, ec.message());
@@ -27,7 +57,68 @@ Result<JobStore> JobStore::Open(const std::string& state_dir) {
     if (name.rfind(".tmp-", 0) == 0) fs::remove(entry.path(), ec);
   }
   if (ec) return FailedPrecondition("{}: cannot list the state directory: {}", dir, ec.message());
-  return JobStore(dir);
+  return Status::Ok();
+}
+
+}  // namespace
+
+Result<JobStore> JobStore::Open(const std::string& state_dir) {
+  if (state_dir.empty()) return InvalidArgument("--state-dir is required");
+  const std::string dir = state_dir + "/jobs", docs = state_dir + "/documents";
+  RETURN_IF_ERROR(CreateClean(dir));
+  RETURN_IF_ERROR(CreateClean(docs));
+  return JobStore(dir, docs);
+}
+
+Status JobStore::Remove(uint64_t job_id) const {
+  const std::string path = fmt::format("{}/job-{}.pb", dir_, job_id);
+  if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
+    return ErrnoStatus(errno, fmt::format("{}: cannot remove", path));
+  }
+  return RemoveDocument(job_id);
+}
+
+Status JobStore::SaveLastJobId(uint64_t id) const {
+  return WriteAtomically(dir_, "last-job-id", std::to_string(id), /*durable=*/false);
+}
+
+uint64_t JobStore::LoadLastJobId() const {
+  std::ifstream in(dir_ + "/last-job-id");
+  uint64_t id = 0;
+  if (!(in >> id)) return 0;
+  return id;
+}
+
+Status JobStore::SaveDocument(uint64_t job_id, const std::string& bytes) const {
+  return WriteAtomically(doc_dir_, fmt::format("job-{}.doc", job_id), bytes, /*durable=*/false);
+}
+
+Result<std::string> JobStore::LoadDocument(uint64_t job_id) const {
+  const std::string path = fmt::format("{}/job-{}.doc", doc_dir_, job_id);
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return NotFound("{}: no document kept for job {}", path, job_id);
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) return DataLoss("{}: read error", path);
+  return bytes;
+}
+
+void JobStore::RemoveDocumentsExcept(const std::set<uint64_t>& keep) const {
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(doc_dir_, ec)) {
+    const std::string name = entry.path().filename().string();
+    uint64_t id = 0;
+    if (std::sscanf(name.c_str(), "job-%" SCNu64 ".doc", &id) == 1 && keep.count(id)) continue;
+    LONGCTX_LOG_INFO("coordinator: removing the stale document file {}", entry.path().string());
+    fs::remove(entry.path(), ec);
+  }
+}
+
+Status JobStore::RemoveDocument(uint64_t job_id) const {
+  const std::string path = fmt::format("{}/job-{}.doc", doc_dir_, job_id);
+  if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
+    return ErrnoStatus(errno, fmt::format("{}: cannot remove", path));
+  }
+  return Status::Ok();
 }
 
 Result<std::vector<control::JobRecord>> JobStore::LoadAll() const {
@@ -54,29 +145,7 @@ Result<std::vector<control::JobRecord>> JobStore::LoadAll() const {
 Status JobStore::Save(const control::JobRecord& record, bool durable) const {
   std::string bytes;
   if (!record.SerializeToString(&bytes)) return Internal("cannot serialize job {}", record.job_id());
-  const std::string path = fmt::format("{}/job-{}.pb", dir_, record.job_id());
-  const std::string tmp = fmt::format("{}/.tmp-job-{}.pb", dir_, record.job_id());
-  {
-    UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
-    if (fd.get() < 0) return ErrnoStatus(errno, fmt::format("{}: cannot create", tmp));
-    size_t done = 0;
-    while (done < bytes.size()) {
-      const ssize_t w = ::write(fd.get(), bytes.data() + done, bytes.size() - done);
-      if (w < 0 && errno == EINTR) continue;
-      if (w < 0) return ErrnoStatus(errno, fmt::format("{}: cannot write", tmp));
-      done += size_t(w);
-    }
-    // durable: fsync before the rename, so after a crash the name never points at unwritten
-    // blocks. Either way the rename is atomic: readers see the old record or the new one.
-    if (durable && ::fsync(fd.get()) != 0) {
-      return ErrnoStatus(errno, fmt::format("{}: fsync failed", tmp));
-    }
-    if (fd.Close() != 0) return ErrnoStatus(errno, fmt::format("{}: close failed", tmp));
-  }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    return ErrnoStatus(errno, fmt::format("{}: cannot rename {} into place", path, tmp));
-  }
-  return Status::Ok();
+  return WriteAtomically(dir_, fmt::format("job-{}.pb", record.job_id()), bytes, durable);
 }
 
 }  // namespace longctx::coordinator

@@ -5,6 +5,7 @@
 
 #include <boost/asio.hpp>
 
+#include "longctx/coordinator/tls.h"
 #include "longctx/core/log.h"
 
 namespace longctx::coordinator {
@@ -21,7 +22,7 @@ class WorkerLink::Impl : public std::enable_shared_from_this<WorkerLink::Impl> {
  public:
   explicit Impl(WorkerLinkOptions o)
       : options_(std::move(o)),
-        socket_(io_),
+        channel_(std::make_shared<Channel>(tcp::socket(io_), nullptr)),
         timer_(io_),
         retry_(io_),
         work_(asio::make_work_guard(io_)),
@@ -29,6 +30,14 @@ class WorkerLink::Impl : public std::enable_shared_from_this<WorkerLink::Impl> {
         backoff_(options_.backoff_initial) {}
 
   void Run() {
+    if (options_.tls.enabled()) {
+      Result<std::shared_ptr<asio::ssl::context>> ctx = MakeClientTlsContext(options_.tls);
+      if (!ctx.ok()) {
+        Refuse(ctx.status().message());
+        return;
+      }
+      tls_ = std::move(*ctx);
+    }
     asio::post(io_, [self = shared_from_this()] { self->Connect(); });
     io_.run();
   }
@@ -95,25 +104,39 @@ class WorkerLink::Impl : public std::enable_shared_from_this<WorkerLink::Impl> {
       Retry(fmt::format("cannot resolve '{}': {}", options_.host, ec.message()));
       return;
     }
-    socket_ = tcp::socket(io_);
+    // A fresh channel per attempt; pending handlers of the old one keep it alive (they capture
+    // it) and see a newer attempt.
+    channel_ = std::make_shared<Channel>(tcp::socket(io_), tls_.get());
     decoder_ = FrameDecoder(kDefaultMaxFrameBytes);
     out_.clear();
     writing_ = false;
     const uint64_t attempt = ++attempt_;
-    asio::async_connect(socket_, endpoints,
-                        [self = shared_from_this(), attempt](error_code e, const tcp::endpoint&) {
-                          if (attempt != self->attempt_ || self->stopping_) return;
-                          if (e) {
-                            self->Retry(e.message());
-                            return;
-                          }
-                          self->OnConnected();
-                        });
+    asio::async_connect(
+        channel_->socket(), endpoints,
+        [self = shared_from_this(), ch = channel_, attempt](error_code e, const tcp::endpoint&) {
+          if (attempt != self->attempt_ || self->stopping_) return;
+          if (e) {
+            self->Retry(e.message());
+            return;
+          }
+          if (Status st = ch->ExpectPeerName(self->options_.host); !st.ok()) {
+            self->Refuse(st.message());
+            return;
+          }
+          ch->AsyncHandshake(asio::ssl::stream_base::client, [self, ch, attempt](error_code he) {
+            if (attempt != self->attempt_ || self->stopping_) return;
+            if (he) {
+              self->Retry(fmt::format("TLS handshake failed: {}", he.message()));
+              return;
+            }
+            self->OnConnected();
+          });
+        });
   }
 
   void OnConnected() {
     error_code ec;
-    socket_.set_option(tcp::no_delay(true), ec);
+    channel_->socket().set_option(tcp::no_delay(true), ec);
     control::Envelope hello;
     control::Hello* h = hello.mutable_hello();
     h->set_protocol_version(kProtocolVersion);
@@ -134,11 +157,10 @@ class WorkerLink::Impl : public std::enable_shared_from_this<WorkerLink::Impl> {
 
   // Closes the current connection (if any); jobs and events of it are dropped from now on.
   void Drop(const std::string& why) {
-    if (socket_.is_open() && !stopping_) {
+    if (channel_->socket().is_open() && !stopping_) {
       LONGCTX_LOG_WARN("worker: connection to the coordinator lost: {}", why);
     }
-    error_code ec;
-    socket_.close(ec);
+    channel_->Close();
     ++attempt_;  // stale handlers see a newer attempt and do nothing
     ready_ = false;
     out_.clear();
@@ -186,8 +208,8 @@ class WorkerLink::Impl : public std::enable_shared_from_this<WorkerLink::Impl> {
 
   void WriteNext(uint64_t attempt) {
     writing_ = true;
-    asio::async_write(socket_, asio::buffer(out_.front()),
-                      [self = shared_from_this(), attempt](error_code e, size_t) {
+    channel_->AsyncWrite(asio::buffer(out_.front()),
+                      [self = shared_from_this(), ch = channel_, attempt](error_code e, size_t) {
                         if (attempt != self->attempt_) return;
                         self->writing_ = false;
                         if (e) {
@@ -200,8 +222,8 @@ class WorkerLink::Impl : public std::enable_shared_from_this<WorkerLink::Impl> {
   }
 
   void Read(uint64_t attempt) {
-    socket_.async_read_some(asio::buffer(buf_), [self = shared_from_this(), attempt](error_code e,
-                                                                                     size_t n) {
+    channel_->AsyncReadSome(asio::buffer(buf_), [self = shared_from_this(), ch = channel_,
+                                                 attempt](error_code e, size_t n) {
       if (attempt != self->attempt_) return;
       if (e) {
         self->Retry(e == asio::error::eof ? "closed by the coordinator" : e.message());
@@ -300,7 +322,8 @@ class WorkerLink::Impl : public std::enable_shared_from_this<WorkerLink::Impl> {
 
   WorkerLinkOptions options_;
   asio::io_context io_;
-  tcp::socket socket_;
+  std::shared_ptr<asio::ssl::context> tls_;  // null: plaintext
+  std::shared_ptr<Channel> channel_;
   asio::steady_timer timer_, retry_;
   asio::executor_work_guard<asio::io_context::executor_type> work_;
   FrameDecoder decoder_;

@@ -1,6 +1,9 @@
 // `longctx submit` (a document and/or a question to the coordinator, with progress and the
-// result) and `longctx status` (worker groups and jobs; one job's full record with --job).
-// Both take the token from --token-file or LONGCTX_TOKEN, never from the command line.
+// result) and `longctx status` (worker groups and the caller's jobs, a page at a time; one job's
+// full record with --job). Both take the client token from --token-file or LONGCTX_TOKEN, never
+// from the command line; the token's identity decides which jobs and documents are reachable.
+// A submit whose connection is lost after its job was queued reconnects and waits for the job's
+// record (a restarted coordinator runs it again).
 #include <unistd.h>
 
 #include <chrono>
@@ -9,6 +12,7 @@
 #include <fstream>
 #include <memory>
 #include <string>
+#include <thread>
 
 #include <fmt/format.h>
 
@@ -25,6 +29,7 @@ namespace co = longctx::coordinator;
 struct ConnectFlags {
   std::string coordinator = "127.0.0.1:7070";
   std::string token_file;
+  co::TlsConfig tls;
   double timeout_s = 3600;  // the whole command
 };
 
@@ -37,7 +42,8 @@ struct SubmitFlags {
 
 struct StatusFlags {
   ConnectFlags connect;
-  uint64_t job = 0;
+  uint64_t job = 0, before = 0;
+  uint32_t limit = 20;
   std::string out;
 };
 
@@ -46,6 +52,10 @@ void AddConnectFlags(CLI::App& app, ConnectFlags* f) {
       ->capture_default_str();
   app.add_option("--token-file", f->token_file,
                  "file holding the shared token (else the LONGCTX_TOKEN environment variable)");
+  app.add_option("--tls-ca", f->tls.ca_file,
+                 "TLS: the CA of the coordinator's certificate (enables TLS)");
+  app.add_option("--tls-cert", f->tls.cert_file, "TLS: a client certificate to present (optional)");
+  app.add_option("--tls-key", f->tls.key_file, "TLS: its private key");
   app.add_option("--timeout", f->timeout_s, "seconds the whole command may take")
       ->capture_default_str();
 }
@@ -59,7 +69,55 @@ Result<std::unique_ptr<co::ControlConnection>> Connect(const ConnectFlags& f, co
   ASSIGN_OR_RETURN(std::string token, co::LoadToken(f.token_file));
   // Connecting gets at most 30 s of the budget: a dead address fails fast.
   const co::Deadline connect_by = std::min(*end, co::Clock::now() + std::chrono::seconds(30));
-  return co::ControlConnection::ConnectClient(host, port, token, connect_by);
+  return co::ControlConnection::ConnectClient(host, port, token, connect_by, "", f.tls);
+}
+
+// After the connection is lost with job `job_id` already queued (a coordinator restart keeps it):
+// reconnect (every second) and poll its record until it is done or failed, or until `end`.
+// The result is returned as the RESULT event the lost connection would have carried.
+Result<control::JobEvent> AwaitJob(const ConnectFlags& f, uint64_t job_id, co::Deadline end) {
+  std::string host;
+  uint16_t port = 0;
+  RETURN_IF_ERROR(co::ParseHostPort(f.coordinator, false, &host, &port));
+  ASSIGN_OR_RETURN(std::string token, co::LoadToken(f.token_file));
+  std::unique_ptr<co::ControlConnection> conn;
+  Status last = Status(StatusCode::kUnavailable, "not connected");
+  while (co::Clock::now() < end) {
+    if (!conn) {
+      const co::Deadline by = std::min(end, co::Clock::now() + std::chrono::seconds(5));
+      Result<std::unique_ptr<co::ControlConnection>> c =
+          co::ControlConnection::ConnectClient(host, port, token, by, "", f.tls);
+      if (c.ok()) {
+        conn = std::move(*c);
+      } else {
+        last = c.status();
+        if (last.code() != StatusCode::kUnavailable && last.code() != StatusCode::kDeadlineExceeded) {
+          return last;  // refused (a token problem): waiting cannot help
+        }
+      }
+    }
+    if (conn) {
+      Result<control::StatusReply> r = co::QueryStatus(*conn, job_id, end);
+      if (!r.ok()) {
+        last = r.status();
+        conn.reset();
+      } else if (r->job().job_id() != job_id) {
+        return NotFound("job {} is no longer known to the coordinator", job_id);
+      } else if (r->job().state() == control::JOB_DONE) {
+        control::JobEvent e;
+        e.set_kind(control::JobEvent::RESULT);
+        e.set_job_id(job_id);
+        e.set_group_id(r->job().group_id());
+        *e.mutable_result() = r->job().result();
+        return e;
+      } else if (r->job().state() == control::JOB_FAILED) {
+        return FailedPrecondition("job {} failed: {}", job_id, r->job().error());
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+  }
+  return Status(StatusCode::kDeadlineExceeded,
+                fmt::format("job {}: no result before --timeout ({})", job_id, last.message()));
 }
 
 const char* StateName(control::JobState s) {
@@ -139,7 +197,9 @@ Status RunSubmit(const SubmitFlags& f) {
   const bool show = f.progress != "off";
   const bool bar = show && isatty(fileno(stderr));
   int64_t tokens = 0;
+  uint64_t queued_job = 0;  // the job id of the request in flight, once QUEUED arrived
   auto on_event = [&](const control::JobEvent& e) {
+    if (e.kind() == control::JobEvent::QUEUED) queued_job = e.job_id();
     if (!show) return;
     switch (e.kind()) {
       case control::JobEvent::QUEUED:
@@ -147,6 +207,11 @@ Status RunSubmit(const SubmitFlags& f) {
         break;
       case control::JobEvent::STARTED:
         fmt::print(stderr, "submit: job {} started on worker group {}\n", e.job_id(), e.group_id());
+        break;
+      case control::JobEvent::REQUEUED:
+        if (bar && tokens > 0) fmt::print(stderr, "\n");
+        tokens = 0;
+        fmt::print(stderr, "submit: job {} queued again: {}\n", e.job_id(), e.error());
         break;
       case control::JobEvent::PROGRESS:
         if (bar) {
@@ -169,7 +234,18 @@ Status RunSubmit(const SubmitFlags& f) {
   const auto t0 = co::Clock::now();
   control::JobEvent done;
   for (int k = 0; k < f.repeat; ++k) {
-    ASSIGN_OR_RETURN(done, co::SubmitJob(*conn, req, on_event, end));
+    queued_job = 0;
+    Result<control::JobEvent> r = co::SubmitJob(*conn, req, on_event, end);
+    if (!r.ok() && r.status().code() == StatusCode::kUnavailable && queued_job != 0 &&
+        f.repeat == 1) {
+      // The coordinator went away after queueing the job; a restarted one runs it again.
+      if (show) {
+        fmt::print(stderr, "submit: lost the coordinator ({}); waiting for job {}\n",
+                   r.status().message(), queued_job);
+      }
+      r = AwaitJob(f.connect, queued_job, end);
+    }
+    ASSIGN_OR_RETURN(done, std::move(r));
   }
   if (f.repeat > 1) {
     const double secs = std::chrono::duration<double>(co::Clock::now() - t0).count();
@@ -192,17 +268,26 @@ Status RunSubmit(const SubmitFlags& f) {
 }
 
 Status RunStatus(const StatusFlags& f) {
+  if (f.limit < 1 || f.limit > 100) return InvalidArgument("--limit must be in [1, 100]");
   co::Deadline end;
   ASSIGN_OR_RETURN(std::unique_ptr<co::ControlConnection> conn, Connect(f.connect, &end));
-  ASSIGN_OR_RETURN(control::StatusReply s, co::QueryStatus(*conn, f.job, end));
+  control::StatusRequest request;
+  request.set_job_id(f.job);
+  request.set_before_job_id(f.before);
+  request.set_limit(f.limit);
+  ASSIGN_OR_RETURN(control::StatusReply s, co::QueryStatus(*conn, request, end));
   if (f.job != 0) {
+    // Another client identity's job is reported exactly like one that does not exist.
     if (s.job().job_id() != f.job) return NotFound("job {} is not known to the coordinator", f.job);
     const control::JobRecord& j = s.job();
     fmt::print("job {}: {}{}; doc {}, {} document bytes, question {} bytes, generate {}, group {}, "
-               "queued {:.3f} s, total {:.3f} s\n", j.job_id(), StateName(j.state()),
+               "attempts {}, queued {:.3f} s, total {:.3f} s\n", j.job_id(), StateName(j.state()),
                j.error().empty() ? "" : " (" + j.error() + ")", j.doc_id(), j.document_bytes(),
-               j.question().size(), j.generate(), j.group_id().empty() ? "-" : j.group_id(),
-               j.queue_seconds(), j.total_seconds());
+               j.question_bytes(), j.generate(), j.group_id().empty() ? "-" : j.group_id(),
+               j.attempts(), j.queue_seconds(), j.total_seconds());
+    for (const std::string& why : j.requeue_reasons()) {
+      fmt::print("job {}: requeued: {}\n", j.job_id(), why);
+    }
     if (j.state() == control::JOB_DONE) {
       fmt::print("job {}: {} tokens, {} globals, generated: {}\n", j.job_id(),
                  j.result().document_tokens(), j.result().globals_size(),
@@ -216,6 +301,7 @@ Status RunStatus(const StatusFlags& f) {
   fmt::print("workers: {} group(s); clients: {}; jobs queued {}, running {}; uploads in "
              "progress {}\n", s.workers_size(), s.clients(), s.queued(), s.running(),
              s.uploads_in_progress());
+  fmt::print("client: {} (its jobs and documents only)\n", s.client());
   for (const control::WorkerInfo& w : s.workers()) {
     fmt::print("  worker {} {} ranks={} model={} {} documents=[{}]\n", w.group_id(), w.name(),
                w.ranks(), w.model(),
@@ -223,9 +309,14 @@ Status RunStatus(const StatusFlags& f) {
                fmt::join(w.documents(), ","));
   }
   for (const control::JobRecord& j : s.jobs()) {
-    fmt::print("  job {} {} doc={} group={} bytes={}{}\n", j.job_id(), StateName(j.state()),
+    fmt::print("  job {} {} doc={} group={} bytes={}{}{}\n", j.job_id(), StateName(j.state()),
                j.doc_id(), j.group_id().empty() ? "-" : j.group_id(), j.document_bytes(),
+               j.requeue_reasons_size() > 0 ? fmt::format(" requeued={}", j.requeue_reasons_size())
+                                            : std::string(),
                j.error().empty() ? "" : " error=" + j.error());
+  }
+  if (s.next_before_job_id() != 0) {
+    fmt::print("more: --before {}\n", s.next_before_job_id());
   }
   return Status::Ok();
 }
@@ -251,6 +342,9 @@ Runner AddStatusCommand(CLI::App& app) {
   auto f = std::make_shared<StatusFlags>();
   AddConnectFlags(app, &f->connect);
   app.add_option("--job", f->job, "one job's full record (its result with --out)");
+  app.add_option("--limit", f->limit, "jobs listed (newest first), at most 100")
+      ->capture_default_str();
+  app.add_option("--before", f->before, "list jobs older than this job id (the next page)");
   app.add_option("--out", f->out, "with --job: write result.json and generated.txt here");
   return [f] { return RunStatus(*f); };
 }

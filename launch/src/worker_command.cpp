@@ -38,6 +38,7 @@ using namespace std::chrono_literals;
 struct WorkerFlags {
   std::string coordinator = "127.0.0.1:7070";
   std::string token_file;
+  co::TlsConfig tls;
   EngineFlags engine;     // model, hybrid overrides, threads, --kv-* (the same as `longctx run`)
   int max_documents = 4;  // documents kept (least recently used dropped beyond)
 };
@@ -207,8 +208,13 @@ Status RunWorker(const WorkerFlags& f) {
   Status st = [&]() -> Status {
     RETURN_IF_ERROR(co::ParseHostPort(f.coordinator, false, &lo.host, &lo.port)
                         .WithContext("--coordinator"));
-    ASSIGN_OR_RETURN(lo.token, co::LoadToken(f.token_file));
-    if (f.max_documents < 1) return InvalidArgument("--max-documents must be >= 1");
+    // The worker token: a credential of its own, not a client token (the coordinator refuses
+    // a client token from a worker group).
+    ASSIGN_OR_RETURN(lo.token, co::LoadSecret(f.token_file, "LONGCTX_WORKER_TOKEN",
+                                              "--worker-token-file", "worker token"));
+    if (f.max_documents < 1 || f.max_documents > co::kMaxHeldDocuments) {
+      return InvalidArgument("--max-documents must be in [1, {}]", co::kMaxHeldDocuments);
+    }
     ASSIGN_OR_RETURN(eo, f.engine.Options(/*keep_kv=*/true));
     // A worker group reads documents and questions as bytes (WorkerGroup::Compute has no
     // tokenizer yet): a model with its own tokenizer.json would compute on the wrong ids and
@@ -235,6 +241,7 @@ Status RunWorker(const WorkerFlags& f) {
     lo.name = fmt::format("{}:{}", host, getpid());
     lo.model = f.engine.model;
     lo.ranks = c.size();
+    lo.tls = f.tls;
     link = std::make_unique<co::WorkerLink>(lo);
     link->Start();
   }
@@ -281,8 +288,14 @@ Runner AddWorkerCommand(CLI::App& app) {
   auto f = std::make_shared<WorkerFlags>();
   app.add_option("--coordinator", f->coordinator, "HOST:PORT of the coordinator")
       ->capture_default_str();
-  app.add_option("--token-file", f->token_file,
-                 "file holding the shared token (else the LONGCTX_TOKEN environment variable)");
+  app.add_option("--tls-ca", f->tls.ca_file,
+                 "TLS: the CA of the coordinator's certificate (enables TLS)");
+  app.add_option("--tls-cert", f->tls.cert_file,
+                 "TLS: the worker group's certificate, signed by the coordinator's --tls-ca");
+  app.add_option("--tls-key", f->tls.key_file, "TLS: its private key");
+  app.add_option("--worker-token-file,--token-file", f->token_file,
+                 "file holding the worker token (the coordinator's --worker-token-file; else the "
+                 "LONGCTX_WORKER_TOKEN environment variable)");
   f->engine.Register(app);
   app.add_option("--max-documents", f->max_documents,
                  "prefilled documents kept for later questions (least recently used dropped)")

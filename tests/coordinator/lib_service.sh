@@ -18,11 +18,17 @@ free_port() {
   /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
+# The worker groups' token, separate from the clients' $T/token (made once per test directory).
+worker_token() {
+  [[ -s "$T/worker-token" ]] || { head -c 32 /dev/urandom | base64 >"$T/worker-token"; chmod 600 "$T/worker-token"; }
+}
+
 # start_coordinator PORT LOG [ARGS...]: sets COORD_PID; fails unless it listens within 15 s.
 start_coordinator() {
   local port=$1 log=$2; shift 2
-  "$BIN" coordinator --listen "127.0.0.1:$port" --token-file "$T/token" --state-dir "$T/state" \
-    "$@" >"$log" 2>&1 &
+  worker_token
+  "$BIN" coordinator --listen "127.0.0.1:$port" --token-file "$T/token" \
+    --worker-token-file "$T/worker-token" --state-dir "$T/state" "$@" >"$log" 2>&1 &
   COORD_PID=$!
   pids+=("$COORD_PID")
   for _ in $(seq 150); do
@@ -37,8 +43,9 @@ start_coordinator() {
 # start_workers NP PORT LOG [ENV=VALUE...]: an mpirun worker group; sets MPIRUN_PID.
 start_workers() {
   local np=$1 port=$2 log=$3; shift 3
+  worker_token
   env "$@" mpirun "${MPIRUN_ARGS[@]}" -np "$np" "$BIN" worker --coordinator "127.0.0.1:$port" \
-    --token-file "$T/token" --threads 1 >"$log" 2>&1 &
+    --worker-token-file "$T/worker-token" --threads 1 >"$log" 2>&1 &
   MPIRUN_PID=$!
   pids+=("$MPIRUN_PID")
 }

@@ -220,6 +220,62 @@ TEST(Security, TokenSources) {
   std::remove(path.c_str());
 }
 
+TEST(Security, ClientNamesAndScopedDocumentIds) {
+  EXPECT_TRUE(ValidateClientName("alice.b_c-1").ok());
+  EXPECT_FALSE(ValidateClientName("").ok());
+  EXPECT_FALSE(ValidateClientName("a/b").ok());
+  EXPECT_FALSE(ValidateClientName("a b").ok());
+  EXPECT_FALSE(ValidateClientName(std::string(65, 'a')).ok());
+  EXPECT_EQ(ScopedDocId("alice", "book:1"), "alice/book:1");
+  EXPECT_TRUE(ValidateScopedDocId("alice/book:1").ok());
+  EXPECT_FALSE(ValidateScopedDocId("book").ok());         // no identity
+  EXPECT_FALSE(ValidateScopedDocId("alice/").ok());       // no document
+  EXPECT_FALSE(ValidateScopedDocId("a/b/c").ok());        // '/' is no document-id byte
+  EXPECT_FALSE(ValidateScopedDocId("/book").ok());
+  control::JobEvent e;
+  e.set_job_id(1);
+  e.set_kind(control::JobEvent::RESULT);
+  e.mutable_result()->add_held_documents("alice/book");
+  EXPECT_TRUE(ValidateEvent(e).ok());
+  e.mutable_result()->add_held_documents("book");  // a group may only report scoped ids
+  EXPECT_FALSE(ValidateEvent(e).ok());
+}
+
+TEST(Security, ClientTokensFile) {
+  const std::string path = ::testing::TempDir() + "/longctx_client_tokens_test";
+  auto write = [&](const std::string& text) {
+    std::ofstream out(path);
+    out << text;
+  };
+  write("# name token\n\nalice alice-token-0123456789\n  bob   bob-token-0123456789xx  \n");
+  Result<std::vector<ClientCredential>> c = LoadClientTokens(path);
+  ASSERT_TRUE(c.ok()) << c.status().message();
+  ASSERT_EQ(c->size(), 2u);
+  EXPECT_EQ((*c)[0].name, "alice");
+  EXPECT_EQ((*c)[0].token, "alice-token-0123456789");
+  EXPECT_EQ((*c)[1].name, "bob");
+  EXPECT_EQ((*c)[1].token, "bob-token-0123456789xx");
+  write("alice short\n");
+  c = LoadClientTokens(path);
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.status().message().find("at least 16"), std::string::npos) << c.status().message();
+  EXPECT_EQ(c.status().message().find("short"), std::string::npos);  // the token is not echoed
+  write("alice alice-token-0123456789\nalice other-token-0123456789\n");
+  EXPECT_FALSE(LoadClientTokens(path).ok());  // a name twice
+  write("alice alice-token-0123456789\nbob alice-token-0123456789\n");
+  EXPECT_FALSE(LoadClientTokens(path).ok());  // a token twice
+  write("alice\n");
+  EXPECT_FALSE(LoadClientTokens(path).ok());  // no token
+  write("a/b alice-token-0123456789\n");
+  EXPECT_FALSE(LoadClientTokens(path).ok());  // bad name
+  write("# only a comment\n");
+  EXPECT_FALSE(LoadClientTokens(path).ok());
+  EXPECT_EQ(LoadClientTokens(path + ".missing").status().code(), StatusCode::kNotFound);
+  EXPECT_TRUE(CheckTokenStrength(std::string(16, 'x'), "t").ok());
+  EXPECT_FALSE(CheckTokenStrength(std::string(15, 'x'), "t").ok());
+  std::remove(path.c_str());
+}
+
 TEST(Address, HostPort) {
   std::string host;
   uint16_t port = 0;

@@ -4,8 +4,9 @@
 # mpirun -np 2 on the same input (a document with a question, then further questions on the same
 # document id without a second prefill); 20 concurrent clients with small documents, each result
 # equal to `longctx run`; bad input refused with a one-line error while the service keeps serving
-# (wrong/missing token, unreachable coordinator, oversize document, unknown document id, garbage
-# bytes, an oversize frame, a truncated frame, an unknown protocol version).
+# (wrong/missing token, a worker group holding the clients' token, unreachable coordinator,
+# oversize document, unknown document id, garbage bytes, an oversize frame, a truncated frame, an
+# unknown protocol version).
 # Usage: test_service.sh LONGCTX_BINARY
 set -uo pipefail
 BIN=${1:?usage: test_service.sh LONGCTX_BINARY}
@@ -98,6 +99,26 @@ expect_error "submit: wrong token" submit --coordinator "127.0.0.1:$PORT" --toke
   --input "$T/doc.txt" --timeout 10
 grep -q "authentication failed" "$T/stderr" || bad "wrong token: message does not say authentication failed"
 expect_error "submit: no token" submit --coordinator "127.0.0.1:$PORT" --input "$T/doc.txt" --timeout 10
+# A worker group holding the clients' token is refused (on main it registered, received other
+# clients' documents and could forge their answers).
+if timeout 60 mpirun "${MPIRUN_ARGS[@]}" -np 1 "$BIN" worker --coordinator "127.0.0.1:$PORT" \
+    --worker-token-file "$T/token" --threads 1 >"$T/impostor.log" 2>&1; then
+  bad "a worker group with the client token was accepted"
+else
+  grep -q "authentication failed" "$T/impostor.log" &&
+    ok "a worker group with the client token is refused: $(grep -m1 -o 'authentication failed[^"]*' "$T/impostor.log")" ||
+    bad "impostor worker group: $(tail -3 "$T/impostor.log")"
+fi
+"$BIN" status "${S[@]:0:6}" | grep -q "^workers: 1 group" && ok "still one worker group" ||
+  bad "worker groups after the impostor: $("$BIN" status "${S[@]:0:6}" 2>&1 | head -1)"
+# The coordinator refuses weak or shared credentials at startup, with one line.
+echo short >"$T/short"
+C=(coordinator --listen 127.0.0.1:0 --state-dir "$T/state-x")
+expect_error "coordinator: short token" "${C[@]}" --token-file "$T/short" --worker-token-file "$T/worker-token"
+grep -q "at least 16" "$T/stderr" || bad "short token: message does not give the minimum"
+expect_error "coordinator: no worker token" "${C[@]}" --token-file "$T/token"
+expect_error "coordinator: worker token = client token" "${C[@]}" --token-file "$T/token" \
+  --worker-token-file "$T/token"
 expect_error "status: nothing listens" status --coordinator 127.0.0.1:1 --token-file "$T/token" --timeout 5
 head -c $((2 * 1024 * 1024)) /dev/zero | tr '\0' 'x' >"$T/big.txt"
 expect_error "submit: document over --max-document" submit "${S[@]}" --input "$T/big.txt"

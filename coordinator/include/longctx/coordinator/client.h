@@ -12,6 +12,7 @@
 #include <string_view>
 
 #include "longctx/coordinator/frame.h"
+#include "longctx/coordinator/tls.h"
 #include "longctx/core/status.h"
 
 namespace longctx::coordinator {
@@ -22,14 +23,20 @@ using Deadline = Clock::time_point;
 class ControlConnection {
  public:
   // TCP connect only (no Hello): tests use it to send what a real client never would.
+  // local_address: bind the socket to this local IP first (empty: the OS chooses).
+  // tls: when enabled, a TLS handshake follows the connect (the coordinator's certificate must
+  // chain to tls.ca_file and name `host`).
   static Result<std::unique_ptr<ControlConnection>> Open(const std::string& host, uint16_t port,
-                                                         Deadline deadline);
+                                                         Deadline deadline,
+                                                         const std::string& local_address = "",
+                                                         const TlsConfig& tls = {});
   // Open + Hello (role client) + its reply. kUnavailable when nothing listens; the server's
   // error message (e.g. "authentication failed: wrong token") when it refuses.
-  static Result<std::unique_ptr<ControlConnection>> ConnectClient(const std::string& host,
-                                                                  uint16_t port,
-                                                                  const std::string& token,
-                                                                  Deadline deadline);
+  static Result<std::unique_ptr<ControlConnection>> ConnectClient(
+      const std::string& host, uint16_t port, const std::string& token, Deadline deadline,
+      const std::string& local_address = "", const TlsConfig& tls = {});
+  // The client identity the coordinator mapped the token to (set by ConnectClient).
+  const std::string& client() const { return client_; }
   ~ControlConnection();
   ControlConnection(const ControlConnection&) = delete;
   ControlConnection& operator=(const ControlConnection&) = delete;
@@ -46,6 +53,7 @@ class ControlConnection {
   explicit ControlConnection(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
   uint64_t last_request_id_ = 0;
+  std::string client_;
 };
 
 struct JobRequest {
@@ -65,5 +73,8 @@ Result<control::JobEvent> SubmitJob(ControlConnection& conn, const JobRequest& r
 // One StatusRequest (job_id 0: the overview only).
 Result<control::StatusReply> QueryStatus(ControlConnection& conn, uint64_t job_id,
                                          Deadline deadline);
+// The same with the listing's page (before_job_id, limit) set.
+Result<control::StatusReply> QueryStatus(ControlConnection& conn,
+                                         const control::StatusRequest& request, Deadline deadline);
 
 }  // namespace longctx::coordinator

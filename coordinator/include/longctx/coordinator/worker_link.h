@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "longctx/coordinator/frame.h"
+#include "longctx/coordinator/tls.h"
 #include "longctx/core/status.h"
 
 namespace longctx::coordinator {
@@ -29,6 +30,7 @@ struct WorkerLinkOptions {
   std::string name;   // shown by `longctx status` (host:pid)
   std::string model;
   int32_t ranks = 1;
+  TlsConfig tls;      // ca: the coordinator's CA; cert + key: the group's own certificate
   std::chrono::milliseconds backoff_initial{100}, backoff_max{2000};
   std::chrono::milliseconds silence_timeout{6000};  // no frame from the coordinator this long
 };
