@@ -36,7 +36,9 @@ struct PoolConn {
   HostPort address;
   std::string name;  // "store 127.0.0.1:7000", for messages
   UniqueFd socket;   // the bootstrap session: closing it makes the pool free our blocks
-  uint64_t pool_id = 0, client_id = 0, base = 0, capacity = 0, free_bytes = 0;
+  uint64_t pool_id = 0, session_id = 0, base = 0, capacity = 0, quota = 0;
+  uint64_t free_bytes = 0;  // what this session may still allocate (pool free, quota left)
+  uint8_t session_key[wire::kSessionKeyBytes] = {};  // issued by the pool in its hello
   std::unique_ptr<Endpoint> ep;
   std::unique_ptr<RemoteKey> rkey;  // after ep: destroyed first
   bool dead = false;
@@ -91,7 +93,7 @@ class StoreClientImpl final : public StoreClient {
   }
 
  private:
-  Status ConnectPool(const std::string& address, Deadline deadline);
+  Status ConnectPool(const PoolTarget& target, Deadline deadline);
   bool Alive(PoolConn& pool);
   void MarkDead(PoolConn& pool, const std::string& why);
   std::function<bool()> AliveFn(std::vector<size_t> pools);
@@ -156,7 +158,7 @@ Status StoreClientImpl::Init() {
     slot.message.assign(reinterpret_cast<const char*>(m.data.data()), m.data.size());
   }));
   const Deadline deadline = NewDeadline();
-  for (const std::string& address : options_.pools) RETURN_IF_ERROR(ConnectPool(address, deadline));
+  for (const PoolTarget& target : options_.pools) RETURN_IF_ERROR(ConnectPool(target, deadline));
   if (pools_.empty()) {
     return InvalidArgument(
         "the remote KV store has no pool to use (no other rank lends one and no store given)");
@@ -168,8 +170,8 @@ Status StoreClientImpl::Init() {
   return Status::Ok();
 }
 
-Status StoreClientImpl::ConnectPool(const std::string& text, Deadline deadline) {
-  ASSIGN_OR_RETURN(HostPort address, comm::ucx::ParseHostPort(text, "store address"));
+Status StoreClientImpl::ConnectPool(const PoolTarget& target, Deadline deadline) {
+  ASSIGN_OR_RETURN(HostPort address, comm::ucx::ParseHostPort(target.address, "store address"));
   const std::string name = "store " + address.ToString();
   auto fail = [&name](const Status& st) { return st.WithContext("connecting to " + name); };
   Result<UniqueFd> socket = comm::ucx::TcpConnect(address, deadline);
@@ -179,13 +181,30 @@ Status StoreClientImpl::ConnectPool(const std::string& text, Deadline deadline) 
   hello.version = wire::kVersion;
   hello.flags = comm::ucx::SharedMemoryAllowed() ? wire::kFlagSharedMemory : 0;
   hello.addr_len = static_cast<uint32_t>(worker_->address().size());
+  if (target.token) std::memcpy(hello.token, target.token->bytes.data(), wire::kTokenBytes);
   wire::SetHost(hello.host, host_);
   std::vector<std::byte> frame;
   wire::Append(&frame, wire::AsBytes(hello));
   wire::Append(&frame, worker_->address());
   if (Status st = comm::ucx::SendFrame(socket->get(), frame, deadline); !st.ok()) return fail(st);
   Result<std::vector<std::byte>> answer = comm::ucx::RecvFrame(socket->get(), 1 << 16, deadline);
-  if (!answer.ok()) return fail(answer.status());
+  if (!answer.ok()) {
+    // A pool that closes without a word speaks an older protocol (or dropped us: limits).
+    if (answer.status().code() == StatusCode::kUnavailable) {
+      return fail(Unavailable("the store closed the connection without answering the hello "
+                              "(another protocol version, or its connection limits)"));
+    }
+    return fail(answer.status());
+  }
+  if (Result<wire::Refusal> r = wire::Read<wire::Refusal>(*answer, "refusal");
+      r.ok() && r->magic == wire::kRefusalMagic) {
+    const size_t n = std::min<size_t>(r->text_len, answer->size() - sizeof(wire::Refusal));
+    std::string why(reinterpret_cast<const char*>(answer->data()) + sizeof(wire::Refusal), n);
+    for (char& c : why) {
+      if (c == '\n' || c == '\r') c = ' ';
+    }
+    return fail(FailedPrecondition("refused: {}", why));
+  }
   Result<wire::PoolHello> h = wire::Read<wire::PoolHello>(*answer, "pool hello");
   if (!h.ok()) return fail(h.status());
   if (h->magic != wire::kHelloMagic) return fail(DataLoss("not a longctx store (bad magic)"));
@@ -213,9 +232,11 @@ Status StoreClientImpl::ConnectPool(const std::string& text, Deadline deadline) 
   pool->name = name;
   pool->socket = std::move(*socket);
   pool->pool_id = h->pool_id;
-  pool->client_id = h->client_id;
+  pool->session_id = h->session_id;
+  std::memcpy(pool->session_key, h->session_key, wire::kSessionKeyBytes);
   pool->base = h->pool_base;
-  pool->capacity = pool->free_bytes = h->pool_bytes;
+  pool->capacity = h->pool_bytes;
+  pool->quota = pool->free_bytes = std::min(h->quota_bytes, h->pool_bytes);
   Result<std::unique_ptr<Endpoint>> ep =
       Endpoint::Connect(*worker_, rest.subspan(0, h->addr_len), name,
                         wire::SameHost(h->host, host_) && (h->flags & wire::kFlagSharedMemory));
@@ -271,7 +292,8 @@ Result<uint64_t> StoreClientImpl::SendRequest(PoolConn& pool, wire::Op op, uint6
   req.version = wire::kVersion;
   req.op = static_cast<uint16_t>(op);
   req.request_id = next_request_++;
-  req.client_id = pool.client_id;
+  req.session_id = pool.session_id;
+  std::memcpy(req.session_key, pool.session_key, wire::kSessionKeyBytes);
   req.arg0 = arg0;
   req.arg1 = arg1;
   Status sent = pool.ep->SendAm(wire::kAmRequest, wire::AsBytes(req), {}, false, deadline,
