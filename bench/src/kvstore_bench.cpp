@@ -455,6 +455,7 @@ Status RunKvstoreBench(const KvstoreBenchOptions& o) {
     co.pools = {cache::PoolTarget{address, token}};
     co.replicas = 1;
     co.timeout = std::chrono::milliseconds(120'000);
+    co.verify_mac = o.mac;
     // The cost of a session: TCP connect, hello with the token check, UCX endpoints both ways,
     // one stats round trip (what authentication adds is in the hello only; docs/security.md).
     {

@@ -1,7 +1,13 @@
 // StoreClient (store.h): a RemoteTier over UCX pools — placement by free capacity, replicas on
 // different pools, puts acknowledged after a flush, verified gets with replica fallback, and
 // dead pools detected and reported.
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <map>
 #include <mutex>
 #include <set>
@@ -49,9 +55,25 @@ struct Replica {
   size_t pool = 0;      // index into pools_
   uint64_t offset = 0;  // from the pool's base
 };
+// A block's authentication tag: GMAC (AES-128-GCM with the block as additional data and no
+// plaintext) under the client's random key, with a nonce unique per put. The tag stays in the
+// client's memory: nothing in any pool can be used to forge it.
+struct BlockTag {
+  uint64_t nonce = 0;
+  std::array<uint8_t, 16> tag{};
+};
+
+struct CipherCtxFree {
+  void operator()(EVP_CIPHER_CTX* c) const { EVP_CIPHER_CTX_free(c); }
+};
+struct CipherFree {
+  void operator()(EVP_CIPHER* c) const { EVP_CIPHER_free(c); }
+};
+
 struct Entry {
   uint64_t bytes = 0;
   std::vector<Replica> replicas;  // primary first
+  BlockTag tag;                   // of the encoded block as put (with verify_mac)
 };
 
 struct ReplyMessage {
@@ -87,6 +109,8 @@ class StoreClientImpl final : public StoreClient {
   std::vector<std::string> ReplicaPools(const BlockKey& key) const override;
   Status RefreshPools() override;
   Status CorruptForTest(const BlockKey& key, int replica, size_t byte) override;
+  Status OverwriteForTest(const BlockKey& key, int replica,
+                          std::span<const std::byte> bytes) override;
   void AdoptServer(std::unique_ptr<PoolServer> server) override {
     std::lock_guard<std::mutex> lock(mu_);
     own_server_ = std::move(server);
@@ -110,6 +134,26 @@ class StoreClientImpl final : public StoreClient {
   Status TransferAll(const std::vector<std::vector<RmaOp>>& ops, bool put, Deadline deadline,
                      std::vector<size_t>* involved);
   Deadline NewDeadline() const { return comm::DeadlineIn(options_.timeout); }
+  // GMAC of `bytes` under this client's key and `nonce` (thread-safe: a context per call).
+  Status Mac(std::span<const std::byte> bytes, uint64_t nonce, std::array<uint8_t, 16>* tag) const;
+  // A new tag for a block about to be put (a fresh nonce); an empty tag without verify_mac.
+  Result<BlockTag> TagOf(std::span<const std::byte> bytes) {
+    BlockTag t;
+    if (!options_.verify_mac) return t;
+    t.nonce = next_nonce_.fetch_add(1);
+    RETURN_IF_ERROR(Mac(bytes, t.nonce, &t.tag));
+    return t;
+  }
+  // OK, or why `block` read from a pool is not what this client stored under `entry`.
+  Status CheckTag(std::span<const std::byte> block, const Entry& entry,
+                  const BlockKey& key) const {
+    if (!options_.verify_mac) return Status::Ok();
+    std::array<uint8_t, 16> tag{};
+    RETURN_IF_ERROR(Mac(block, entry.tag.nonce, &tag));
+    if (CRYPTO_memcmp(tag.data(), entry.tag.tag.data(), tag.size()) == 0) return Status::Ok();
+    return DataLoss("KV block {}: not the block this client stored (MAC mismatch: overwritten in "
+                    "the pool)", key.ToString());
+  }
   // Copies to place of each of `blocks` new blocks when `alive` pools are up: the replicas asked
   // for, or fewer once pools have died (a degraded put: warned once, counted) — a job that lost
   // one of its two stores keeps going on the other rather than failing its next demotion.
@@ -126,6 +170,9 @@ class StoreClientImpl final : public StoreClient {
   }
 
   std::unique_ptr<PoolServer> own_server_;  // first: destroyed last
+  std::array<uint8_t, 16> mac_key_{};       // random per client (verify_mac)
+  std::unique_ptr<EVP_CIPHER, CipherFree> gcm_;
+  std::atomic<uint64_t> next_nonce_{1};
   std::shared_ptr<comm::ucx::Context> ctx_;
   StoreClientOptions options_;
   std::string host_ = comm::ucx::HostIdentity();
@@ -144,6 +191,12 @@ class StoreClientImpl final : public StoreClient {
 Status StoreClientImpl::Init() {
   if (options_.replicas < 1 || options_.replicas > 2) {
     return InvalidArgument("replicas must be 1 or 2, got {}", options_.replicas);
+  }
+  if (options_.verify_mac) {
+    gcm_.reset(EVP_CIPHER_fetch(nullptr, "AES-128-GCM", nullptr));
+    if (!gcm_ || RAND_bytes(mac_key_.data(), static_cast<int>(mac_key_.size())) != 1) {
+      return Internal("store client: OpenSSL has no AES-128-GCM or no randomness for the block MAC");
+    }
   }
   ASSIGN_OR_RETURN(worker_, Worker::Create(ctx_));
   RETURN_IF_ERROR(worker_->SetAmHandler(wire::kAmReply, [this](const AmMessage& m) {
@@ -370,6 +423,7 @@ Status StoreClientImpl::TransferAll(const std::vector<std::vector<RmaOp>>& ops, 
 
 Status StoreClientImpl::Put(const BlockKey& key, std::span<const std::byte> encoded) {
   if (encoded.empty()) return InvalidArgument("remote tier: {}: an empty block", key.ToString());
+  ASSIGN_OR_RETURN(const BlockTag tag, TagOf(encoded));  // outside the lock
   std::lock_guard<std::mutex> lock(mu_);
   const Deadline deadline = NewDeadline();
   std::vector<size_t> order;
@@ -428,7 +482,7 @@ Status StoreClientImpl::Put(const BlockKey& key, std::span<const std::byte> enco
   }
   auto it = entries_.find(key);
   if (it != entries_.end()) FreeReplicas(it->second.replicas, it->second.bytes, deadline);
-  entries_[key] = Entry{encoded.size(), std::move(placed)};
+  entries_[key] = Entry{encoded.size(), std::move(placed), tag};
   bytes_put_ += encoded.size() * want;
   return Status::Ok();
 }
@@ -466,6 +520,7 @@ Result<std::vector<std::byte>> StoreClientImpl::GetLocked(const BlockKey& key,
       continue;
     }
     st = VerifyBlock(block, key);
+    if (st.ok()) st = CheckTag(block, entry, key);
     if (!st.ok()) {
       corrupt = true;
       failures.push_back(fmt::format("{}: {}", where, st.message()));
@@ -497,6 +552,11 @@ Status StoreClientImpl::PutBatch(std::span<const BlockRef> blocks) {
     if (++seen[b.key] > 1) {
       return InvalidArgument("remote tier: {} appears twice in one batch", b.key.ToString());
     }
+  }
+  std::vector<BlockTag> tags;  // outside the lock
+  for (const BlockRef& b : blocks) {
+    ASSIGN_OR_RETURN(BlockTag t, TagOf(b.encoded));
+    tags.push_back(t);
   }
   std::lock_guard<std::mutex> lock(mu_);
   const Deadline deadline = NewDeadline();
@@ -577,7 +637,7 @@ Status StoreClientImpl::PutBatch(std::span<const BlockRef> blocks) {
   for (size_t b = 0; b < blocks.size(); ++b) {
     auto it = entries_.find(blocks[b].key);
     if (it != entries_.end()) FreeReplicas(it->second.replicas, it->second.bytes, deadline);
-    entries_[blocks[b].key] = Entry{blocks[b].encoded.size(), std::move(placed[b])};
+    entries_[blocks[b].key] = Entry{blocks[b].encoded.size(), std::move(placed[b]), tags[b]};
     bytes_put_ += blocks[b].encoded.size() * want;
   }
   return Status::Ok();
@@ -605,6 +665,7 @@ Status StoreClientImpl::GetBatchInto(std::span<const BlockKey> keys,
   const Deadline deadline = NewDeadline();
   std::vector<std::vector<RmaOp>> ops(pools_.size());
   std::vector<bool> fast(keys.size(), false);  // read from its primary in the batch
+  std::vector<const Entry*> found(keys.size(), nullptr);
   for (size_t k = 0; k < keys.size(); ++k) {
     auto it = entries_.find(keys[k]);
     if (it == entries_.end()) {
@@ -614,6 +675,7 @@ Status StoreClientImpl::GetBatchInto(std::span<const BlockKey> keys,
       return InvalidArgument("GetBatchInto: {} is {} bytes, its buffer {}", keys[k].ToString(),
                              it->second.bytes, out[k].size());
     }
+    found[k] = &it->second;
     const Replica& primary = it->second.replicas[0];
     if (!Alive(*pools_[primary.pool])) continue;  // the slow path reports or falls back
     ops[primary.pool].push_back(RmaOp{out[k].data(), out[k].size(), primary.offset});
@@ -628,7 +690,8 @@ Status StoreClientImpl::GetBatchInto(std::span<const BlockKey> keys,
     std::fill(fast.begin(), fast.end(), false);  // which ones landed is unknown: re-read all
   }
   for (size_t k = 0; k < keys.size(); ++k) {
-    if (fast[k] && VerifyBlock(out[k], keys[k]).ok()) {
+    if (fast[k] && VerifyBlock(out[k], keys[k]).ok() &&
+        CheckTag(out[k], *found[k], keys[k]).ok()) {
       bytes_got_ += out[k].size();
       continue;
     }
@@ -711,6 +774,48 @@ Status StoreClientImpl::CorruptForTest(const BlockKey& key, int replica, size_t 
   RETURN_IF_ERROR(pool.ep->GetAll(*pool.rkey, {&op, 1}, deadline));
   value ^= std::byte{0x5a};
   return pool.ep->PutAll(*pool.rkey, {&op, 1}, deadline);
+}
+
+Status StoreClientImpl::Mac(std::span<const std::byte> bytes, uint64_t nonce,
+                            std::array<uint8_t, 16>* tag) const {
+  std::unique_ptr<EVP_CIPHER_CTX, CipherCtxFree> ctx(EVP_CIPHER_CTX_new());
+  uint8_t iv[12] = {};  // 96-bit GCM nonce: the 64-bit counter, zero-padded
+  std::memcpy(iv, &nonce, sizeof(nonce));
+  int n = 0;
+  const bool ok =
+      ctx && EVP_EncryptInit_ex2(ctx.get(), gcm_.get(), mac_key_.data(), iv, nullptr) == 1 &&
+      // In chunks: EVP lengths are int.
+      [&] {
+        for (size_t at = 0; at < bytes.size(); at += size_t{1} << 30) {
+          const size_t len = std::min(bytes.size() - at, size_t{1} << 30);
+          if (EVP_EncryptUpdate(ctx.get(), nullptr, &n,
+                                reinterpret_cast<const unsigned char*>(bytes.data()) + at,
+                                static_cast<int>(len)) != 1) {
+            return false;
+          }
+        }
+        return true;
+      }() &&
+      EVP_EncryptFinal_ex(ctx.get(), nullptr, &n) == 1 &&
+      EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_GET_TAG, static_cast<int>(tag->size()),
+                          tag->data()) == 1;
+  if (!ok) return Internal("store client: the block MAC (OpenSSL AES-128-GCM) failed");
+  return Status::Ok();
+}
+
+Status StoreClientImpl::OverwriteForTest(const BlockKey& key, int replica,
+                                         std::span<const std::byte> bytes) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = entries_.find(key);
+  if (it == entries_.end()) return NotFound("{} is not stored", key.ToString());
+  if (replica < 0 || static_cast<size_t>(replica) >= it->second.replicas.size() ||
+      bytes.size() != it->second.bytes) {
+    return OutOfRange("{}: no replica {} of {} bytes", key.ToString(), replica, bytes.size());
+  }
+  const Replica& r = it->second.replicas[static_cast<size_t>(replica)];
+  PoolConn& pool = *pools_[r.pool];
+  const RmaOp op{const_cast<std::byte*>(bytes.data()), bytes.size(), r.offset};
+  return pool.ep->PutAll(*pool.rkey, {&op, 1}, NewDeadline());
 }
 
 }  // namespace

@@ -406,6 +406,47 @@ TEST_F(StoreSecurityTest, AGarbageUcxAddressIsRefusedAndTheStoreKeepsServing) {
   ExpectServing();
 }
 
+// ---- 4. a forged block ------------------------------------------------------------------------
+
+// Another token holder overwrites a stored block with a *valid* block of the same key and size
+// (its checksum consistent): VerifyBlock alone accepts it; the client's MAC does not.
+TEST_F(StoreSecurityTest, AForgedBlockWithAValidChecksumIsDetected) {
+  StartPool(1 << 20);
+  const BlockKey key{9, 2, 4};
+  const auto real = Block(key, 1);
+  const auto forged = Block(key, 2);
+  ASSERT_EQ(real.size(), forged.size());
+  ASSERT_NE(real, forged);
+  ASSERT_TRUE(VerifyBlock(forged, key).ok());
+  for (bool mac : {true, false}) {
+    StoreClientOptions o;
+    o.pools = {{server_->address().ToString(), token_}};
+    o.timeout = 5s;
+    o.verify_mac = mac;
+    auto client = StoreClient::Connect(ctx_, o);
+    ASSERT_TRUE(client.ok());
+    ASSERT_TRUE((*client)->Put(key, real).ok());
+    ASSERT_TRUE((*client)->OverwriteForTest(key, 0, forged).ok());
+    auto got = (*client)->Get(key);
+    std::vector<std::byte> into(real.size());
+    const std::span<std::byte> out[] = {into};
+    const Status batch = (*client)->GetBatchInto({&key, 1}, out);
+    if (mac) {
+      ASSERT_FALSE(got.ok());
+      EXPECT_EQ(got.status().code(), StatusCode::kDataLoss);
+      EXPECT_NE(got.status().message().find("MAC mismatch"), std::string::npos)
+          << got.status().message();
+      EXPECT_NE(got.status().message().find(key.ToString()), std::string::npos);
+      EXPECT_EQ(batch.code(), StatusCode::kDataLoss) << batch.ToString();
+    } else {
+      // Without the MAC the forgery goes through: what the MAC is for.
+      ASSERT_TRUE(got.ok());
+      EXPECT_EQ(*got, forged);
+      EXPECT_TRUE(batch.ok());
+    }
+  }
+}
+
 // ---- 5. slow, silent, half-open and dead clients ----------------------------------------------
 
 TEST_F(StoreSecurityTest, SilentClientsDoNotDelayOthersAndAreDropped) {

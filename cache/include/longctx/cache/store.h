@@ -103,6 +103,12 @@ struct StoreClientOptions {
   int replicas = 1;                // 1 or 2, on different pools
   uint64_t exclude_pool_id = 0;    // the caller's own pool (skipped if listed)
   std::chrono::milliseconds timeout = comm::DefaultTimeout();  // per call
+  // Authenticate every block this client stores with a MAC kept in the client's own memory
+  // (GMAC: AES-128-GCM over the block, a random key per client, a nonce per put) and check every
+  // read against it: a block overwritten in a pool — even with a valid checksum, i.e. forged by
+  // another holder of the pool's token — is kDataLoss naming the block (docs/security.md).
+  // Costs one GMAC per put and per get (~15 GB/s per core; bench/results/kvstore.md).
+  bool verify_mac = true;
 };
 
 // What a client knows of one pool (for reports and tests).
@@ -148,6 +154,10 @@ class StoreClient : public RemoteTier {
   // Test hook: flips one byte of replica `replica` of `key` in the remote pool (a get, a flip
   // and a put over RMA), so a corrupt remote copy can be tested without a pool-side hook.
   virtual Status CorruptForTest(const BlockKey& key, int replica, size_t byte) = 0;
+  // Test hook: writes `bytes` (the block's size) over replica `replica` of `key` over RMA — what
+  // another token holder could do with the pool's rkey (a forged block).
+  virtual Status OverwriteForTest(const BlockKey& key, int replica,
+                                  std::span<const std::byte> bytes) = 0;
   // Keeps `server` alive as long as this client (JoinStore: the rank's own pool).
   virtual void AdoptServer(std::unique_ptr<PoolServer> server) = 0;
 };
