@@ -39,8 +39,8 @@ Result<std::vector<std::string>> AllGatherStrings(comm::Communicator& comm,
 }
 
 struct LocalPool {
-  std::shared_ptr<comm::ucx::Context> ctx;
-  std::unique_ptr<PoolServer> server;
+  std::shared_ptr<comm::ucx::Context> ctx;  // the client's (UCX's default devices)
+  std::unique_ptr<PoolServer> server;       // on its own context, confined to bind_host's device
 };
 
 Result<LocalPool> StartLocal(const StoreJoinOptions& options, const StoreToken& job_token) {
@@ -54,7 +54,11 @@ Result<LocalPool> StartLocal(const StoreJoinOptions& options, const StoreToken& 
     so.pool_bytes = options.pool_bytes;
     so.listen = options.bind_host + ":0";
     so.token = job_token;  // only this job's ranks know it
-    ASSIGN_OR_RETURN(local.server, PoolServer::Start(local.ctx, so));
+    // Its own UCX context, so that its UCX listening sockets open only on the device of
+    // bind_host (all devices for 0.0.0.0), while the client's context may reach stores anywhere.
+    ASSIGN_OR_RETURN(std::shared_ptr<comm::ucx::Context> server_ctx,
+                     comm::ucx::Context::Create(comm::ucx::NetDeviceOf(options.bind_host)));
+    ASSIGN_OR_RETURN(local.server, PoolServer::Start(server_ctx, so));
   }
   return local;
 }

@@ -6,15 +6,8 @@
 // Readiness: once it answers on its address it prints "longctx store: listening on HOST:PORT ..."
 // and, with --address-file, writes "HOST:PORT\n" there (atomically: write, then rename), so a
 // script or test can wait for the file.
-#include <arpa/inet.h>
-#include <ifaddrs.h>
-#include <net/if.h>
-#include <netdb.h>
-#include <netinet/in.h>
 #include <signal.h>
 #include <unistd.h>
-
-#include <cstdlib>
 
 #include <cstdio>
 #include <filesystem>
@@ -56,44 +49,6 @@ Status WriteAddressFile(const std::string& path, const std::string& address) {
   return Status::Ok();
 }
 
-// UCX opens its own TCP listening socket on every network device it may use (UCX_NET_DEVICES,
-// default all), whatever --listen says. Unless the user chose devices, confine UCX to the device
-// that carries the --listen address: "lo" for 127.0.0.1, eth1 for eth1's address. A wildcard
-// (0.0.0.0) or an address on no local device leaves UCX's default (logged).
-void ConfineUcxToListenDevice(const std::string& host) {
-  if (std::getenv("UCX_NET_DEVICES") != nullptr) {
-    LONGCTX_LOG_INFO("store: UCX_NET_DEVICES={} (set by the user)", std::getenv("UCX_NET_DEVICES"));
-    return;
-  }
-  addrinfo hints{};
-  hints.ai_family = AF_INET;
-  addrinfo* found = nullptr;
-  if (getaddrinfo(host.c_str(), nullptr, &hints, &found) != 0 || found == nullptr) return;
-  const in_addr want = reinterpret_cast<sockaddr_in*>(found->ai_addr)->sin_addr;
-  freeaddrinfo(found);
-  if (want.s_addr == htonl(INADDR_ANY)) {
-    LONGCTX_LOG_WARN("store: --listen {} is every interface: UCX listens on all of them too", host);
-    return;
-  }
-  ifaddrs* list = nullptr;
-  if (getifaddrs(&list) != 0) return;
-  std::string device;
-  for (ifaddrs* i = list; i != nullptr; i = i->ifa_next) {
-    if (i->ifa_addr == nullptr || i->ifa_addr->sa_family != AF_INET) continue;
-    const in_addr a = reinterpret_cast<sockaddr_in*>(i->ifa_addr)->sin_addr;
-    const bool loopback = (i->ifa_flags & IFF_LOOPBACK) != 0;
-    // All of 127.0.0.0/8 is on the loopback device (which carries only 127.0.0.1 itself).
-    if (a.s_addr == want.s_addr || (loopback && (ntohl(want.s_addr) >> 24) == 127)) {
-      device = i->ifa_name;
-      break;
-    }
-  }
-  freeifaddrs(list);
-  if (device.empty()) return;
-  setenv("UCX_NET_DEVICES", device.c_str(), 0);
-  LONGCTX_LOG_INFO("store: UCX confined to network device {} (the --listen address's)", device);
-}
-
 Status RunStore(const StoreOptions& o) {
   ASSIGN_OR_RETURN(const uint64_t pool_bytes, ParseByteSize(o.pool, "--pool"));
   if (pool_bytes == 0) return InvalidArgument("--pool: the pool needs at least one byte");
@@ -128,8 +83,10 @@ Status RunStore(const StoreOptions& o) {
   sigaddset(&stop_signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
 
-  ConfineUcxToListenDevice(where.host);
-  ASSIGN_OR_RETURN(std::shared_ptr<comm::ucx::Context> ctx, comm::ucx::Context::Create());
+  // UCX opens its own TCP listening socket on every network device it may use, whatever
+  // --listen says: confine it to the device of the --listen address (docs/security.md).
+  const std::string device = comm::ucx::NetDeviceOf(where.host);
+  ASSIGN_OR_RETURN(std::shared_ptr<comm::ucx::Context> ctx, comm::ucx::Context::Create(device));
   cache::PoolServerOptions so;
   so.pool_bytes = pool_bytes;
   so.listen = where.ToString();
@@ -139,6 +96,12 @@ Status RunStore(const StoreOptions& o) {
   so.max_sessions_per_host = o.max_sessions_per_host;
   Result<std::unique_ptr<cache::PoolServer>> server = cache::PoolServer::Start(ctx, so);
   if (!server.ok()) return server.status().WithContext("--listen " + o.listen);
+  if (device.empty()) {
+    LONGCTX_LOG_WARN("store: --listen {} names no single local device: UCX listens on all of them",
+                     where.host);
+  } else {
+    LONGCTX_LOG_INFO("store: UCX confined to network device {}", device);
+  }
   const std::string address = (*server)->address().ToString();
   if (!o.address_file.empty()) RETURN_IF_ERROR(WriteAddressFile(o.address_file, address));
   std::printf("longctx store: listening on %s (pool %s, %s, pid %d)\n", address.c_str(),

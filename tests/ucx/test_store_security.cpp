@@ -310,6 +310,19 @@ TEST(StoreToken, CreatedOnceWithMode600AndReadBack) {
   std::filesystem::remove_all(dir);
 }
 
+// What confines a pool's UCX listening sockets to the --listen / --kv-bind device.
+TEST(UcxNetDevice, TheDeviceOfAListenAddress) {
+  const std::string lo = ucx::NetDeviceOf("127.0.0.1");
+  EXPECT_FALSE(lo.empty());
+  EXPECT_EQ(ucx::NetDeviceOf("127.0.0.5"), lo);  // all of 127/8 is on the loopback device
+  EXPECT_EQ(ucx::NetDeviceOf("localhost"), lo);
+  EXPECT_EQ(ucx::NetDeviceOf("0.0.0.0"), "");    // every device: not confined
+  EXPECT_EQ(ucx::NetDeviceOf("198.51.100.77"), "");  // on no local device (TEST-NET-2)
+  EXPECT_EQ(ucx::NetDeviceOf("no-such-host.invalid"), "");
+  // A context confined to it works (store and client on loopback were tested above).
+  EXPECT_TRUE(ucx::Context::Create(lo).ok());
+}
+
 // ---- 2. a session is its connection; quotas ---------------------------------------------------
 
 TEST_F(StoreSecurityTest, ASessionCannotFreeAnotherSessionsBlocks) {
