@@ -778,28 +778,27 @@ Status StoreClientImpl::CorruptForTest(const BlockKey& key, int replica, size_t 
 
 Status StoreClientImpl::Mac(std::span<const std::byte> bytes, uint64_t nonce,
                             std::array<uint8_t, 16>* tag) const {
+  const Status failed = Internal("store client: the block MAC (OpenSSL AES-128-GCM) failed");
   std::unique_ptr<EVP_CIPHER_CTX, CipherCtxFree> ctx(EVP_CIPHER_CTX_new());
   uint8_t iv[12] = {};  // 96-bit GCM nonce: the 64-bit counter, zero-padded
   std::memcpy(iv, &nonce, sizeof(nonce));
+  if (!ctx || EVP_EncryptInit_ex2(ctx.get(), gcm_.get(), mac_key_.data(), iv, nullptr) != 1) {
+    return failed;
+  }
+  // The block is additional authenticated data (no output); in chunks, as EVP lengths are int.
   int n = 0;
-  const bool ok =
-      ctx && EVP_EncryptInit_ex2(ctx.get(), gcm_.get(), mac_key_.data(), iv, nullptr) == 1 &&
-      // In chunks: EVP lengths are int.
-      [&] {
-        for (size_t at = 0; at < bytes.size(); at += size_t{1} << 30) {
-          const size_t len = std::min(bytes.size() - at, size_t{1} << 30);
-          if (EVP_EncryptUpdate(ctx.get(), nullptr, &n,
-                                reinterpret_cast<const unsigned char*>(bytes.data()) + at,
-                                static_cast<int>(len)) != 1) {
-            return false;
-          }
-        }
-        return true;
-      }() &&
-      EVP_EncryptFinal_ex(ctx.get(), nullptr, &n) == 1 &&
+  const auto* data = reinterpret_cast<const unsigned char*>(bytes.data());
+  constexpr size_t kChunk = size_t{1} << 30;
+  for (size_t at = 0; at < bytes.size(); at += kChunk) {
+    const int len = static_cast<int>(std::min(bytes.size() - at, kChunk));
+    if (EVP_EncryptUpdate(ctx.get(), nullptr, &n, data + at, len) != 1) return failed;
+  }
+  unsigned char none[16];  // GCM with no plaintext writes nothing here
+  if (EVP_EncryptFinal_ex(ctx.get(), none, &n) != 1 ||
       EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_GET_TAG, static_cast<int>(tag->size()),
-                          tag->data()) == 1;
-  if (!ok) return Internal("store client: the block MAC (OpenSSL AES-128-GCM) failed");
+                          tag->data()) != 1) {
+    return failed;
+  }
   return Status::Ok();
 }
 
