@@ -229,12 +229,35 @@ Status StoreClientImpl::ConnectPool(const PoolTarget& target, Deadline deadline)
   auto fail = [&name](const Status& st) { return st.WithContext("connecting to " + name); };
   Result<UniqueFd> socket = comm::ucx::TcpConnect(address, deadline);
   if (!socket.ok()) return socket.status();  // already names the address
+  // The pool's challenge first; the hello proves the token on its nonce (the token itself is
+  // never sent).
+  Result<std::vector<std::byte>> challenge_frame =
+      comm::ucx::RecvFrame(socket->get(), 1024, deadline);
+  if (!challenge_frame.ok()) {
+    if (challenge_frame.status().code() == StatusCode::kUnavailable) {
+      return fail(Unavailable("the store closed the connection without a challenge (its "
+                              "connection limits, or another protocol version)"));
+    }
+    return fail(challenge_frame.status());
+  }
+  Result<wire::Challenge> challenge = wire::Read<wire::Challenge>(*challenge_frame, "challenge");
+  if (!challenge.ok() || challenge->magic != wire::kChallengeMagic) {
+    return fail(DataLoss("not a longctx store, or another protocol version (no challenge)"));
+  }
+  if (challenge->version != wire::kVersion) {
+    return fail(FailedPrecondition("protocol version {} (this build speaks {})",
+                                   challenge->version, wire::kVersion));
+  }
   wire::ClientHello hello{};
   hello.magic = wire::kHelloMagic;
   hello.version = wire::kVersion;
   hello.flags = comm::ucx::SharedMemoryAllowed() ? wire::kFlagSharedMemory : 0;
   hello.addr_len = static_cast<uint32_t>(worker_->address().size());
-  if (target.token) std::memcpy(hello.token, target.token->bytes.data(), wire::kTokenBytes);
+  if (target.token) {
+    const std::array<uint8_t, wire::kProofBytes> proof =
+        wire::HelloProof(*target.token, challenge->nonce);
+    std::memcpy(hello.proof, proof.data(), proof.size());
+  }
   wire::SetHost(hello.host, host_);
   std::vector<std::byte> frame;
   wire::Append(&frame, wire::AsBytes(hello));
@@ -242,10 +265,8 @@ Status StoreClientImpl::ConnectPool(const PoolTarget& target, Deadline deadline)
   if (Status st = comm::ucx::SendFrame(socket->get(), frame, deadline); !st.ok()) return fail(st);
   Result<std::vector<std::byte>> answer = comm::ucx::RecvFrame(socket->get(), 1 << 16, deadline);
   if (!answer.ok()) {
-    // A pool that closes without a word speaks an older protocol (or dropped us: limits).
     if (answer.status().code() == StatusCode::kUnavailable) {
-      return fail(Unavailable("the store closed the connection without answering the hello "
-                              "(another protocol version, or its connection limits)"));
+      return fail(Unavailable("the store closed the connection without answering the hello"));
     }
     return fail(answer.status());
   }

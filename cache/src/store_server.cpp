@@ -117,6 +117,7 @@ class PoolServerImpl final : public PoolServer {
     UniqueFd fd;
     std::string peer;
     comm::Deadline deadline;
+    uint8_t nonce[wire::kNonceBytes] = {};  // sent in the challenge; the hello proves the token on it
     std::vector<std::byte> buf;  // received so far: the 4-byte length, then the hello
   };
   struct Outgoing {  // a reply waiting to be sent, or in flight (request != nullptr)
@@ -383,6 +384,16 @@ void PoolServerImpl::AcceptAll() {
     p.peer = PeerAddress(conn->get());
     p.fd = std::move(*conn);
     p.deadline = comm::DeadlineIn(options_.hello_timeout);
+    // The challenge, before anything is read: a fresh nonce the hello's proof must cover.
+    wire::Challenge c{};
+    c.magic = wire::kChallengeMagic;
+    c.version = wire::kVersion;
+    if (RAND_bytes(p.nonce, sizeof(p.nonce)) != 1) continue;  // (closes it)
+    std::memcpy(c.nonce, p.nonce, sizeof(p.nonce));
+    if (!comm::ucx::SendFrame(p.fd.get(), wire::AsBytes(c),
+                              comm::DeadlineIn(std::chrono::milliseconds(50))).ok()) {
+      continue;
+    }
     size_t pending_from_peer = 0;
     for (const PendingHello& q : pending_) pending_from_peer += q.peer == p.peer;
     if (pending_from_peer >= options_.max_sessions_per_host) {
@@ -474,11 +485,13 @@ void PoolServerImpl::HandleHello(PendingHello& p, std::span<const std::byte> pay
                                  wire::kVersion));
   }
   // The token first: nothing of the client's is interpreted, and nothing of the pool's is
-  // revealed, before it is proven.
+  // revealed, before it is proven (an HMAC of this connection's nonce, compared in constant time).
   if (options_.token) {
-    StoreToken offered;
-    std::memcpy(offered.bytes.data(), h.token, wire::kTokenBytes);
-    if (!SameToken(offered, *options_.token)) return Refuse(p, "wrong or missing store token");
+    const std::array<uint8_t, wire::kProofBytes> expected =
+        wire::HelloProof(*options_.token, p.nonce);
+    if (CRYPTO_memcmp(expected.data(), h.proof, expected.size()) != 0) {
+      return Refuse(p, "wrong or missing store token");
+    }
   }
   if (payload.size() != sizeof(wire::ClientHello) + size_t{h.addr_len}) {
     return Refuse(p, fmt::format("malformed hello ({} bytes for a {}-byte address)",

@@ -6,14 +6,18 @@
 #include <unistd.h>
 
 #include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <openssl/rand.h>
 
 #include <cctype>
 #include <cerrno>
+#include <cstring>
 #include <string>
 
 #include "longctx/cache/store.h"
 #include "longctx/core/file.h"
+#include "store_wire.h"
 
 namespace longctx::cache {
 
@@ -50,6 +54,22 @@ Result<StoreToken> NewStoreToken() {
 bool SameToken(const StoreToken& a, const StoreToken& b) {
   return CRYPTO_memcmp(a.bytes.data(), b.bytes.data(), a.bytes.size()) == 0;
 }
+
+namespace wire {
+std::array<uint8_t, kProofBytes> HelloProof(const StoreToken& token,
+                                            const uint8_t (&nonce)[kNonceBytes]) {
+  static constexpr char kLabel[] = "longctx store hello v2";
+  uint8_t message[sizeof(kLabel) - 1 + kNonceBytes];
+  std::memcpy(message, kLabel, sizeof(kLabel) - 1);
+  std::memcpy(message + sizeof(kLabel) - 1, nonce, kNonceBytes);
+  std::array<uint8_t, kProofBytes> proof{};
+  unsigned int n = 0;
+  // HMAC fails only when OpenSSL cannot allocate; the zero proof is then refused by the pool.
+  (void)HMAC(EVP_sha256(), token.bytes.data(), static_cast<int>(token.bytes.size()), message,
+             sizeof(message), proof.data(), &n);
+  return proof;
+}
+}  // namespace wire
 
 Result<StoreToken> ReadStoreToken(const std::string& path) {
   UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -12,17 +13,21 @@
 #include <type_traits>
 #include <vector>
 
+#include "longctx/cache/store.h"
 #include "longctx/core/status.h"
 
 namespace longctx::cache::wire {
 
 inline constexpr uint32_t kHelloMagic = 0x4C435848;  // "HXCL"
 inline constexpr uint32_t kAmMagic = 0x4C43414D;     // "MACL"
-inline constexpr uint32_t kRefusalMagic = 0x4C435852;  // "RXCL"
-// 2: the hello carries the store token; requests carry the session's id and key.
+inline constexpr uint32_t kRefusalMagic = 0x4C435852;    // "RXCL"
+inline constexpr uint32_t kChallengeMagic = 0x4C435843;  // "CXCL"
+// 2: the pool challenges, the hello proves the store token; requests carry the session's key.
 inline constexpr uint16_t kVersion = 2;
 
 inline constexpr size_t kTokenBytes = 32;       // a store token (256 bits)
+inline constexpr size_t kNonceBytes = 32;       // a pool's challenge
+inline constexpr size_t kProofBytes = 32;       // HMAC-SHA256
 inline constexpr size_t kSessionKeyBytes = 16;  // a session's key (128 bits, issued by the pool)
 // A UCX worker address a pool accepts: tens to a few hundred bytes on tcp/sm (more with many
 // devices). Anything outside these bounds is refused before UCX sees it.
@@ -53,17 +58,32 @@ enum class Op : uint16_t { kAlloc = 1, kFree = 2, kStats = 3 };
 // Hello flags (the `flags` field of both hellos).
 inline constexpr uint16_t kFlagSharedMemory = 1;  // this process's UCX_TLS allows shared memory
 
-// The pool checks `token` (constant time) before it looks at anything else past the version.
+// Pool -> client, the first frame on every accepted connection: a fresh random nonce. The token
+// itself never crosses the wire; the hello proves it by an HMAC of this nonce.
+struct Challenge {
+  uint32_t magic;  // kChallengeMagic
+  uint16_t version;
+  uint16_t reserved;
+  uint8_t nonce[kNonceBytes];
+};
+static_assert(sizeof(Challenge) == 8 + kNonceBytes && std::is_trivially_copyable_v<Challenge>);
+
+// HelloProof(token, nonce) = HMAC-SHA256(token, "longctx store hello v2" || nonce)
+// (store_token.cpp). A captured hello does not open another connection (another nonce).
+std::array<uint8_t, kProofBytes> HelloProof(const StoreToken& token,
+                                            const uint8_t (&nonce)[kNonceBytes]);
+
+// The pool checks `proof` (constant time) before it looks at anything else past the version.
 struct ClientHello {
   uint32_t magic;
   uint16_t version;
   uint16_t flags;  // kFlag*
   uint32_t addr_len;
   uint32_t reserved2;
-  uint8_t token[kTokenBytes];  // the store's token (all zero when the client has none)
+  uint8_t proof[kProofBytes];  // HelloProof(token, the challenge's nonce); zero without a token
   char host[kHostBytes];       // HostIdentity(), NUL-padded (truncated if longer)
 };
-static_assert(sizeof(ClientHello) == 16 + kTokenBytes + kHostBytes &&
+static_assert(sizeof(ClientHello) == 16 + kProofBytes + kHostBytes &&
               std::is_trivially_copyable_v<ClientHello>);
 
 // Pool -> client over TCP, followed by the pool's worker address and its packed rkey. Sent only

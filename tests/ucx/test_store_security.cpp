@@ -9,6 +9,8 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 
+#include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
@@ -50,15 +52,36 @@ bool Eventually(F done, std::chrono::milliseconds limit = 5000ms) {
   return done();
 }
 
-// The hello frame a client sends (the wire's ClientHello + the address bytes).
-std::vector<std::byte> HelloFrame(const StoreToken* token, std::span<const std::byte> address,
+using Nonce = std::array<uint8_t, wire::kNonceBytes>;
+
+// The pool's first frame on a connection: its challenge's nonce.
+Nonce ReadChallenge(int fd) {
+  Nonce nonce{};
+  auto frame = ucx::RecvFrame(fd, 1024, comm::DeadlineIn(5s));
+  EXPECT_TRUE(frame.ok()) << frame.status().ToString();
+  if (!frame.ok()) return nonce;
+  auto c = wire::Read<wire::Challenge>(*frame, "challenge");
+  EXPECT_TRUE(c.ok() && c->magic == wire::kChallengeMagic);
+  if (c.ok()) std::memcpy(nonce.data(), c->nonce, nonce.size());
+  return nonce;
+}
+
+// The hello frame a client sends (the wire's ClientHello + the address bytes), proving `token`
+// on `nonce` (no proof without a token).
+std::vector<std::byte> HelloFrame(const StoreToken* token, const Nonce& nonce,
+                                  std::span<const std::byte> address,
                                   uint16_t version = wire::kVersion) {
   wire::ClientHello h{};
   h.magic = wire::kHelloMagic;
   h.version = version;
   h.flags = ucx::SharedMemoryAllowed() ? wire::kFlagSharedMemory : 0;
   h.addr_len = static_cast<uint32_t>(address.size());
-  if (token != nullptr) std::memcpy(h.token, token->bytes.data(), wire::kTokenBytes);
+  if (token != nullptr) {
+    uint8_t n[wire::kNonceBytes];
+    std::memcpy(n, nonce.data(), sizeof(n));
+    const auto proof = wire::HelloProof(*token, n);
+    std::memcpy(h.proof, proof.data(), proof.size());
+  }
   wire::SetHost(h.host, ucx::HostIdentity());
   // (resize + memcpy: GCC 12 at -O3 warns falsely on vector::insert of two spans here)
   std::vector<std::byte> frame(sizeof(h) + address.size());
@@ -115,7 +138,8 @@ class RawClient {
   // Hello with `token`; on success connects the endpoint. Returns the answer.
   Result<Answer> Hello(const ucx::HostPort& pool, const StoreToken* token) {
     ASSIGN_OR_RETURN(socket_, ucx::TcpConnect(pool, comm::DeadlineIn(5s)));
-    RETURN_IF_ERROR(ucx::SendFrame(socket_.get(), HelloFrame(token, worker_->address()),
+    const Nonce nonce = ReadChallenge(socket_.get());
+    RETURN_IF_ERROR(ucx::SendFrame(socket_.get(), HelloFrame(token, nonce, worker_->address()),
                                    comm::DeadlineIn(5s)));
     ASSIGN_OR_RETURN(Answer a, ReadAnswer(socket_.get()));
     if (a.refused) return a;
@@ -229,7 +253,9 @@ TEST_F(StoreSecurityTest, WrongOrMissingTokenIsRefusedBeforeAnyAddressOrKey) {
     auto fd = ucx::TcpConnect(server_->address(), comm::DeadlineIn(5s));
     ASSERT_TRUE(fd.ok());
     const std::vector<std::byte> garbage(64, std::byte{0xFF});
-    ASSERT_TRUE(ucx::SendFrame(fd->get(), HelloFrame(&wrong, garbage), comm::DeadlineIn(5s)).ok());
+    const Nonce nonce = ReadChallenge(fd->get());
+    ASSERT_TRUE(
+        ucx::SendFrame(fd->get(), HelloFrame(&wrong, nonce, garbage), comm::DeadlineIn(5s)).ok());
     auto a = ReadAnswer(fd->get());
     ASSERT_TRUE(a.ok());
     EXPECT_TRUE(a->refused);
@@ -256,12 +282,37 @@ TEST_F(StoreSecurityTest, AnotherProtocolVersionIsRefused) {
   StartPool(1 << 20);
   auto fd = ucx::TcpConnect(server_->address(), comm::DeadlineIn(5s));
   ASSERT_TRUE(fd.ok());
-  ASSERT_TRUE(ucx::SendFrame(fd->get(), HelloFrame(&token_, std::vector<std::byte>(80), 1),
+  const Nonce nonce = ReadChallenge(fd->get());
+  ASSERT_TRUE(ucx::SendFrame(fd->get(), HelloFrame(&token_, nonce, std::vector<std::byte>(80), 1),
                              comm::DeadlineIn(5s)).ok());
   auto a = ReadAnswer(fd->get());
   ASSERT_TRUE(a.ok());
   EXPECT_TRUE(a->refused);
   EXPECT_NE(a->text.find("protocol version 1"), std::string::npos) << a->text;
+}
+
+// The token never crosses the wire, and a hello captured on one connection (its proof covers that
+// connection's nonce) is refused on another.
+TEST_F(StoreSecurityTest, ACapturedHelloCannotBeReplayed) {
+  StartPool(1 << 20);
+  RawClient first(ctx_);
+  auto a = first.Hello(server_->address(), &token_);
+  ASSERT_TRUE(a.ok() && !a->refused);
+  auto fd = ucx::TcpConnect(server_->address(), comm::DeadlineIn(5s));
+  ASSERT_TRUE(fd.ok());
+  const Nonce mine = ReadChallenge(fd->get());
+  Nonce other = mine;
+  other[0] ^= 1;  // the proof of another connection's nonce
+  const auto replayed = HelloFrame(&token_, other, std::vector<std::byte>(80));
+  // The frame holds no copy of the token.
+  const auto* t = reinterpret_cast<const std::byte*>(token_.bytes.data());
+  EXPECT_EQ(std::search(replayed.begin(), replayed.end(), t, t + token_.bytes.size()),
+            replayed.end());
+  ASSERT_TRUE(ucx::SendFrame(fd->get(), replayed, comm::DeadlineIn(5s)).ok());
+  auto answer = ReadAnswer(fd->get());
+  ASSERT_TRUE(answer.ok());
+  EXPECT_TRUE(answer->refused);
+  EXPECT_EQ(answer->text, "wrong or missing store token");
 }
 
 TEST_F(StoreSecurityTest, AnUnauthenticatedPoolListensOnLoopbackOnly) {
@@ -410,7 +461,9 @@ TEST_F(StoreSecurityTest, AGarbageUcxAddressIsRefusedAndTheStoreKeepsServing) {
   for (const auto& address : garbage) {
     auto fd = ucx::TcpConnect(server_->address(), comm::DeadlineIn(5s));
     ASSERT_TRUE(fd.ok());
-    ASSERT_TRUE(ucx::SendFrame(fd->get(), HelloFrame(&token_, address), comm::DeadlineIn(5s)).ok());
+    const Nonce nonce = ReadChallenge(fd->get());
+    ASSERT_TRUE(
+        ucx::SendFrame(fd->get(), HelloFrame(&token_, nonce, address), comm::DeadlineIn(5s)).ok());
     auto a = ReadAnswer(fd->get());
     ASSERT_TRUE(a.ok()) << a.status().ToString();
     EXPECT_TRUE(a->refused) << address.size();
@@ -468,10 +521,11 @@ TEST_F(StoreSecurityTest, SilentClientsDoNotDelayOthersAndAreDropped) {
   for (int i = 0; i < 5; ++i) {
     auto fd = ucx::TcpConnect(server_->address(), comm::DeadlineIn(5s));
     ASSERT_TRUE(fd.ok());
+    (void)ReadChallenge(fd->get());  // (so that PeerClosed below sees the close, not this frame)
     silent.push_back(std::move(*fd));
   }
   // One that sends half a hello and stops.
-  const auto frame = HelloFrame(&token_, std::vector<std::byte>(80));
+  const auto frame = HelloFrame(&token_, Nonce{}, std::vector<std::byte>(80));
   uint32_t len = static_cast<uint32_t>(frame.size());
   ASSERT_EQ(send(silent[0].get(), &len, 4, 0), 4);
   ASSERT_EQ(send(silent[0].get(), frame.data(), 20, 0), 20);
