@@ -195,7 +195,8 @@ Status StoreClientImpl::Init() {
   if (options_.verify_mac) {
     gcm_.reset(EVP_CIPHER_fetch(nullptr, "AES-128-GCM", nullptr));
     if (!gcm_ || RAND_bytes(mac_key_.data(), static_cast<int>(mac_key_.size())) != 1) {
-      return Internal("store client: OpenSSL has no AES-128-GCM or no randomness for the block MAC");
+      return Internal("store client: OpenSSL has no AES-128-GCM or no randomness for the block "
+                      "MAC");
     }
   }
   ASSIGN_OR_RETURN(worker_, Worker::Create(ctx_));

@@ -117,7 +117,7 @@ class PoolServerImpl final : public PoolServer {
     UniqueFd fd;
     std::string peer;
     comm::Deadline deadline;
-    uint8_t nonce[wire::kNonceBytes] = {};  // sent in the challenge; the hello proves the token on it
+    uint8_t nonce[wire::kNonceBytes] = {};  // sent in the challenge; the hello's proof covers it
     std::vector<std::byte> buf;  // received so far: the 4-byte length, then the hello
   };
   struct Outgoing {  // a reply waiting to be sent, or in flight (request != nullptr)

@@ -533,7 +533,8 @@ TEST_F(StoreSecurityTest, SilentClientsDoNotDelayOthersAndAreDropped) {
   // An honest client is served at once (it was 2 s per silent client before).
   const auto t0 = std::chrono::steady_clock::now();
   ExpectServing();
-  EXPECT_LT(std::chrono::steady_clock::now() - t0, 1000ms);
+  // (under one hello timeout: it used to wait for each silent client's in turn)
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 1400ms);
   // The silent ones are dropped after the hello timeout.
   EXPECT_TRUE(Eventually([&] { return server_->Stats().pending_hellos == 0; }, 5000ms));
   for (auto& fd : silent) {
