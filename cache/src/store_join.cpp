@@ -55,9 +55,14 @@ Result<LocalPool> StartLocal(const StoreJoinOptions& options, const StoreToken& 
     so.listen = options.bind_host + ":0";
     so.token = job_token;  // only this job's ranks know it
     // Its own UCX context, so that its UCX listening sockets open only on the device of
-    // bind_host (all devices for 0.0.0.0), while the client's context may reach stores anywhere.
+    // bind_host (all devices for 0.0.0.0), while the client's context may reach stores anywhere;
+    // on loopback (the ranks share a host) without the tcp transport, whose port would let any
+    // local process read the pool without the job token (docs/security.md), unless UCX_TLS says.
+    const bool loopback =
+        options.bind_host == "localhost" || options.bind_host.rfind("127.", 0) == 0;
     ASSIGN_OR_RETURN(std::shared_ptr<comm::ucx::Context> server_ctx,
-                     comm::ucx::Context::Create(comm::ucx::NetDeviceOf(options.bind_host)));
+                     comm::ucx::Context::Create(comm::ucx::NetDeviceOf(options.bind_host),
+                                                loopback ? "^tcp" : ""));
     ASSIGN_OR_RETURN(local.server, PoolServer::Start(server_ctx, so));
   }
   return local;

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -84,9 +85,13 @@ Status RunStore(const StoreOptions& o) {
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
 
   // UCX opens its own TCP listening socket on every network device it may use, whatever
-  // --listen says: confine it to the device of the --listen address (docs/security.md).
+  // --listen says, and over TCP anyone who reaches it can read the pool without the token
+  // (docs/security.md): confine it to the device of the --listen address, and a loopback store
+  // (whose clients share its host) to the transports other than tcp — unless UCX_TLS says.
   const std::string device = comm::ucx::NetDeviceOf(where.host);
-  ASSIGN_OR_RETURN(std::shared_ptr<comm::ucx::Context> ctx, comm::ucx::Context::Create(device));
+  const bool loopback = where.host == "localhost" || where.host.rfind("127.", 0) == 0;
+  ASSIGN_OR_RETURN(std::shared_ptr<comm::ucx::Context> ctx,
+                   comm::ucx::Context::Create(device, loopback ? "^tcp" : ""));
   cache::PoolServerOptions so;
   so.pool_bytes = pool_bytes;
   so.listen = where.ToString();
@@ -100,7 +105,8 @@ Status RunStore(const StoreOptions& o) {
     LONGCTX_LOG_WARN("store: --listen {} names no single local device: UCX listens on all of them",
                      where.host);
   } else {
-    LONGCTX_LOG_INFO("store: UCX confined to network device {}", device);
+    LONGCTX_LOG_INFO("store: UCX confined to network device {}{}", device,
+                     loopback && std::getenv("UCX_TLS") == nullptr ? ", no tcp transport" : "");
   }
   const std::string address = (*server)->address().ToString();
   if (!o.address_file.empty()) RETURN_IF_ERROR(WriteAddressFile(o.address_file, address));

@@ -461,14 +461,15 @@ TEST_F(StoreTest, CallsFromSeveralThreadsAreSerialised) {
 // stopped (SIGTERM, then SIGKILL after 5 s) and reaped by the destructor.
 class StoreProcess {
  public:
+  // `ucx_tls` false: the child runs without UCX_TLS (UCX's and the store's defaults).
   StoreProcess(const std::string& bin, const std::filesystem::path& dir, int index,
-               const std::string& pool = "16M") {
+               const std::string& pool = "16M", bool ucx_tls = true) {
     address_file_ = dir / ("store" + std::to_string(index) + ".addr");
     log_ = dir / ("store" + std::to_string(index) + ".log");
     std::vector<std::string> args = {bin, "store", "--pool", pool, "--listen", "127.0.0.1:0",
                                      "--address-file", address_file_.string(), "--token-file",
                                      (dir / "store.token").string()};
-    pid_ = Spawn(args, log_);
+    pid_ = Spawn(args, log_, ucx_tls);
     const auto until = std::chrono::steady_clock::now() + 30s;
     while (std::chrono::steady_clock::now() < until) {
       if (std::filesystem::exists(address_file_)) {
@@ -527,7 +528,13 @@ class StoreProcess {
   }
   const std::filesystem::path& address_file() const { return address_file_; }
 
-  static pid_t Spawn(const std::vector<std::string>& args, const std::filesystem::path& log) {
+  static pid_t Spawn(const std::vector<std::string>& args, const std::filesystem::path& log,
+                     bool ucx_tls = true) {
+    std::vector<char*> env;
+    for (char** e = environ; *e != nullptr; ++e) {
+      if (ucx_tls || std::string(*e).rfind("UCX_TLS=", 0) != 0) env.push_back(*e);
+    }
+    env.push_back(nullptr);
     posix_spawn_file_actions_t actions;
     posix_spawn_file_actions_init(&actions);
     posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC,
@@ -537,7 +544,7 @@ class StoreProcess {
     for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
     argv.push_back(nullptr);
     pid_t pid = -1;
-    const int rc = posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ);
+    const int rc = posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), env.data());
     posix_spawn_file_actions_destroy(&actions);
     EXPECT_EQ(rc, 0) << "posix_spawn " << args[0];
     return rc == 0 ? pid : -1;
@@ -730,6 +737,25 @@ TEST_F(StoreProcessTest, UcxListensOnlyOnTheListenInterface) {
     EXPECT_EQ(a >> 24, 127u) << "a listening socket on " << (a >> 24) << "." << (a >> 16 & 255)
                              << "." << (a >> 8 & 255) << "." << (a & 255);
   }
+}
+
+// Over tcp UCX's own port lets anyone who reaches it read the pool without the token
+// (docs/security.md). A loopback store left to its defaults (no UCX_TLS) runs no tcp transport:
+// its only listening socket is the bootstrap's, and a same-host client still works.
+TEST_F(StoreProcessTest, ALoopbackStoreOpensNoUcxTcpPortByDefault) {
+  stores_.push_back(std::make_unique<StoreProcess>(bin_, dir_, 0, "16M", /*ucx_tls=*/false));
+  ASSERT_FALSE(stores_[0]->address().empty());
+  const std::vector<uint32_t> listening = ListeningAddresses(stores_[0]->pid());
+  EXPECT_EQ(listening.size(), 1u) << "UCX opened a tcp listener";
+  const char* tls = std::getenv("UCX_TLS");
+  if (tls != nullptr && std::string(tls).find("tcp") != std::string::npos &&
+      std::string(tls).find("sm") == std::string::npos) {
+    GTEST_SKIP() << "this process's UCX_TLS=" << tls << " shares no transport with the store";
+  }
+  auto client = Connect(1, 10s);
+  ASSERT_TRUE(client.ok()) << client.status().ToString();
+  const auto blocks = PutBlocks(**client, 4, 41);
+  for (const auto& [key, bytes] : blocks) EXPECT_EQ(*(*client)->Get(key), bytes);
 }
 
 TEST_F(StoreProcessTest, StoreCommandExitsZeroOnSigtermAndRejectsBadFlags) {

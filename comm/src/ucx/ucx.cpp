@@ -67,7 +67,8 @@ Status UcsToStatus(ucs_status_t status, std::string_view what) {
 
 // ---- Context ----------------------------------------------------------------------------------
 
-Result<std::shared_ptr<Context>> Context::Create(const std::string& net_devices) {
+Result<std::shared_ptr<Context>> Context::Create(const std::string& net_devices,
+                                                 const std::string& tls) {
   ucp_config_t* config = nullptr;
   ucs_status_t st = ucp_config_read(nullptr, nullptr, &config);
   if (st != UCS_OK) return UcsToStatus(st, "reading the UCX configuration (UCX_* variables)");
@@ -76,6 +77,13 @@ Result<std::shared_ptr<Context>> Context::Create(const std::string& net_devices)
     if (st != UCS_OK) {
       ucp_config_release(config);
       return UcsToStatus(st, "UCX NET_DEVICES=" + net_devices);
+    }
+  }
+  if (!tls.empty() && std::getenv("UCX_TLS") == nullptr) {
+    st = ucp_config_modify(config, "TLS", tls.c_str());
+    if (st != UCS_OK) {
+      ucp_config_release(config);
+      return UcsToStatus(st, "UCX TLS=" + tls);
     }
   }
   ucp_params_t params;

@@ -56,8 +56,10 @@ class Context {
  public:
   // `net_devices` non-empty (e.g. "lo"): UCX opens its interfaces — and their listening TCP
   // sockets — on these network devices only (ucp_config_modify NET_DEVICES), unless the user set
-  // UCX_NET_DEVICES, which wins. Shared-memory devices are not affected.
-  static Result<std::shared_ptr<Context>> Create(const std::string& net_devices = "");
+  // UCX_NET_DEVICES, which wins. Shared-memory devices are not affected. `tls` non-empty (e.g.
+  // "^tcp": every transport but tcp): the transports, unless the user set UCX_TLS, which wins.
+  static Result<std::shared_ptr<Context>> Create(const std::string& net_devices = "",
+                                                 const std::string& tls = "");
   ~Context();
   Context(const Context&) = delete;
   Context& operator=(const Context&) = delete;
