@@ -20,7 +20,8 @@ MPI=(mpirun --oversubscribe --allow-run-as-root --mca btl self,vader,tcp --mca b
 export UCX_TLS="${UCX_TLS:-tcp}"
 "$HERE/../launch/make_document.sh" "$TOKENS" "$T/doc.txt"
 for s in 1 2; do
-  "$BIN" store --pool 1G --listen 127.0.0.1:0 --address-file "$T/s$s.addr" >"$T/s$s.log" 2>&1 &
+  "$BIN" store --pool 1G --listen 127.0.0.1:0 --address-file "$T/s$s.addr" \
+    --token-file "$T/store.token" >"$T/s$s.log" 2>&1 &
   PIDS+=($!)
 done
 for _ in $(seq 1 200); do [[ -s "$T/s1.addr" && -s "$T/s2.addr" ]] && break; sleep 0.05; done
@@ -29,8 +30,9 @@ R=(run --progress off --input "$T/doc.txt" --query "Who pays for the goods of lo
    --dump-hidden)
 run() { local name="$1"; shift; "${MPI[@]}" -np "$RANKS" "$BIN" "${R[@]}" --out "$T/$name" "$@" >"$T/$name.log" 2>&1 || { echo "run $name failed:"; grep -v "^\[" "$T/$name.log" | head -5; exit 1; }; }
 run resident
-run f32 --kv-device-budget "$BUDGET" --kv-host-budget 0 --kv-store "$STORES" --kv-codec f32
-run int8 --kv-device-budget "$BUDGET" --kv-host-budget 0 --kv-store "$STORES" --kv-codec int8
+KEY=(--kv-store-token-file "$T/store.token")
+run f32 --kv-device-budget "$BUDGET" --kv-host-budget 0 --kv-store "$STORES" "${KEY[@]}" --kv-codec f32
+run int8 --kv-device-budget "$BUDGET" --kv-host-budget 0 --kv-store "$STORES" "${KEY[@]}" --kv-codec int8
 /usr/bin/python3 - "$T" "$TOKENS" "$RANKS" "$BUDGET" <<'PY'
 import json, sys, numpy as np
 d, tokens, ranks, budget = sys.argv[1:]

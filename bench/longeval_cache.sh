@@ -21,7 +21,8 @@ if [[ $(id -u) -eq 0 ]]; then MPIRUN+=(--allow-run-as-root); fi
 THREADS=$(( $(nproc) / RANKS )); (( THREADS >= 1 )) || THREADS=1
 
 for i in 1 2; do
-  "$BIN" store --pool 2G --address-file "$W/s$i" >"$W/store$i.log" 2>&1 &
+  "$BIN" store --pool 2G --address-file "$W/s$i" --token-file "$W/store.token" \
+    >"$W/store$i.log" 2>&1 &
   STORES+=($!)
 done
 for _ in $(seq 100); do [[ -s "$W/s1" && -s "$W/s2" ]] && break; sleep 0.1; done
@@ -31,7 +32,7 @@ declare -A FLAGS=(
   [resident]=""
   [host-f32]="--kv-device-budget $BUDGET --kv-codec f32"
   [host-int8]="--kv-device-budget $BUDGET --kv-codec int8"
-  [store-int8]="--kv-device-budget $BUDGET --kv-host-budget 0 --kv-codec int8 --kv-store $(cat "$W/s1"),$(cat "$W/s2") --kv-replicas 2"
+  [store-int8]="--kv-device-budget $BUDGET --kv-host-budget 0 --kv-codec int8 --kv-store $(cat "$W/s1"),$(cat "$W/s2") --kv-store-token-file $W/store.token --kv-replicas 2"
 )
 for task in $TASKS; do
   for v in resident host-f32 host-int8 store-int8; do

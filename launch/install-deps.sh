@@ -14,6 +14,7 @@ PACKAGES=(
   libprotobuf-dev protobuf-compiler libboost-dev  # the coordinator (Protobuf, Boost.Asio)
   libssl-dev openssl  # the coordinator's TLS (Boost.Asio SSL over OpenSSL; the CLI makes test CAs)
   libucx-dev ucx-utils libhiredis-dev   # the UCX KV store; hiredis for `bench kvstore`
+  libssl-dev                            # OpenSSL: the KV store token (RAND_bytes, CRYPTO_memcmp)
   python3-matplotlib                    # the plots of `longctx bench matrix`
   libpcre2-dev libicu-dev               # tokenizer.json: Split regexes (\p{L} ...), NFC/NFKC
   debian-handbook                       # English prose: the filler of `longctx data` (docs/training.md)

@@ -1,7 +1,13 @@
 // StoreClient (store.h): a RemoteTier over UCX pools — placement by free capacity, replicas on
 // different pools, puts acknowledged after a flush, verified gets with replica fallback, and
 // dead pools detected and reported.
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <map>
 #include <mutex>
 #include <set>
@@ -36,7 +42,9 @@ struct PoolConn {
   HostPort address;
   std::string name;  // "store 127.0.0.1:7000", for messages
   UniqueFd socket;   // the bootstrap session: closing it makes the pool free our blocks
-  uint64_t pool_id = 0, client_id = 0, base = 0, capacity = 0, free_bytes = 0;
+  uint64_t pool_id = 0, session_id = 0, base = 0, capacity = 0, quota = 0;
+  uint64_t free_bytes = 0;  // what this session may still allocate (pool free, quota left)
+  uint8_t session_key[wire::kSessionKeyBytes] = {};  // issued by the pool in its hello
   std::unique_ptr<Endpoint> ep;
   std::unique_ptr<RemoteKey> rkey;  // after ep: destroyed first
   bool dead = false;
@@ -47,9 +55,25 @@ struct Replica {
   size_t pool = 0;      // index into pools_
   uint64_t offset = 0;  // from the pool's base
 };
+// A block's authentication tag: GMAC (AES-128-GCM with the block as additional data and no
+// plaintext) under the client's random key, with a nonce unique per put. The tag stays in the
+// client's memory: nothing in any pool can be used to forge it.
+struct BlockTag {
+  uint64_t nonce = 0;
+  std::array<uint8_t, 16> tag{};
+};
+
+struct CipherCtxFree {
+  void operator()(EVP_CIPHER_CTX* c) const { EVP_CIPHER_CTX_free(c); }
+};
+struct CipherFree {
+  void operator()(EVP_CIPHER* c) const { EVP_CIPHER_free(c); }
+};
+
 struct Entry {
   uint64_t bytes = 0;
   std::vector<Replica> replicas;  // primary first
+  BlockTag tag;                   // of the encoded block as put (with verify_mac)
 };
 
 struct ReplyMessage {
@@ -85,13 +109,15 @@ class StoreClientImpl final : public StoreClient {
   std::vector<std::string> ReplicaPools(const BlockKey& key) const override;
   Status RefreshPools() override;
   Status CorruptForTest(const BlockKey& key, int replica, size_t byte) override;
+  Status OverwriteForTest(const BlockKey& key, int replica,
+                          std::span<const std::byte> bytes) override;
   void AdoptServer(std::unique_ptr<PoolServer> server) override {
     std::lock_guard<std::mutex> lock(mu_);
     own_server_ = std::move(server);
   }
 
  private:
-  Status ConnectPool(const std::string& address, Deadline deadline);
+  Status ConnectPool(const PoolTarget& target, Deadline deadline);
   bool Alive(PoolConn& pool);
   void MarkDead(PoolConn& pool, const std::string& why);
   std::function<bool()> AliveFn(std::vector<size_t> pools);
@@ -108,6 +134,26 @@ class StoreClientImpl final : public StoreClient {
   Status TransferAll(const std::vector<std::vector<RmaOp>>& ops, bool put, Deadline deadline,
                      std::vector<size_t>* involved);
   Deadline NewDeadline() const { return comm::DeadlineIn(options_.timeout); }
+  // GMAC of `bytes` under this client's key and `nonce` (thread-safe: a context per call).
+  Status Mac(std::span<const std::byte> bytes, uint64_t nonce, std::array<uint8_t, 16>* tag) const;
+  // A new tag for a block about to be put (a fresh nonce); an empty tag without verify_mac.
+  Result<BlockTag> TagOf(std::span<const std::byte> bytes) {
+    BlockTag t;
+    if (!options_.verify_mac) return t;
+    t.nonce = next_nonce_.fetch_add(1);
+    RETURN_IF_ERROR(Mac(bytes, t.nonce, &t.tag));
+    return t;
+  }
+  // OK, or why `block` read from a pool is not what this client stored under `entry`.
+  Status CheckTag(std::span<const std::byte> block, const Entry& entry,
+                  const BlockKey& key) const {
+    if (!options_.verify_mac) return Status::Ok();
+    std::array<uint8_t, 16> tag{};
+    RETURN_IF_ERROR(Mac(block, entry.tag.nonce, &tag));
+    if (CRYPTO_memcmp(tag.data(), entry.tag.tag.data(), tag.size()) == 0) return Status::Ok();
+    return DataLoss("KV block {}: not the block this client stored (MAC mismatch: overwritten in "
+                    "the pool)", key.ToString());
+  }
   // Copies to place of each of `blocks` new blocks when `alive` pools are up: the replicas asked
   // for, or fewer once pools have died (a degraded put: warned once, counted) — a job that lost
   // one of its two stores keeps going on the other rather than failing its next demotion.
@@ -124,6 +170,9 @@ class StoreClientImpl final : public StoreClient {
   }
 
   std::unique_ptr<PoolServer> own_server_;  // first: destroyed last
+  std::array<uint8_t, 16> mac_key_{};       // random per client (verify_mac)
+  std::unique_ptr<EVP_CIPHER, CipherFree> gcm_;
+  std::atomic<uint64_t> next_nonce_{1};
   std::shared_ptr<comm::ucx::Context> ctx_;
   StoreClientOptions options_;
   std::string host_ = comm::ucx::HostIdentity();
@@ -143,6 +192,13 @@ Status StoreClientImpl::Init() {
   if (options_.replicas < 1 || options_.replicas > 2) {
     return InvalidArgument("replicas must be 1 or 2, got {}", options_.replicas);
   }
+  if (options_.verify_mac) {
+    gcm_.reset(EVP_CIPHER_fetch(nullptr, "AES-128-GCM", nullptr));
+    if (!gcm_ || RAND_bytes(mac_key_.data(), static_cast<int>(mac_key_.size())) != 1) {
+      return Internal("store client: OpenSSL has no AES-128-GCM or no randomness for the block "
+                      "MAC");
+    }
+  }
   ASSIGN_OR_RETURN(worker_, Worker::Create(ctx_));
   RETURN_IF_ERROR(worker_->SetAmHandler(wire::kAmReply, [this](const AmMessage& m) {
     Result<wire::Reply> reply = wire::Read<wire::Reply>(m.header, "store reply");
@@ -156,7 +212,7 @@ Status StoreClientImpl::Init() {
     slot.message.assign(reinterpret_cast<const char*>(m.data.data()), m.data.size());
   }));
   const Deadline deadline = NewDeadline();
-  for (const std::string& address : options_.pools) RETURN_IF_ERROR(ConnectPool(address, deadline));
+  for (const PoolTarget& target : options_.pools) RETURN_IF_ERROR(ConnectPool(target, deadline));
   if (pools_.empty()) {
     return InvalidArgument(
         "the remote KV store has no pool to use (no other rank lends one and no store given)");
@@ -168,24 +224,62 @@ Status StoreClientImpl::Init() {
   return Status::Ok();
 }
 
-Status StoreClientImpl::ConnectPool(const std::string& text, Deadline deadline) {
-  ASSIGN_OR_RETURN(HostPort address, comm::ucx::ParseHostPort(text, "store address"));
+Status StoreClientImpl::ConnectPool(const PoolTarget& target, Deadline deadline) {
+  ASSIGN_OR_RETURN(HostPort address, comm::ucx::ParseHostPort(target.address, "store address"));
   const std::string name = "store " + address.ToString();
   auto fail = [&name](const Status& st) { return st.WithContext("connecting to " + name); };
   Result<UniqueFd> socket = comm::ucx::TcpConnect(address, deadline);
   if (!socket.ok()) return socket.status();  // already names the address
+  // The pool's challenge first; the hello proves the token on its nonce (the token itself is
+  // never sent).
+  Result<std::vector<std::byte>> challenge_frame =
+      comm::ucx::RecvFrame(socket->get(), 1024, deadline);
+  if (!challenge_frame.ok()) {
+    if (challenge_frame.status().code() == StatusCode::kUnavailable) {
+      return fail(Unavailable("the store closed the connection without a challenge (its "
+                              "connection limits, or another protocol version)"));
+    }
+    return fail(challenge_frame.status());
+  }
+  Result<wire::Challenge> challenge = wire::Read<wire::Challenge>(*challenge_frame, "challenge");
+  if (!challenge.ok() || challenge->magic != wire::kChallengeMagic) {
+    return fail(DataLoss("not a longctx store, or another protocol version (no challenge)"));
+  }
+  if (challenge->version != wire::kVersion) {
+    return fail(FailedPrecondition("protocol version {} (this build speaks {})",
+                                   challenge->version, wire::kVersion));
+  }
   wire::ClientHello hello{};
   hello.magic = wire::kHelloMagic;
   hello.version = wire::kVersion;
   hello.flags = comm::ucx::SharedMemoryAllowed() ? wire::kFlagSharedMemory : 0;
   hello.addr_len = static_cast<uint32_t>(worker_->address().size());
+  if (target.token) {
+    const std::array<uint8_t, wire::kProofBytes> proof =
+        wire::HelloProof(*target.token, challenge->nonce);
+    std::memcpy(hello.proof, proof.data(), proof.size());
+  }
   wire::SetHost(hello.host, host_);
   std::vector<std::byte> frame;
   wire::Append(&frame, wire::AsBytes(hello));
   wire::Append(&frame, worker_->address());
   if (Status st = comm::ucx::SendFrame(socket->get(), frame, deadline); !st.ok()) return fail(st);
   Result<std::vector<std::byte>> answer = comm::ucx::RecvFrame(socket->get(), 1 << 16, deadline);
-  if (!answer.ok()) return fail(answer.status());
+  if (!answer.ok()) {
+    if (answer.status().code() == StatusCode::kUnavailable) {
+      return fail(Unavailable("the store closed the connection without answering the hello"));
+    }
+    return fail(answer.status());
+  }
+  if (Result<wire::Refusal> r = wire::Read<wire::Refusal>(*answer, "refusal");
+      r.ok() && r->magic == wire::kRefusalMagic) {
+    const size_t n = std::min<size_t>(r->text_len, answer->size() - sizeof(wire::Refusal));
+    std::string why(reinterpret_cast<const char*>(answer->data()) + sizeof(wire::Refusal), n);
+    for (char& c : why) {
+      if (c == '\n' || c == '\r') c = ' ';
+    }
+    return fail(FailedPrecondition("refused: {}", why));
+  }
   Result<wire::PoolHello> h = wire::Read<wire::PoolHello>(*answer, "pool hello");
   if (!h.ok()) return fail(h.status());
   if (h->magic != wire::kHelloMagic) return fail(DataLoss("not a longctx store (bad magic)"));
@@ -213,9 +307,11 @@ Status StoreClientImpl::ConnectPool(const std::string& text, Deadline deadline) 
   pool->name = name;
   pool->socket = std::move(*socket);
   pool->pool_id = h->pool_id;
-  pool->client_id = h->client_id;
+  pool->session_id = h->session_id;
+  std::memcpy(pool->session_key, h->session_key, wire::kSessionKeyBytes);
   pool->base = h->pool_base;
-  pool->capacity = pool->free_bytes = h->pool_bytes;
+  pool->capacity = h->pool_bytes;
+  pool->quota = pool->free_bytes = std::min(h->quota_bytes, h->pool_bytes);
   Result<std::unique_ptr<Endpoint>> ep =
       Endpoint::Connect(*worker_, rest.subspan(0, h->addr_len), name,
                         wire::SameHost(h->host, host_) && (h->flags & wire::kFlagSharedMemory));
@@ -271,7 +367,8 @@ Result<uint64_t> StoreClientImpl::SendRequest(PoolConn& pool, wire::Op op, uint6
   req.version = wire::kVersion;
   req.op = static_cast<uint16_t>(op);
   req.request_id = next_request_++;
-  req.client_id = pool.client_id;
+  req.session_id = pool.session_id;
+  std::memcpy(req.session_key, pool.session_key, wire::kSessionKeyBytes);
   req.arg0 = arg0;
   req.arg1 = arg1;
   Status sent = pool.ep->SendAm(wire::kAmRequest, wire::AsBytes(req), {}, false, deadline,
@@ -348,6 +445,7 @@ Status StoreClientImpl::TransferAll(const std::vector<std::vector<RmaOp>>& ops, 
 
 Status StoreClientImpl::Put(const BlockKey& key, std::span<const std::byte> encoded) {
   if (encoded.empty()) return InvalidArgument("remote tier: {}: an empty block", key.ToString());
+  ASSIGN_OR_RETURN(const BlockTag tag, TagOf(encoded));  // outside the lock
   std::lock_guard<std::mutex> lock(mu_);
   const Deadline deadline = NewDeadline();
   std::vector<size_t> order;
@@ -406,7 +504,7 @@ Status StoreClientImpl::Put(const BlockKey& key, std::span<const std::byte> enco
   }
   auto it = entries_.find(key);
   if (it != entries_.end()) FreeReplicas(it->second.replicas, it->second.bytes, deadline);
-  entries_[key] = Entry{encoded.size(), std::move(placed)};
+  entries_[key] = Entry{encoded.size(), std::move(placed), tag};
   bytes_put_ += encoded.size() * want;
   return Status::Ok();
 }
@@ -444,6 +542,7 @@ Result<std::vector<std::byte>> StoreClientImpl::GetLocked(const BlockKey& key,
       continue;
     }
     st = VerifyBlock(block, key);
+    if (st.ok()) st = CheckTag(block, entry, key);
     if (!st.ok()) {
       corrupt = true;
       failures.push_back(fmt::format("{}: {}", where, st.message()));
@@ -475,6 +574,11 @@ Status StoreClientImpl::PutBatch(std::span<const BlockRef> blocks) {
     if (++seen[b.key] > 1) {
       return InvalidArgument("remote tier: {} appears twice in one batch", b.key.ToString());
     }
+  }
+  std::vector<BlockTag> tags;  // outside the lock
+  for (const BlockRef& b : blocks) {
+    ASSIGN_OR_RETURN(BlockTag t, TagOf(b.encoded));
+    tags.push_back(t);
   }
   std::lock_guard<std::mutex> lock(mu_);
   const Deadline deadline = NewDeadline();
@@ -555,7 +659,7 @@ Status StoreClientImpl::PutBatch(std::span<const BlockRef> blocks) {
   for (size_t b = 0; b < blocks.size(); ++b) {
     auto it = entries_.find(blocks[b].key);
     if (it != entries_.end()) FreeReplicas(it->second.replicas, it->second.bytes, deadline);
-    entries_[blocks[b].key] = Entry{blocks[b].encoded.size(), std::move(placed[b])};
+    entries_[blocks[b].key] = Entry{blocks[b].encoded.size(), std::move(placed[b]), tags[b]};
     bytes_put_ += blocks[b].encoded.size() * want;
   }
   return Status::Ok();
@@ -583,6 +687,7 @@ Status StoreClientImpl::GetBatchInto(std::span<const BlockKey> keys,
   const Deadline deadline = NewDeadline();
   std::vector<std::vector<RmaOp>> ops(pools_.size());
   std::vector<bool> fast(keys.size(), false);  // read from its primary in the batch
+  std::vector<const Entry*> found(keys.size(), nullptr);
   for (size_t k = 0; k < keys.size(); ++k) {
     auto it = entries_.find(keys[k]);
     if (it == entries_.end()) {
@@ -592,6 +697,7 @@ Status StoreClientImpl::GetBatchInto(std::span<const BlockKey> keys,
       return InvalidArgument("GetBatchInto: {} is {} bytes, its buffer {}", keys[k].ToString(),
                              it->second.bytes, out[k].size());
     }
+    found[k] = &it->second;
     const Replica& primary = it->second.replicas[0];
     if (!Alive(*pools_[primary.pool])) continue;  // the slow path reports or falls back
     ops[primary.pool].push_back(RmaOp{out[k].data(), out[k].size(), primary.offset});
@@ -606,7 +712,8 @@ Status StoreClientImpl::GetBatchInto(std::span<const BlockKey> keys,
     std::fill(fast.begin(), fast.end(), false);  // which ones landed is unknown: re-read all
   }
   for (size_t k = 0; k < keys.size(); ++k) {
-    if (fast[k] && VerifyBlock(out[k], keys[k]).ok()) {
+    if (fast[k] && VerifyBlock(out[k], keys[k]).ok() &&
+        CheckTag(out[k], *found[k], keys[k]).ok()) {
       bytes_got_ += out[k].size();
       continue;
     }
@@ -689,6 +796,47 @@ Status StoreClientImpl::CorruptForTest(const BlockKey& key, int replica, size_t 
   RETURN_IF_ERROR(pool.ep->GetAll(*pool.rkey, {&op, 1}, deadline));
   value ^= std::byte{0x5a};
   return pool.ep->PutAll(*pool.rkey, {&op, 1}, deadline);
+}
+
+Status StoreClientImpl::Mac(std::span<const std::byte> bytes, uint64_t nonce,
+                            std::array<uint8_t, 16>* tag) const {
+  const Status failed = Internal("store client: the block MAC (OpenSSL AES-128-GCM) failed");
+  std::unique_ptr<EVP_CIPHER_CTX, CipherCtxFree> ctx(EVP_CIPHER_CTX_new());
+  uint8_t iv[12] = {};  // 96-bit GCM nonce: the 64-bit counter, zero-padded
+  std::memcpy(iv, &nonce, sizeof(nonce));
+  if (!ctx || EVP_EncryptInit_ex2(ctx.get(), gcm_.get(), mac_key_.data(), iv, nullptr) != 1) {
+    return failed;
+  }
+  // The block is additional authenticated data (no output); in chunks, as EVP lengths are int.
+  int n = 0;
+  const auto* data = reinterpret_cast<const unsigned char*>(bytes.data());
+  constexpr size_t kChunk = size_t{1} << 30;
+  for (size_t at = 0; at < bytes.size(); at += kChunk) {
+    const int len = static_cast<int>(std::min(bytes.size() - at, kChunk));
+    if (EVP_EncryptUpdate(ctx.get(), nullptr, &n, data + at, len) != 1) return failed;
+  }
+  unsigned char none[16];  // GCM with no plaintext writes nothing here
+  if (EVP_EncryptFinal_ex(ctx.get(), none, &n) != 1 ||
+      EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_GET_TAG, static_cast<int>(tag->size()),
+                          tag->data()) != 1) {
+    return failed;
+  }
+  return Status::Ok();
+}
+
+Status StoreClientImpl::OverwriteForTest(const BlockKey& key, int replica,
+                                         std::span<const std::byte> bytes) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = entries_.find(key);
+  if (it == entries_.end()) return NotFound("{} is not stored", key.ToString());
+  if (replica < 0 || static_cast<size_t>(replica) >= it->second.replicas.size() ||
+      bytes.size() != it->second.bytes) {
+    return OutOfRange("{}: no replica {} of {} bytes", key.ToString(), replica, bytes.size());
+  }
+  const Replica& r = it->second.replicas[static_cast<size_t>(replica)];
+  PoolConn& pool = *pools_[r.pool];
+  const RmaOp op{const_cast<std::byte*>(bytes.data()), bytes.size(), r.offset};
+  return pool.ep->PutAll(*pool.rkey, {&op, 1}, NewDeadline());
 }
 
 }  // namespace

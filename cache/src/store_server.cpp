@@ -1,11 +1,22 @@
 // PoolServer (store.h): a registered host pool, a first-fit allocator, the control active
-// messages, the bootstrap listener, and the progress thread that serves them all.
-#include <sys/eventfd.h>
+// messages, the bootstrap listener, and the progress thread that serves them all. Hellos are read
+// without blocking (a slow client delays nobody); the token is checked before anything else of
+// the hello is looked at (docs/security.md).
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+
+#include <array>
 #include <atomic>
+#include <cerrno>
 #include <deque>
+#include <list>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -79,11 +90,11 @@ class FirstFit {
 
 class PoolServerImpl final : public PoolServer {
  public:
-  PoolServerImpl(std::shared_ptr<comm::ucx::Context> ctx, uint64_t pool_bytes)
-      : ctx_(std::move(ctx)), alloc_(pool_bytes) {}
+  PoolServerImpl(std::shared_ptr<comm::ucx::Context> ctx, const PoolServerOptions& options)
+      : ctx_(std::move(ctx)), options_(options), alloc_(options.pool_bytes) {}
   ~PoolServerImpl() override;
 
-  Status Init(const PoolServerOptions& options);
+  Status Init();
   const HostPort& address() const override { return listener_.address(); }
   uint64_t pool_id() const override { return pool_id_; }
   PoolServerStats Stats() const override {
@@ -92,12 +103,25 @@ class PoolServerImpl final : public PoolServer {
   }
 
  private:
+  using SessionKey = std::array<uint8_t, wire::kSessionKeyBytes>;
   struct Session {
-    UniqueFd fd;
+    UniqueFd fd;                   // the bootstrap connection: the session lives as long as it
     std::unique_ptr<Endpoint> ep;  // pool -> client, for replies
+    SessionKey key{};              // proves a request is this session's (issued in the hello)
+    std::string peer;              // the connection's peer IP address
+    uint64_t quota = 0;            // bytes this session may hold
+    uint64_t used = 0;             // bytes (rounded) it holds
+  };
+  // An accepted connection whose hello has not fully arrived. Read without blocking.
+  struct PendingHello {
+    UniqueFd fd;
+    std::string peer;
+    comm::Deadline deadline;
+    uint8_t nonce[wire::kNonceBytes] = {};  // sent in the challenge; the hello's proof covers it
+    std::vector<std::byte> buf;  // received so far: the 4-byte length, then the hello
   };
   struct Outgoing {  // a reply waiting to be sent, or in flight (request != nullptr)
-    uint64_t client_id = 0;
+    uint64_t session_id = 0;
     wire::Reply header{};
     std::string message;
     ucs_status_ptr_t request = nullptr;
@@ -105,13 +129,25 @@ class PoolServerImpl final : public PoolServer {
 
   void Loop();
   void OnRequest(const AmMessage& message);
-  void Accept();
+  void AcceptAll();
+  // Reads what arrived on every pending connection; handles complete hellos, drops expired ones.
+  void ReadHellos();
+  // true when `p` is finished with (answered, refused or dropped).
+  bool ReadHello(PendingHello& p);
+  void HandleHello(PendingHello& p, std::span<const std::byte> payload);
+  void Refuse(PendingHello& p, const std::string& why);
+  size_t SessionsFrom(const std::string& peer) const;
   void CheckSessions();
-  void CloseSession(uint64_t client_id);
+  void CloseSession(uint64_t session_id, std::string_view why);
   unsigned PumpReplies();
   void UpdateStats();
+  uint64_t FreeFor(const Session& s) const {
+    const uint64_t left = s.quota > s.used ? s.quota - s.used : 0;
+    return std::min(left, alloc_.free_bytes());
+  }
 
   std::shared_ptr<comm::ucx::Context> ctx_;
+  PoolServerOptions options_;
   std::unique_ptr<Worker> worker_;
   std::unique_ptr<MemoryRegion> pool_;
   std::vector<std::byte> rkey_;
@@ -125,23 +161,39 @@ class PoolServerImpl final : public PoolServer {
   FirstFit alloc_;
   struct Allocation {
     uint64_t bytes;  // rounded
-    uint64_t client_id;
+    uint64_t session_id;
   };
   std::map<uint64_t, Allocation> allocations_;  // offset -> owner
-  std::map<uint64_t, Session> sessions_;        // client id -> session
-  uint64_t next_client_ = 1;
+  std::map<uint64_t, Session> sessions_;        // session id (random) -> session
+  std::list<PendingHello> pending_;             // oldest first
   std::deque<Outgoing> outgoing_;
+  uint64_t refused_ = 0, dropped_ = 0, misbehaving_ = 0;
 
   mutable std::mutex stats_mu_;
   PoolServerStats stats_;
   std::thread thread_;  // last: started after everything above exists, joined first
 };
 
-Status PoolServerImpl::Init(const PoolServerOptions& options) {
-  if (options.pool_bytes == 0) return InvalidArgument("a pool server needs a pool of > 0 bytes");
-  ASSIGN_OR_RETURN(HostPort where, comm::ucx::ParseHostPort(options.listen, "pool listen address"));
+bool IsLoopback(const std::string& host) {
+  return host == "localhost" || host.rfind("127.", 0) == 0;
+}
+
+Status PoolServerImpl::Init() {
+  if (options_.pool_bytes == 0) return InvalidArgument("a pool server needs a pool of > 0 bytes");
+  ASSIGN_OR_RETURN(HostPort where,
+                   comm::ucx::ParseHostPort(options_.listen, "pool listen address"));
+  if (!options_.token && !IsLoopback(where.host)) {
+    return InvalidArgument("a pool without a token must listen on a loopback address "
+                           "(127.0.0.0/8), not {}", where.host);
+  }
+  if (options_.quota_per_session == 0 || options_.quota_per_session > options_.pool_bytes) {
+    options_.quota_per_session = options_.pool_bytes;
+  }
+  if (options_.max_sessions == 0 || options_.max_sessions_per_host == 0) {
+    return InvalidArgument("a pool server needs room for at least one session");
+  }
   ASSIGN_OR_RETURN(worker_, Worker::Create(ctx_));
-  ASSIGN_OR_RETURN(pool_, MemoryRegion::Allocate(ctx_, options.pool_bytes));
+  ASSIGN_OR_RETURN(pool_, MemoryRegion::Allocate(ctx_, options_.pool_bytes));
   ASSIGN_OR_RETURN(rkey_, pool_->PackRkey());
   ASSIGN_OR_RETURN(listener_, TcpListener::Listen(where));
   std::random_device rd;
@@ -153,8 +205,10 @@ Status PoolServerImpl::Init(const PoolServerOptions& options) {
                                         [this](const AmMessage& m) { OnRequest(m); }));
   UpdateStats();
   thread_ = std::thread([this] { Loop(); });
-  LONGCTX_LOG_INFO("store: pool of {} bytes at {} (id {:016x})", options.pool_bytes,
-                   listener_.address().ToString(), pool_id_);
+  LONGCTX_LOG_INFO("store: pool of {} bytes at {} (id {:016x}, {}, quota {} bytes per session)",
+                   options_.pool_bytes, listener_.address().ToString(), pool_id_,
+                   options_.token ? "token required" : "NO AUTHENTICATION",
+                   options_.quota_per_session);
   return Status::Ok();
 }
 
@@ -173,62 +227,84 @@ void PoolServerImpl::UpdateStats() {
   stats_.used_bytes = alloc_.capacity() - alloc_.free_bytes();
   stats_.allocations = allocations_.size();
   stats_.clients = sessions_.size();
+  stats_.pending_hellos = pending_.size();
+  stats_.refused_hellos = refused_;
+  stats_.dropped_requests = dropped_;
+  stats_.closed_misbehaving = misbehaving_;
 }
 
 void PoolServerImpl::OnRequest(const AmMessage& message) {
   Result<wire::Request> parsed = wire::Read<wire::Request>(message.header, "store request");
   if (!parsed.ok() || parsed->magic != wire::kAmMagic || parsed->version != wire::kVersion) {
-    LONGCTX_LOG_WARN("store: dropped a malformed request ({} header bytes)", message.header.size());
+    if (++dropped_ <= 10) {
+      LONGCTX_LOG_WARN("store: dropped a malformed request ({} header bytes)",
+                       message.header.size());
+    }
     return;
   }
   const wire::Request& req = *parsed;
+  // The session is whoever holds its key (issued over its bootstrap connection only); a request
+  // naming another session, or none, gets no answer at all.
+  auto session = sessions_.find(req.session_id);
+  if (session == sessions_.end() ||
+      CRYPTO_memcmp(session->second.key.data(), req.session_key, wire::kSessionKeyBytes) != 0) {
+    if (++dropped_ <= 10) {
+      LONGCTX_LOG_WARN("store: dropped a request without a live session's key (op {})", req.op);
+    }
+    return;
+  }
+  Session& s = session->second;
   Outgoing out;
-  out.client_id = req.client_id;
+  out.session_id = req.session_id;
   out.header.magic = wire::kAmMagic;
   out.header.version = wire::kVersion;
   out.header.op = req.op;
   out.header.request_id = req.request_id;
   Status st;
-  if (sessions_.count(req.client_id) == 0) {
-    st = FailedPrecondition("unknown client session {}", req.client_id);
-  } else {
-    switch (static_cast<wire::Op>(req.op)) {
-      case wire::Op::kAlloc: {
-        std::optional<uint64_t> offset;
-        if (req.arg0 > 0) offset = alloc_.Alloc(req.arg0);
-        if (req.arg0 == 0) {
-          st = InvalidArgument("an allocation of 0 bytes");
-        } else if (!offset) {
-          st = ResourceExhausted("pool {} has no free range of {} bytes ({} of {} bytes free)",
-                                 listener_.address().ToString(), req.arg0, alloc_.free_bytes(),
-                                 alloc_.capacity());
-        } else {
-          out.header.offset = *offset;
-          allocations_[*offset] = Allocation{FirstFit::Round(req.arg0), req.client_id};
-        }
+  switch (static_cast<wire::Op>(req.op)) {
+    case wire::Op::kAlloc: {
+      if (req.arg0 == 0) {
+        st = InvalidArgument("an allocation of 0 bytes");
         break;
       }
-      case wire::Op::kFree: {
-        auto it = allocations_.find(req.arg0);
-        if (it == allocations_.end() || it->second.client_id != req.client_id ||
-            req.arg1 > alloc_.capacity() ||
-            it->second.bytes != FirstFit::Round(req.arg1)) {
-          st = InvalidArgument("no allocation of {} bytes at offset {} for this client", req.arg1,
-                               req.arg0);
-        } else {
-          alloc_.Free(it->first, it->second.bytes);
-          allocations_.erase(it);
-        }
+      const uint64_t need = req.arg0 > alloc_.capacity() ? 0 : FirstFit::Round(req.arg0);
+      if (need > 0 && s.used + need > s.quota) {
+        st = ResourceExhausted("pool {}: this session's quota is {} bytes; {} in use, {} more "
+                               "asked", listener_.address().ToString(), s.quota, s.used, need);
         break;
       }
-      case wire::Op::kStats:
-        break;
-      default:
-        st = InvalidArgument("unknown store operation {}", req.op);
+      std::optional<uint64_t> offset = alloc_.Alloc(req.arg0);
+      if (!offset) {
+        st = ResourceExhausted("pool {} has no free range of {} bytes ({} of {} bytes free)",
+                               listener_.address().ToString(), req.arg0, alloc_.free_bytes(),
+                               alloc_.capacity());
+      } else {
+        out.header.offset = *offset;
+        allocations_[*offset] = Allocation{need, req.session_id};
+        s.used += need;
+      }
+      break;
     }
+    case wire::Op::kFree: {
+      auto it = allocations_.find(req.arg0);
+      if (it == allocations_.end() || it->second.session_id != req.session_id ||
+          req.arg1 > alloc_.capacity() || it->second.bytes != FirstFit::Round(req.arg1)) {
+        st = InvalidArgument("no allocation of {} bytes at offset {} for this session", req.arg1,
+                             req.arg0);
+      } else {
+        alloc_.Free(it->first, it->second.bytes);
+        s.used -= it->second.bytes;
+        allocations_.erase(it);
+      }
+      break;
+    }
+    case wire::Op::kStats:
+      break;
+    default:
+      st = InvalidArgument("unknown store operation {}", req.op);
   }
   out.header.status = static_cast<int32_t>(st.code());
-  out.header.free_bytes = alloc_.free_bytes();
+  out.header.free_bytes = FreeFor(s);
   out.header.capacity_bytes = alloc_.capacity();
   out.message = st.message();
   outgoing_.push_back(std::move(out));
@@ -240,7 +316,7 @@ void PoolServerImpl::OnRequest(const AmMessage& message) {
 unsigned PoolServerImpl::PumpReplies() {
   unsigned events = 0;
   for (auto it = outgoing_.begin(); it != outgoing_.end();) {
-    auto session = sessions_.find(it->client_id);
+    auto session = sessions_.find(it->session_id);
     if (session == sessions_.end() || !session->second.ep->alive()) {
       if (it->request != nullptr) {
         ucp_request_cancel(worker_->get(), it->request);
@@ -261,7 +337,7 @@ unsigned PoolServerImpl::PumpReplies() {
       ++events;
       if (r == nullptr || UCS_PTR_IS_ERR(r)) {
         if (UCS_PTR_IS_ERR(r)) {
-          LONGCTX_LOG_WARN("store: reply to client {}: {}", it->client_id,
+          LONGCTX_LOG_WARN("store: reply to session {:016x}: {}", it->session_id,
                            ucs_status_string(UCS_PTR_STATUS(r)));
         }
         it = outgoing_.erase(it);
@@ -282,41 +358,180 @@ unsigned PoolServerImpl::PumpReplies() {
   return events;
 }
 
-void PoolServerImpl::Accept() {
-  Result<UniqueFd> conn = listener_.Accept(comm::DeadlineIn(std::chrono::milliseconds(0)));
-  if (!conn.ok()) return;  // nothing pending (or a transient accept error)
-  const int fd = conn->get();
-  // A hello is two small frames; a client that does not send one within 2 s is dropped.
-  const comm::Deadline deadline = comm::DeadlineIn(std::chrono::milliseconds(2000));
-  Result<std::vector<std::byte>> hello = comm::ucx::RecvFrame(fd, 4096, deadline);
-  if (!hello.ok()) {
-    LONGCTX_LOG_WARN("store: a client hello failed: {}", hello.status().message());
-    return;
+std::string PeerAddress(int fd) {
+  sockaddr_in addr{};
+  socklen_t len = sizeof(addr);
+  char text[INET_ADDRSTRLEN] = "?";
+  if (getpeername(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0 &&
+      addr.sin_family == AF_INET) {
+    inet_ntop(AF_INET, &addr.sin_addr, text, sizeof(text));
   }
-  Result<wire::ClientHello> h = wire::Read<wire::ClientHello>(*hello, "client hello");
-  if (!h.ok() || h->magic != wire::kHelloMagic || h->version != wire::kVersion ||
-      hello->size() != sizeof(wire::ClientHello) + h->addr_len) {
-    LONGCTX_LOG_WARN("store: refused a client with a malformed hello or another version");
-    return;
+  return text;
+}
+
+size_t PoolServerImpl::SessionsFrom(const std::string& peer) const {
+  size_t n = 0;
+  for (const auto& [id, s] : sessions_) n += s.peer == peer;
+  return n;
+}
+
+void PoolServerImpl::AcceptAll() {
+  // At most a few per round, so a connection flood cannot starve the progress of the sessions.
+  for (int i = 0; i < 16; ++i) {
+    Result<UniqueFd> conn = listener_.Accept(comm::DeadlineIn(std::chrono::milliseconds(0)));
+    if (!conn.ok()) return;  // nothing pending (or a transient accept error)
+    PendingHello p;
+    p.peer = PeerAddress(conn->get());
+    p.fd = std::move(*conn);
+    p.deadline = comm::DeadlineIn(options_.hello_timeout);
+    // The challenge, before anything is read: a fresh nonce the hello's proof must cover.
+    wire::Challenge c{};
+    c.magic = wire::kChallengeMagic;
+    c.version = wire::kVersion;
+    if (RAND_bytes(p.nonce, sizeof(p.nonce)) != 1) continue;  // (closes it)
+    std::memcpy(c.nonce, p.nonce, sizeof(p.nonce));
+    if (!comm::ucx::SendFrame(p.fd.get(), wire::AsBytes(c),
+                              comm::DeadlineIn(std::chrono::milliseconds(50))).ok()) {
+      continue;
+    }
+    size_t pending_from_peer = 0;
+    for (const PendingHello& q : pending_) pending_from_peer += q.peer == p.peer;
+    if (pending_from_peer >= options_.max_sessions_per_host) {
+      ++refused_;  // a flood of silent connections from one address: closed unread
+      continue;
+    }
+    // Bounded: past the limit the oldest pending connection goes (a live client's hello takes
+    // microseconds; only the silent ones are old).
+    if (pending_.size() >= options_.max_sessions) {
+      LONGCTX_LOG_WARN("store: {} pending hellos; dropped the oldest (from {})", pending_.size(),
+                       pending_.front().peer);
+      pending_.pop_front();
+    }
+    pending_.push_back(std::move(p));
   }
-  const std::span<const std::byte> client_address =
-      std::span<const std::byte>(*hello).subspan(sizeof(wire::ClientHello));
-  const uint64_t client_id = next_client_++;
+}
+
+void PoolServerImpl::Refuse(PendingHello& p, const std::string& why) {
+  ++refused_;
+  LONGCTX_LOG_WARN("store: refused a client from {}: {}", p.peer, why);
+  wire::Refusal r{};
+  r.magic = wire::kRefusalMagic;
+  r.version = wire::kVersion;
+  r.text_len = static_cast<uint32_t>(why.size());
+  std::vector<std::byte> frame;
+  wire::Append(&frame, wire::AsBytes(r));
+  wire::Append(&frame, std::as_bytes(std::span(why)));
+  // A fresh connection's send buffer takes a few hundred bytes at once; never wait long.
+  (void)comm::ucx::SendFrame(p.fd.get(), frame, comm::DeadlineIn(std::chrono::milliseconds(50)));
+  // Closing with unread input would reset the connection and could discard the refusal before
+  // the client reads it: drain what is there (bounded) first.
+  std::byte junk[4096];
+  for (int i = 0; i < 4 && recv(p.fd.get(), junk, sizeof(junk), MSG_DONTWAIT) > 0; ++i) {
+  }
+  p.fd = UniqueFd();
+  UpdateStats();
+}
+
+bool PoolServerImpl::ReadHello(PendingHello& p) {
+  if (comm::Clock::now() >= p.deadline) {
+    ++refused_;
+    LONGCTX_LOG_WARN("store: dropped a client from {}: no complete hello within {} ms", p.peer,
+                     options_.hello_timeout.count());
+    return true;
+  }
+  while (true) {
+    size_t want = 4;  // the length prefix first, then exactly the hello (never beyond it)
+    if (p.buf.size() >= 4) {
+      uint32_t len = 0;
+      std::memcpy(&len, p.buf.data(), 4);
+      if (len < sizeof(wire::ClientHello) || len > wire::kMaxHelloBytes) {
+        Refuse(p, fmt::format("malformed hello ({} bytes)", len));
+        return true;
+      }
+      want = 4 + size_t{len};
+    }
+    if (p.buf.size() == want && want > 4) {
+      HandleHello(p, std::span<const std::byte>(p.buf).subspan(4));
+      return true;
+    }
+    const size_t have = p.buf.size();
+    p.buf.resize(want);
+    const ssize_t n = recv(p.fd.get(), p.buf.data() + have, want - have, MSG_DONTWAIT);
+    if (n > 0) {
+      p.buf.resize(have + static_cast<size_t>(n));
+      continue;
+    }
+    p.buf.resize(have);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return false;
+    return true;  // closed before its hello was complete, or failed
+  }
+}
+
+void PoolServerImpl::ReadHellos() {
+  for (auto it = pending_.begin(); it != pending_.end();) {
+    if (ReadHello(*it)) {
+      it = pending_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+void PoolServerImpl::HandleHello(PendingHello& p, std::span<const std::byte> payload) {
+  const wire::ClientHello h = *wire::Read<wire::ClientHello>(payload, "client hello");
+  if (h.magic != wire::kHelloMagic) return Refuse(p, "not a longctx store hello");
+  if (h.version != wire::kVersion) {
+    return Refuse(p, fmt::format("protocol version {} (this store speaks {})", h.version,
+                                 wire::kVersion));
+  }
+  // The token first: nothing of the client's is interpreted, and nothing of the pool's is
+  // revealed, before it is proven (an HMAC of this connection's nonce, compared in constant time).
+  if (options_.token) {
+    const std::array<uint8_t, wire::kProofBytes> expected =
+        wire::HelloProof(*options_.token, p.nonce);
+    if (CRYPTO_memcmp(expected.data(), h.proof, expected.size()) != 0) {
+      return Refuse(p, "wrong or missing store token");
+    }
+  }
+  if (payload.size() != sizeof(wire::ClientHello) + size_t{h.addr_len}) {
+    return Refuse(p, fmt::format("malformed hello ({} bytes for a {}-byte address)",
+                                 payload.size(), h.addr_len));
+  }
+  const std::span<const std::byte> client_address = payload.subspan(sizeof(wire::ClientHello));
+  if (std::string bad = wire::CheckWorkerAddress(client_address, worker_->address());
+      !bad.empty()) {
+    return Refuse(p, bad);
+  }
+  if (sessions_.size() >= options_.max_sessions) {
+    return Refuse(p, fmt::format("the pool has its maximum of {} sessions",
+                                 options_.max_sessions));
+  }
+  if (SessionsFrom(p.peer) >= options_.max_sessions_per_host) {
+    return Refuse(p, fmt::format("too many sessions from {} (at most {})", p.peer,
+                                 options_.max_sessions_per_host));
+  }
+  uint64_t session_id = 0;
+  SessionKey key{};
+  do {
+    if (RAND_bytes(reinterpret_cast<unsigned char*>(&session_id), sizeof(session_id)) != 1 ||
+        RAND_bytes(key.data(), static_cast<int>(key.size())) != 1) {
+      return Refuse(p, "the pool could not draw a session key");
+    }
+  } while (session_id == 0 || sessions_.count(session_id) > 0);
   Result<std::unique_ptr<Endpoint>> ep =
-      Endpoint::Connect(*worker_, client_address, fmt::format("client {}", client_id),
-                        wire::SameHost(h->host, host_) && (h->flags & wire::kFlagSharedMemory));
-  if (!ep.ok()) {
-    LONGCTX_LOG_WARN("store: cannot reach client {}: {}", client_id, ep.status().message());
-    return;
-  }
+      Endpoint::Connect(*worker_, client_address, fmt::format("session {:016x}", session_id),
+                        wire::SameHost(h.host, host_) && (h.flags & wire::kFlagSharedMemory));
+  if (!ep.ok()) return Refuse(p, "cannot reach your UCX address: " + ep.status().message());
   wire::PoolHello reply{};
   reply.magic = wire::kHelloMagic;
   reply.version = wire::kVersion;
   reply.flags = comm::ucx::SharedMemoryAllowed() ? wire::kFlagSharedMemory : 0;
   reply.pool_id = pool_id_;
-  reply.client_id = client_id;
+  reply.session_id = session_id;
+  std::memcpy(reply.session_key, key.data(), key.size());
   reply.pool_base = reinterpret_cast<uint64_t>(pool_->base());
   reply.pool_bytes = pool_->bytes();
+  reply.quota_bytes = options_.quota_per_session;
   reply.addr_len = static_cast<uint32_t>(worker_->address().size());
   reply.rkey_len = static_cast<uint32_t>(rkey_.size());
   wire::SetHost(reply.host, host_);
@@ -324,20 +539,28 @@ void PoolServerImpl::Accept() {
   wire::Append(&frame, wire::AsBytes(reply));
   wire::Append(&frame, worker_->address());
   wire::Append(&frame, rkey_);
-  const Status sent = comm::ucx::SendFrame(fd, frame, deadline);
+  const Status sent = comm::ucx::SendFrame(p.fd.get(), frame,
+                                           comm::DeadlineIn(std::chrono::milliseconds(200)));
   if (!sent.ok()) {
-    LONGCTX_LOG_WARN("store: hello reply to client {}: {}", client_id, sent.message());
+    LONGCTX_LOG_WARN("store: hello reply to {}: {}", p.peer, sent.message());
+    (*ep)->MarkFailed(UCS_ERR_CANCELED);
     return;
   }
-  sessions_[client_id] = Session{std::move(*conn), std::move(*ep)};
+  Session s;
+  s.fd = std::move(p.fd);
+  s.ep = std::move(*ep);
+  s.key = key;
+  s.peer = p.peer;
+  s.quota = options_.quota_per_session;
+  sessions_.emplace(session_id, std::move(s));
   UpdateStats();
-  LONGCTX_LOG_INFO("store: client {} connected", client_id);
+  LONGCTX_LOG_INFO("store: session {:016x} from {} opened", session_id, p.peer);
 }
 
-void PoolServerImpl::CloseSession(uint64_t client_id) {
+void PoolServerImpl::CloseSession(uint64_t session_id, std::string_view why) {
   uint64_t freed = 0;
   for (auto it = allocations_.begin(); it != allocations_.end();) {
-    if (it->second.client_id != client_id) {
+    if (it->second.session_id != session_id) {
       ++it;
       continue;
     }
@@ -345,17 +568,35 @@ void PoolServerImpl::CloseSession(uint64_t client_id) {
     freed += it->second.bytes;
     it = allocations_.erase(it);
   }
-  sessions_.erase(client_id);
+  auto it = sessions_.find(session_id);
+  if (it != sessions_.end()) {
+    // Force-close: a graceful close would wait for a client that may not be progressing.
+    it->second.ep->MarkFailed(UCS_ERR_CANCELED);
+    sessions_.erase(it);
+  }
   UpdateStats();
-  LONGCTX_LOG_INFO("store: client {} left; freed its {} bytes", client_id, freed);
+  LONGCTX_LOG_INFO("store: session {:016x} closed ({}); freed its {} bytes", session_id, why,
+                   freed);
 }
 
+// A client sends nothing after its hello: the socket only tells that it is alive. Bytes on it
+// are a protocol violation (the session is closed), and so is a hangup or an error.
 void PoolServerImpl::CheckSessions() {
-  std::vector<uint64_t> closed;
+  std::vector<std::pair<uint64_t, const char*>> closed;
   for (const auto& [id, session] : sessions_) {
-    if (comm::ucx::PeerClosed(session.fd.get())) closed.push_back(id);
+    pollfd pfd{session.fd.get(), POLLIN, 0};
+    if (poll(&pfd, 1, 0) <= 0) continue;
+    std::byte junk[64];
+    const ssize_t n = recv(session.fd.get(), junk, sizeof(junk), MSG_DONTWAIT);
+    if (n > 0) {
+      ++misbehaving_;
+      closed.emplace_back(id, "it sent bytes after its hello");
+    } else if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) ||
+               (pfd.revents & (POLLERR | POLLHUP | POLLNVAL)) != 0) {
+      closed.emplace_back(id, "its connection closed");
+    }
   }
-  for (uint64_t id : closed) CloseSession(id);
+  for (const auto& [id, why] : closed) CloseSession(id, why);
 }
 
 void PoolServerImpl::Loop() {
@@ -371,7 +612,8 @@ void PoolServerImpl::Loop() {
       // Under load, still look at the sockets every few ms (new clients, closed sessions).
       if (now - last_socket_check > 5ms) {
         last_socket_check = now;
-        Accept();
+        AcceptAll();
+        ReadHellos();
         CheckSessions();
         UpdateStats();
       }
@@ -389,9 +631,11 @@ void PoolServerImpl::Loop() {
     fds.push_back({listener_.fd(), POLLIN, 0});
     fds.push_back({wake_.get(), POLLIN, 0});
     for (const auto& [id, session] : sessions_) fds.push_back({session.fd.get(), POLLIN, 0});
+    for (const PendingHello& p : pending_) fds.push_back({p.fd.get(), POLLIN, 0});
     (void)poll(fds.data(), fds.size(), 20);
     last_socket_check = comm::Clock::now();
-    if ((fds[1].revents & POLLIN) != 0) Accept();
+    if ((fds[1].revents & POLLIN) != 0) AcceptAll();
+    ReadHellos();
     CheckSessions();
     UpdateStats();
     idle = 0;
@@ -405,6 +649,7 @@ void PoolServerImpl::Loop() {
     }
   }
   outgoing_.clear();
+  pending_.clear();
   // Force-close: a graceful close would wait for clients that may not be progressing.
   for (auto& [id, session] : sessions_) session.ep->MarkFailed(UCS_ERR_CANCELED);
   sessions_.clear();
@@ -414,8 +659,8 @@ void PoolServerImpl::Loop() {
 
 Result<std::unique_ptr<PoolServer>> PoolServer::Start(std::shared_ptr<comm::ucx::Context> ctx,
                                                       const PoolServerOptions& options) {
-  auto server = std::make_unique<PoolServerImpl>(std::move(ctx), options.pool_bytes);
-  RETURN_IF_ERROR(server->Init(options));
+  auto server = std::make_unique<PoolServerImpl>(std::move(ctx), options);
+  RETURN_IF_ERROR(server->Init());
   return std::unique_ptr<PoolServer>(std::move(server));
 }
 

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -12,13 +13,27 @@
 #include <type_traits>
 #include <vector>
 
+#include "longctx/cache/store.h"
 #include "longctx/core/status.h"
 
 namespace longctx::cache::wire {
 
 inline constexpr uint32_t kHelloMagic = 0x4C435848;  // "HXCL"
 inline constexpr uint32_t kAmMagic = 0x4C43414D;     // "MACL"
-inline constexpr uint16_t kVersion = 1;
+inline constexpr uint32_t kRefusalMagic = 0x4C435852;    // "RXCL"
+inline constexpr uint32_t kChallengeMagic = 0x4C435843;  // "CXCL"
+// 2: the pool challenges, the hello proves the store token; requests carry the session's key.
+inline constexpr uint16_t kVersion = 2;
+
+inline constexpr size_t kTokenBytes = 32;       // a store token (256 bits)
+inline constexpr size_t kNonceBytes = 32;       // a pool's challenge
+inline constexpr size_t kProofBytes = 32;       // HMAC-SHA256
+inline constexpr size_t kSessionKeyBytes = 16;  // a session's key (128 bits, issued by the pool)
+// A UCX worker address a pool accepts: tens to a few hundred bytes on tcp/sm (more with many
+// devices). Anything outside these bounds is refused before UCX sees it.
+inline constexpr size_t kMinWorkerAddressBytes = 9;  // header byte + 64-bit uuid
+inline constexpr size_t kMaxWorkerAddressBytes = 2048;
+inline constexpr size_t kMaxHelloBytes = 4096;  // the whole client hello frame
 
 // Active-message ids (client -> pool: kRequest; pool -> client: kReply).
 inline constexpr uint16_t kAmRequest = 0x4c01;
@@ -43,43 +58,77 @@ enum class Op : uint16_t { kAlloc = 1, kFree = 2, kStats = 3 };
 // Hello flags (the `flags` field of both hellos).
 inline constexpr uint16_t kFlagSharedMemory = 1;  // this process's UCX_TLS allows shared memory
 
+// Pool -> client, the first frame on every accepted connection: a fresh random nonce. The token
+// itself never crosses the wire; the hello proves it by an HMAC of this nonce.
+struct Challenge {
+  uint32_t magic;  // kChallengeMagic
+  uint16_t version;
+  uint16_t reserved;
+  uint8_t nonce[kNonceBytes];
+};
+static_assert(sizeof(Challenge) == 8 + kNonceBytes && std::is_trivially_copyable_v<Challenge>);
+
+// HelloProof(token, nonce) = HMAC-SHA256(token, "longctx store hello v2" || nonce)
+// (store_token.cpp). A captured hello does not open another connection (another nonce).
+std::array<uint8_t, kProofBytes> HelloProof(const StoreToken& token,
+                                            const uint8_t (&nonce)[kNonceBytes]);
+
+// The pool checks `proof` (constant time) before it looks at anything else past the version.
 struct ClientHello {
   uint32_t magic;
   uint16_t version;
   uint16_t flags;  // kFlag*
   uint32_t addr_len;
   uint32_t reserved2;
-  char host[kHostBytes];  // HostIdentity(), NUL-padded (truncated if longer)
+  uint8_t proof[kProofBytes];  // HelloProof(token, the challenge's nonce); zero without a token
+  char host[kHostBytes];       // HostIdentity(), NUL-padded (truncated if longer)
 };
-static_assert(sizeof(ClientHello) == 16 + kHostBytes &&
+static_assert(sizeof(ClientHello) == 16 + kProofBytes + kHostBytes &&
               std::is_trivially_copyable_v<ClientHello>);
 
-// Pool -> client over TCP, followed by the pool's worker address and its packed rkey.
+// Pool -> client over TCP, followed by the pool's worker address and its packed rkey. Sent only
+// after the token was proven.
 struct PoolHello {
   uint32_t magic;
   uint16_t version;
   uint16_t flags;  // kFlag*
   uint64_t pool_id;     // random per server
-  uint64_t client_id;   // this session, echoed in every request
+  uint64_t session_id;  // random per session, echoed in every request
+  uint8_t session_key[kSessionKeyBytes];  // random per session: proves a request is this session's
   uint64_t pool_base;   // remote address of the pool's first byte
   uint64_t pool_bytes;  // capacity
+  uint64_t quota_bytes; // what this session may hold (<= pool_bytes)
   uint32_t addr_len;
   uint32_t rkey_len;
   char host[kHostBytes];  // HostIdentity(), NUL-padded
 };
-static_assert(sizeof(PoolHello) == 48 + kHostBytes && std::is_trivially_copyable_v<PoolHello>);
+static_assert(sizeof(PoolHello) == 72 + kHostBytes && std::is_trivially_copyable_v<PoolHello>);
+
+// Pool -> client over TCP instead of a PoolHello: the hello was refused (wrong token, bad
+// address, too many sessions, another version). Followed by text_len bytes of one-line reason;
+// the pool closes the connection after it.
+struct Refusal {
+  uint32_t magic;  // kRefusalMagic
+  uint16_t version;
+  uint16_t reserved;
+  uint32_t text_len;
+  uint32_t reserved2;
+};
+static_assert(sizeof(Refusal) == 16 && std::is_trivially_copyable_v<Refusal>);
 
 // kAmRequest header. kAlloc: arg0 = bytes. kFree: arg0 = offset, arg1 = bytes. kStats: none.
+// A request whose (session_id, session_key) is not a live session's is dropped unanswered.
 struct Request {
   uint32_t magic;
   uint16_t version;
   uint16_t op;
   uint64_t request_id;
-  uint64_t client_id;
+  uint64_t session_id;
+  uint8_t session_key[kSessionKeyBytes];
   uint64_t arg0;
   uint64_t arg1;
 };
-static_assert(sizeof(Request) == 40 && std::is_trivially_copyable_v<Request>);
+static_assert(sizeof(Request) == 56 && std::is_trivially_copyable_v<Request>);
 
 // kAmReply header. status: a StatusCode (0 = OK); on error the AM data is the message text.
 struct Reply {
@@ -90,10 +139,31 @@ struct Reply {
   int32_t status;
   uint32_t reserved;
   uint64_t offset;          // kAlloc: where the block goes (from pool_base)
-  uint64_t free_bytes;      // the pool's free bytes after this request
+  uint64_t free_bytes;      // what this session may still allocate: min(pool free, quota left)
   uint64_t capacity_bytes;  // the pool's capacity
 };
 static_assert(sizeof(Reply) == 48 && std::is_trivially_copyable_v<Reply>);
+
+// The checks a pool can make on a peer's UCX worker address before ucp_ep_create, which trusts
+// its input (a malformed address trips UCX assertions and aborts the process): length bounds, and
+// the header byte's address version (its low 4 bits, UCX's UCP_ADDRESS_HEADER_VERSION_MASK) equal
+// to that of this process's own address (same UCX, same address format). Returns the reason for
+// a refusal, or "" when the address passes. What lies past the header is not validated (UCX has
+// no API for that): which is why the token is checked first (docs/security.md).
+inline std::string CheckWorkerAddress(std::span<const std::byte> peer,
+                                      std::span<const std::byte> own) {
+  if (peer.size() < kMinWorkerAddressBytes || peer.size() > kMaxWorkerAddressBytes) {
+    return "a UCX worker address of " + std::to_string(peer.size()) + " bytes (expected " +
+           std::to_string(kMinWorkerAddressBytes) + ".." + std::to_string(kMaxWorkerAddressBytes) +
+           ")";
+  }
+  if (!own.empty() && (std::to_integer<unsigned>(peer[0]) & 0x0F) !=
+                          (std::to_integer<unsigned>(own[0]) & 0x0F)) {
+    return "a UCX worker address of another format (header byte " +
+           std::to_string(std::to_integer<unsigned>(peer[0])) + ")";
+  }
+  return "";
+}
 
 template <typename T>
 std::span<const std::byte> AsBytes(const T& value) {

@@ -128,6 +128,8 @@ Runner AddBenchCommand(CLI::App& app) {
       ->capture_default_str();
   kv->add_flag("!--no-perftest", ko->perftest, "skip the ucx_perftest peer");
   kv->add_flag("!--no-redis", ko->redis, "skip the Redis peer");
+  kv->add_flag("!--no-mac", ko->mac,
+               "the client keeps no MAC of its blocks (to measure what it costs)");
   kv->add_option("--json", ko->json, "also write the results as JSON");
 
   auto to = std::make_shared<bench::TokenizeBenchOptions>();

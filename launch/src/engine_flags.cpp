@@ -22,6 +22,8 @@ void KvFlags::Register(CLI::App& app) {
   app.add_option("--kv-store", stores,
                  "HOST:PORT of a `longctx store` process (repeat or comma-separate)")
       ->delimiter(',');
+  app.add_option("--kv-store-token-file", store_token_file,
+                 "the token file of the --kv-store processes (their --token-file)");
   app.add_option("--kv-replicas", replicas, "copies of each remote block: 1 or 2")
       ->capture_default_str();
   app.add_option("--kv-bind", bind, "address this rank's pool listens on")->capture_default_str();
@@ -55,11 +57,23 @@ Result<std::shared_ptr<cache::RemoteTier>> KvFlags::JoinRemote(comm::Communicato
   if (st.ok() && replicas != 1 && replicas != 2) {
     st = InvalidArgument("--kv-replicas must be 1 or 2, got {}", replicas);
   }
+  std::optional<cache::StoreToken> store_token;
+  if (st.ok() && !store_token_file.empty()) {
+    if (stores.empty()) {
+      st = InvalidArgument("--kv-store-token-file is the token of --kv-store processes; no "
+                           "--kv-store given");
+    } else {
+      Result<cache::StoreToken> t = cache::ReadStoreToken(store_token_file);
+      if (t.ok()) store_token = *t;
+      else st = t.status().WithContext("--kv-store-token-file");
+    }
+  }
   RETURN_IF_ERROR(comm::AgreeOnStatus(comm, st));
   if (pool_bytes == 0 && stores.empty()) return std::shared_ptr<cache::RemoteTier>();
   cache::StoreJoinOptions so;
   so.pool_bytes = pool_bytes;
   so.stores = stores;
+  so.store_token = store_token;
   so.replicas = replicas;
   so.bind_host = bind;
   return cache::JoinStore(comm, so);

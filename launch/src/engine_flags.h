@@ -26,6 +26,7 @@ struct KvFlags {
   int32_t block_tokens = 64;
   std::string pool;                 // size this rank lends to other ranks; empty/0 = none
   std::vector<std::string> stores;  // HOST:PORT of `longctx store` processes
+  std::string store_token_file;     // the stores' token (`longctx store --token-file`)
   int replicas = 1;
   std::string bind = "127.0.0.1";   // where this rank's pool listens
 

@@ -1,5 +1,7 @@
-// `longctx store --pool SIZE --listen HOST:PORT [--address-file F]`: a memory-only KV store
-// process (DESIGN.md §3) for nodes that lend host memory to a job. It registers the pool, serves
+// `longctx store --pool SIZE --listen HOST:PORT --token-file F [--address-file F]`: a memory-only
+// KV store process (DESIGN.md §3) for nodes that lend host memory to a job. Clients must prove the
+// token in F (created, mode 0600, when absent); `--insecure-no-auth` instead serves anyone, and
+// only on a loopback address (docs/security.md). It registers the pool, serves
 // allocate/free/stats and one-sided access over UCX until SIGTERM or SIGINT, and exits 0.
 // Readiness: once it answers on its address it prints "longctx store: listening on HOST:PORT ..."
 // and, with --address-file, writes "HOST:PORT\n" there (atomically: write, then rename), so a
@@ -8,9 +10,11 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <optional>
 
 #include "commands.h"
 #include "longctx/cache/store.h"
@@ -25,6 +29,11 @@ struct StoreOptions {
   std::string pool;
   std::string listen = "127.0.0.1:0";
   std::string address_file;
+  std::string token_file;
+  bool insecure_no_auth = false;
+  std::string quota_per_session;  // bytes; empty = the whole pool
+  size_t max_sessions = 256;
+  size_t max_sessions_per_host = 64;
 };
 
 Status WriteAddressFile(const std::string& path, const std::string& address) {
@@ -45,6 +54,28 @@ Status RunStore(const StoreOptions& o) {
   ASSIGN_OR_RETURN(const uint64_t pool_bytes, ParseByteSize(o.pool, "--pool"));
   if (pool_bytes == 0) return InvalidArgument("--pool: the pool needs at least one byte");
   ASSIGN_OR_RETURN(comm::ucx::HostPort where, comm::ucx::ParseHostPort(o.listen, "--listen"));
+  uint64_t quota = 0;
+  if (!o.quota_per_session.empty()) {
+    ASSIGN_OR_RETURN(quota, ParseByteSize(o.quota_per_session, "--quota-per-session"));
+    if (quota == 0) return InvalidArgument("--quota-per-session: a quota needs at least one byte");
+  }
+  if (o.max_sessions == 0 || o.max_sessions_per_host == 0) {
+    return InvalidArgument("--max-sessions and --max-sessions-per-host must be >= 1");
+  }
+  std::optional<cache::StoreToken> token;
+  if (!o.token_file.empty()) {
+    bool created = false;
+    Result<cache::StoreToken> t = cache::LoadOrCreateStoreToken(o.token_file, &created);
+    if (!t.ok()) return t.status().WithContext("--token-file");
+    token = *t;
+    if (created) LONGCTX_LOG_INFO("store: created token file {} (mode 0600)", o.token_file);
+  } else if (!o.insecure_no_auth) {
+    return InvalidArgument("the store needs --token-file FILE (clients pass the same file as "
+                           "--kv-store-token-file), or --insecure-no-auth on a loopback address");
+  } else if (where.host != "localhost" && where.host.rfind("127.", 0) != 0) {
+    return InvalidArgument("--insecure-no-auth: only on a loopback --listen (127.0.0.0/8), not {}",
+                           where.host);
+  }
   // SIGTERM/SIGINT are taken by sigwait below: block them before any thread starts (UCX's and
   // the progress thread inherit the mask), so no thread dies of them.
   sigset_t stop_signals;
@@ -53,16 +84,36 @@ Status RunStore(const StoreOptions& o) {
   sigaddset(&stop_signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
 
-  ASSIGN_OR_RETURN(std::shared_ptr<comm::ucx::Context> ctx, comm::ucx::Context::Create());
+  // UCX opens its own TCP listening socket on every network device it may use, whatever
+  // --listen says, and over TCP anyone who reaches it can read the pool without the token
+  // (docs/security.md): confine it to the device of the --listen address, and a loopback store
+  // (whose clients share its host) to the transports other than tcp — unless UCX_TLS says.
+  const std::string device = comm::ucx::NetDeviceOf(where.host);
+  const bool loopback = where.host == "localhost" || where.host.rfind("127.", 0) == 0;
+  ASSIGN_OR_RETURN(std::shared_ptr<comm::ucx::Context> ctx,
+                   comm::ucx::Context::Create(device, loopback ? "^tcp" : ""));
   cache::PoolServerOptions so;
   so.pool_bytes = pool_bytes;
   so.listen = where.ToString();
+  so.token = token;
+  so.quota_per_session = quota;
+  so.max_sessions = o.max_sessions;
+  so.max_sessions_per_host = o.max_sessions_per_host;
   Result<std::unique_ptr<cache::PoolServer>> server = cache::PoolServer::Start(ctx, so);
   if (!server.ok()) return server.status().WithContext("--listen " + o.listen);
+  if (device.empty()) {
+    LONGCTX_LOG_WARN("store: --listen {} names no single local device: UCX listens on all of them",
+                     where.host);
+  } else {
+    LONGCTX_LOG_INFO("store: UCX confined to network device {}{}", device,
+                     loopback && std::getenv("UCX_TLS") == nullptr ? ", no tcp transport" : "");
+  }
   const std::string address = (*server)->address().ToString();
   if (!o.address_file.empty()) RETURN_IF_ERROR(WriteAddressFile(o.address_file, address));
-  std::printf("longctx store: listening on %s (pool %s, pid %d)\n", address.c_str(),
-              FormatByteSize(pool_bytes).c_str(), static_cast<int>(getpid()));
+  std::printf("longctx store: listening on %s (pool %s, %s, pid %d)\n", address.c_str(),
+              FormatByteSize(pool_bytes).c_str(),
+              token ? ("token " + o.token_file).c_str() : "NO AUTHENTICATION",
+              static_cast<int>(getpid()));
   std::fflush(stdout);
 
   int signal_number = 0;
@@ -87,6 +138,19 @@ Runner AddStoreCommand(CLI::App& app) {
       ->capture_default_str();
   app.add_option("--address-file", o->address_file,
                  "write HOST:PORT here once ready (removed at exit)");
+  auto* token = app.add_option("--token-file", o->token_file,
+                               "the token clients must prove (64 hex digits, mode 0600; created "
+                               "when absent)");
+  app.add_flag("--insecure-no-auth", o->insecure_no_auth,
+               "serve any local process without a token (loopback --listen only)")
+      ->excludes(token);
+  app.add_option("--quota-per-session", o->quota_per_session,
+                 "bytes one client session may hold at once (default: the whole pool)");
+  app.add_option("--max-sessions", o->max_sessions, "live client sessions at most")
+      ->capture_default_str();
+  app.add_option("--max-sessions-per-host", o->max_sessions_per_host,
+                 "sessions and pending hellos from one IP address at most")
+      ->capture_default_str();
   return [o]() { return RunStore(*o); };
 }
 

@@ -33,7 +33,8 @@ SPILL=(--kv-device-budget 1M --kv-host-budget 0)
 
 start_store() {  # start_store NAME -> sets $addr; the pid joins PIDS
   local name="$1"
-  "$BIN" store --pool 64M --listen 127.0.0.1:0 --address-file "$T/$name.addr" >"$T/$name.log" 2>&1 &
+  "$BIN" store --pool 64M --listen 127.0.0.1:0 --address-file "$T/$name.addr" \
+    --token-file "$T/store.token" >"$T/$name.log" 2>&1 &
   PIDS+=($!)
   eval "${name}_pid=$!"
   for _ in $(seq 1 200); do [[ -s "$T/$name.addr" ]] && break; sleep 0.05; done
@@ -62,7 +63,8 @@ for replicas in 2 1; do
   pause="$T/pause_$replicas"
   out="$T/r$replicas"
   LONGCTX_TEST_PAUSE_FILE="$pause" timeout 300 "${MPI[@]}" -np 2 "$BIN" "${R[@]}" "${SPILL[@]}" \
-    --kv-store "$a1,$a2" --kv-replicas "$replicas" --out "$out" >"$out.out" 2>"$out.err" &
+    --kv-store "$a1,$a2" --kv-store-token-file "$T/store.token" --kv-replicas "$replicas" \
+    --out "$out" >"$out.out" 2>"$out.err" &
   job=$!
   PIDS+=($job)
   for _ in $(seq 1 1200); do [[ -f "$pause" ]] && break; sleep 0.05; done
@@ -91,6 +93,22 @@ for replicas in 2 1; do
   kill "${!victim}" "$(eval echo "\$s2_${replicas}_pid")" 2>/dev/null
 done
 
+# The token: the store created it (mode 0600); a run without it, or with another, is refused in
+# the hello with one line naming the store.
+if start_store "s_auth"; then
+  a=$(cat "$T/s_auth.addr")
+  [[ "$(stat -c %a "$T/store.token")" == 600 ]] && ok "token file created with mode 600" \
+    || bad "token file mode $(stat -c %a "$T/store.token")"
+  head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$T/other.token"; chmod 600 "$T/other.token"
+  expect_error "no store token" "${R[@]}" "${SPILL[@]}" --kv-store "$a" --out "$T/x"
+  grep -q "refused: wrong or missing store token" "$T/stderr" && ok "no token: refused by the store" \
+    || bad "no token: $(cat "$T/stderr")"
+  expect_error "wrong store token" "${R[@]}" "${SPILL[@]}" --kv-store "$a" \
+    --kv-store-token-file "$T/other.token" --out "$T/x"
+  grep -q "refused: wrong or missing store token" "$T/stderr" \
+    && ok "wrong token: refused by the store" || bad "wrong token: $(cat "$T/stderr")"
+  kill "$s_auth_pid" 2>/dev/null
+fi
 expect_error "replicas 3" "${R[@]}" --kv-store 127.0.0.1:1 --kv-replicas 3 --out "$T/x"
 expect_error "unreachable store" "${R[@]}" --kv-store 127.0.0.1:1 --out "$T/x"
 expect_error "malformed pool size" "${R[@]}" --kv-pool 3X --out "$T/x"

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
+#include <optional>
 #include <random>
 
 #include "longctx/cache/kv_block.h"
@@ -61,6 +62,31 @@ TEST(JoinStore, EveryRankStoresInTheOthersPools) {
   joined->reset();
   client.reset();
   ASSERT_TRUE(world.Barrier(comm::DeadlineIn(std::chrono::seconds(60))).ok());
+}
+
+// A rank's pool serves only the job's ranks: a process without the job's token (drawn by rank 0
+// and never written anywhere) — or with another token — is refused, and gets no address or key.
+TEST(JoinStore, ARanksPoolRefusesClientsWithoutTheJobToken) {
+  if (g_world->size() == 1) GTEST_SKIP() << "needs another rank's pool";
+  StoreJoinOptions options;
+  options.pool_bytes = 1 << 20;
+  auto joined = JoinStore(*g_world, options);
+  ASSERT_TRUE(joined.ok()) << joined.status().ToString();
+  auto client = std::dynamic_pointer_cast<StoreClient>(*joined);
+  ASSERT_FALSE(client->Pools().empty());
+  auto ctx = comm::ucx::Context::Create();
+  ASSERT_TRUE(ctx.ok());
+  const std::vector<std::optional<StoreToken>> tokens = {std::nullopt, *NewStoreToken()};
+  for (const std::optional<StoreToken>& token : tokens) {
+    StoreClientOptions o;
+    o.pools = {{client->Pools()[0].address, token}};
+    o.timeout = std::chrono::seconds(10);
+    auto outsider = StoreClient::Connect(*ctx, o);
+    ASSERT_FALSE(outsider.ok());
+    EXPECT_NE(outsider.status().message().find("refused: wrong or missing store token"),
+              std::string::npos) << outsider.status().message();
+  }
+  ASSERT_TRUE(g_world->Barrier(comm::DeadlineIn(std::chrono::seconds(60))).ok());
 }
 
 TEST(JoinStore, ListeningEverywhereIsReachedByHostName) {

@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -18,6 +19,8 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <set>
+#include <sstream>
 #include <thread>
 
 #include "longctx/cache/kv_block.h"
@@ -176,8 +179,14 @@ class StoreTest : public ::testing::Test {
   void StartPools(int n, uint64_t bytes) {
     ctx_ = NewContext();
     ASSERT_NE(ctx_, nullptr);
+    auto token = NewStoreToken();
+    ASSERT_TRUE(token.ok());
+    token_ = *token;
     for (int i = 0; i < n; ++i) {
-      auto server = PoolServer::Start(ctx_, PoolServerOptions{bytes, "127.0.0.1:0"});
+      PoolServerOptions so;
+      so.pool_bytes = bytes;
+      so.token = token_;
+      auto server = PoolServer::Start(ctx_, so);
       ASSERT_TRUE(server.ok()) << server.status().ToString();
       servers_.push_back(std::move(*server));
     }
@@ -185,13 +194,14 @@ class StoreTest : public ::testing::Test {
   Result<std::shared_ptr<StoreClient>> Connect(int replicas, uint64_t exclude = 0,
                                                std::chrono::milliseconds timeout = 10s) {
     StoreClientOptions o;
-    for (const auto& s : servers_) o.pools.push_back(s->address().ToString());
+    for (const auto& s : servers_) o.pools.push_back({s->address().ToString(), token_});
     o.replicas = replicas;
     o.exclude_pool_id = exclude;
     o.timeout = timeout;
     return StoreClient::Connect(ctx_, o);
   }
   std::shared_ptr<ucx::Context> ctx_;
+  StoreToken token_;
   std::vector<std::unique_ptr<PoolServer>> servers_;
 };
 
@@ -317,7 +327,7 @@ TEST_F(StoreTest, NeverItsOwnPoolAndReplicasNeedDistinctPools) {
   EXPECT_EQ((*client)->Pools()[0].pool_id, servers_[1]->pool_id());
   EXPECT_EQ(Connect(3).status().code(), StatusCode::kInvalidArgument);
   StoreClientOptions o;
-  o.pools = {"127.0.0.1:1"};
+  o.pools = {{"127.0.0.1:1", token_}};
   auto unreachable = StoreClient::Connect(ctx_, o);
   EXPECT_EQ(unreachable.status().code(), StatusCode::kUnavailable);
   EXPECT_NE(unreachable.status().message().find("127.0.0.1:1"), std::string::npos);
@@ -451,13 +461,15 @@ TEST_F(StoreTest, CallsFromSeveralThreadsAreSerialised) {
 // stopped (SIGTERM, then SIGKILL after 5 s) and reaped by the destructor.
 class StoreProcess {
  public:
+  // `ucx_tls` false: the child runs without UCX_TLS (UCX's and the store's defaults).
   StoreProcess(const std::string& bin, const std::filesystem::path& dir, int index,
-               const std::string& pool = "16M") {
+               const std::string& pool = "16M", bool ucx_tls = true) {
     address_file_ = dir / ("store" + std::to_string(index) + ".addr");
     log_ = dir / ("store" + std::to_string(index) + ".log");
     std::vector<std::string> args = {bin, "store", "--pool", pool, "--listen", "127.0.0.1:0",
-                                     "--address-file", address_file_.string()};
-    pid_ = Spawn(args, log_);
+                                     "--address-file", address_file_.string(), "--token-file",
+                                     (dir / "store.token").string()};
+    pid_ = Spawn(args, log_, ucx_tls);
     const auto until = std::chrono::steady_clock::now() + 30s;
     while (std::chrono::steady_clock::now() < until) {
       if (std::filesystem::exists(address_file_)) {
@@ -516,7 +528,13 @@ class StoreProcess {
   }
   const std::filesystem::path& address_file() const { return address_file_; }
 
-  static pid_t Spawn(const std::vector<std::string>& args, const std::filesystem::path& log) {
+  static pid_t Spawn(const std::vector<std::string>& args, const std::filesystem::path& log,
+                     bool ucx_tls = true) {
+    std::vector<char*> env;
+    for (char** e = environ; *e != nullptr; ++e) {
+      if (ucx_tls || std::string(*e).rfind("UCX_TLS=", 0) != 0) env.push_back(*e);
+    }
+    env.push_back(nullptr);
     posix_spawn_file_actions_t actions;
     posix_spawn_file_actions_init(&actions);
     posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC,
@@ -526,7 +544,7 @@ class StoreProcess {
     for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
     argv.push_back(nullptr);
     pid_t pid = -1;
-    const int rc = posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ);
+    const int rc = posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), env.data());
     posix_spawn_file_actions_destroy(&actions);
     EXPECT_EQ(rc, 0) << "posix_spawn " << args[0];
     return rc == 0 ? pid : -1;
@@ -567,7 +585,9 @@ class StoreProcessTest : public ::testing::Test {
   Result<std::shared_ptr<StoreClient>> Connect(int replicas, std::chrono::milliseconds timeout) {
     if (!ctx_) ctx_ = NewContext();
     StoreClientOptions o;
-    for (const auto& s : stores_) o.pools.push_back(s->address());
+    auto token = ReadStoreToken((dir_ / "store.token").string());
+    if (!token.ok()) return token.status();
+    for (const auto& s : stores_) o.pools.push_back({s->address(), *token});
     o.replicas = replicas;
     o.timeout = timeout;
     return StoreClient::Connect(ctx_, o);
@@ -680,6 +700,64 @@ TEST_F(StoreProcessTest, AStoppedStoreNeverHangsACaller) {
   stores_[0]->Signal(SIGCONT);
 }
 
+// The IPv4 addresses (host byte order) on which process `pid` has listening TCP sockets: its
+// socket inodes from /proc/PID/fd, matched against /proc/PID/net/tcp (state 0A = LISTEN).
+std::vector<uint32_t> ListeningAddresses(pid_t pid) {
+  std::set<std::string> inodes;
+  const std::string fd_dir = "/proc/" + std::to_string(pid) + "/fd";
+  for (const auto& entry : std::filesystem::directory_iterator(fd_dir)) {
+    std::error_code ec;
+    const std::string target = std::filesystem::read_symlink(entry.path(), ec).string();
+    if (!ec && target.rfind("socket:[", 0) == 0) inodes.insert(target.substr(8, target.size() - 9));
+  }
+  std::vector<uint32_t> out;
+  std::ifstream tcp("/proc/" + std::to_string(pid) + "/net/tcp");
+  std::string line;
+  std::getline(tcp, line);  // header
+  while (std::getline(tcp, line)) {
+    std::istringstream in(line);
+    std::string slot, local, remote, state, queues, timer, retr, uid, timeout, inode;
+    in >> slot >> local >> remote >> state >> queues >> timer >> retr >> uid >> timeout >> inode;
+    if (state != "0A" || inodes.count(inode) == 0) continue;
+    // "0100007F:1F90": the address as the kernel stores it (network order, printed as a number).
+    out.push_back(ntohl(static_cast<uint32_t>(std::stoul(local.substr(0, 8), nullptr, 16))));
+  }
+  return out;
+}
+
+// UCX opens its own listening sockets besides --listen's; a loopback store keeps all of them on
+// loopback (UCX_NET_DEVICES set from --listen), instead of on every interface.
+TEST_F(StoreProcessTest, UcxListensOnlyOnTheListenInterface) {
+  StartStores(1);
+  auto client = Connect(1, 10s);  // the store's UCX is up and reachable
+  ASSERT_TRUE(client.ok()) << client.status().ToString();
+  const std::vector<uint32_t> listening = ListeningAddresses(stores_[0]->pid());
+  ASSERT_GE(listening.size(), 1u);
+  for (uint32_t a : listening) {
+    EXPECT_EQ(a >> 24, 127u) << "a listening socket on " << (a >> 24) << "." << (a >> 16 & 255)
+                             << "." << (a >> 8 & 255) << "." << (a & 255);
+  }
+}
+
+// Over tcp UCX's own port lets anyone who reaches it read the pool without the token
+// (docs/security.md). A loopback store left to its defaults (no UCX_TLS) runs no tcp transport:
+// its only listening socket is the bootstrap's, and a same-host client still works.
+TEST_F(StoreProcessTest, ALoopbackStoreOpensNoUcxTcpPortByDefault) {
+  stores_.push_back(std::make_unique<StoreProcess>(bin_, dir_, 0, "16M", /*ucx_tls=*/false));
+  ASSERT_FALSE(stores_[0]->address().empty());
+  const std::vector<uint32_t> listening = ListeningAddresses(stores_[0]->pid());
+  EXPECT_EQ(listening.size(), 1u) << "UCX opened a tcp listener";
+  const char* tls = std::getenv("UCX_TLS");
+  if (tls != nullptr && std::string(tls).find("tcp") != std::string::npos &&
+      std::string(tls).find("sm") == std::string::npos) {
+    GTEST_SKIP() << "this process's UCX_TLS=" << tls << " shares no transport with the store";
+  }
+  auto client = Connect(1, 10s);
+  ASSERT_TRUE(client.ok()) << client.status().ToString();
+  const auto blocks = PutBlocks(**client, 4, 41);
+  for (const auto& [key, bytes] : blocks) EXPECT_EQ(*(*client)->Get(key), bytes);
+}
+
 TEST_F(StoreProcessTest, StoreCommandExitsZeroOnSigtermAndRejectsBadFlags) {
   StartStores(1);
   stores_[0]->Signal(SIGTERM);
@@ -687,14 +765,30 @@ TEST_F(StoreProcessTest, StoreCommandExitsZeroOnSigtermAndRejectsBadFlags) {
   ASSERT_GE(status, 0);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
   EXPECT_FALSE(std::filesystem::exists(stores_[0]->address_file()));
-  const std::vector<std::vector<std::string>> bad = {
+  const std::string token = (dir_ / "store.token").string();
+  std::vector<std::vector<std::string>> bad = {
       {"store"},                                        // --pool is required
       {"store", "--pool", "12Q"},                       // not a size
       {"store", "--pool", "0"},                         // empty pool
       {"store", "--pool", "1M", "--listen", "nowhere"}, // no port
       {"store", "--pool", "1M", "--listen", "127.0.0.1:99999"},
       {"store", "--pool", "1M", "--listen", "192.0.2.1:0"},  // not an address of this host
+      {"store", "--pool", "1M", "--quota-per-session", "0"},
+      {"store", "--pool", "1M", "--max-sessions", "0"},
   };
+  for (auto& args : bad) {
+    args.push_back("--token-file");
+    args.push_back(token);
+  }
+  // Authentication: neither a token nor the explicit opt-out; both; no auth off loopback; a token
+  // file others may read.
+  const std::string open_token = (dir_ / "open.token").string();
+  std::ofstream(open_token) << std::string(64, 'a') << "\n";
+  std::filesystem::permissions(open_token, std::filesystem::perms(0644));
+  bad.push_back({"store", "--pool", "1M"});
+  bad.push_back({"store", "--pool", "1M", "--insecure-no-auth", "--token-file", token});
+  bad.push_back({"store", "--pool", "1M", "--insecure-no-auth", "--listen", "0.0.0.0:0"});
+  bad.push_back({"store", "--pool", "1M", "--token-file", open_token});
   for (const auto& args : bad) {
     auto [code, err] = RunCli(args);
     std::string joined;

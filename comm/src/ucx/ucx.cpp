@@ -1,6 +1,11 @@
 // The UCX wrappers of ucx.h: ownership, deadline-bounded waits and the one UCX->Status mapping.
 #include "longctx/comm/ucx/ucx.h"
 
+#include <arpa/inet.h>
+#include <ifaddrs.h>
+#include <net/if.h>
+#include <netdb.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <unistd.h>
 
@@ -62,10 +67,25 @@ Status UcsToStatus(ucs_status_t status, std::string_view what) {
 
 // ---- Context ----------------------------------------------------------------------------------
 
-Result<std::shared_ptr<Context>> Context::Create() {
+Result<std::shared_ptr<Context>> Context::Create(const std::string& net_devices,
+                                                 const std::string& tls) {
   ucp_config_t* config = nullptr;
   ucs_status_t st = ucp_config_read(nullptr, nullptr, &config);
   if (st != UCS_OK) return UcsToStatus(st, "reading the UCX configuration (UCX_* variables)");
+  if (!net_devices.empty() && std::getenv("UCX_NET_DEVICES") == nullptr) {
+    st = ucp_config_modify(config, "NET_DEVICES", net_devices.c_str());
+    if (st != UCS_OK) {
+      ucp_config_release(config);
+      return UcsToStatus(st, "UCX NET_DEVICES=" + net_devices);
+    }
+  }
+  if (!tls.empty() && std::getenv("UCX_TLS") == nullptr) {
+    st = ucp_config_modify(config, "TLS", tls.c_str());
+    if (st != UCS_OK) {
+      ucp_config_release(config);
+      return UcsToStatus(st, "UCX TLS=" + tls);
+    }
+  }
   ucp_params_t params;
   std::memset(&params, 0, sizeof(params));
   params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_MT_WORKERS_SHARED |
@@ -283,6 +303,31 @@ std::string HostIdentity() {
   char host[256] = {};
   gethostname(host, sizeof(host) - 1);
   return boot + "@" + host;
+}
+
+std::string NetDeviceOf(const std::string& host) {
+  addrinfo hints{};
+  hints.ai_family = AF_INET;
+  addrinfo* found = nullptr;
+  if (getaddrinfo(host.c_str(), nullptr, &hints, &found) != 0 || found == nullptr) return "";
+  const in_addr want = reinterpret_cast<sockaddr_in*>(found->ai_addr)->sin_addr;
+  freeaddrinfo(found);
+  if (want.s_addr == htonl(INADDR_ANY)) return "";
+  ifaddrs* list = nullptr;
+  if (getifaddrs(&list) != 0) return "";
+  std::string device;
+  for (ifaddrs* i = list; i != nullptr; i = i->ifa_next) {
+    if (i->ifa_addr == nullptr || i->ifa_addr->sa_family != AF_INET) continue;
+    const in_addr a = reinterpret_cast<sockaddr_in*>(i->ifa_addr)->sin_addr;
+    const bool loopback = (i->ifa_flags & IFF_LOOPBACK) != 0;
+    // All of 127.0.0.0/8 is on the loopback device (which lists only 127.0.0.1 itself).
+    if (a.s_addr == want.s_addr || (loopback && (ntohl(want.s_addr) >> 24) == 127)) {
+      device = i->ifa_name;
+      break;
+    }
+  }
+  freeifaddrs(list);
+  return device;
 }
 
 bool SharedMemoryAllowed() {

@@ -21,6 +21,7 @@ struct KvstoreBenchOptions {
   int reps = 3;                          // measurements per point; the best is reported
   bool perftest = true;                  // run ucx_perftest as the peer
   bool redis = true;                     // run a private redis-server as the peer
+  bool mac = true;                       // StoreClientOptions::verify_mac (GMAC per block)
   std::string json;                      // also write the results here
 };
 

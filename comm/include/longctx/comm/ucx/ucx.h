@@ -45,12 +45,21 @@ Status UcsToStatus(ucs_status_t status, std::string_view what);
 std::string HostIdentity();
 // False when UCX_TLS is set and names no shared-memory transport (e.g. UCX_TLS=tcp).
 bool SharedMemoryAllowed();
+// The network device that carries IPv4 address `host` ("lo" for 127.0.0.0/8, "eth1" for eth1's
+// address), for confining UCX to it; "" for a wildcard (0.0.0.0), a name that does not resolve,
+// or an address on no local device.
+std::string NetDeviceOf(const std::string& host);
 
-// One UCP context per process: features RMA + AM + WAKEUP. Transports come from UCX's own
-// environment (UCX_TLS, UCX_NET_DEVICES).
+// A UCP context: features RMA + AM + WAKEUP. Transports come from UCX's own environment
+// (UCX_TLS, UCX_NET_DEVICES).
 class Context {
  public:
-  static Result<std::shared_ptr<Context>> Create();
+  // `net_devices` non-empty (e.g. "lo"): UCX opens its interfaces — and their listening TCP
+  // sockets — on these network devices only (ucp_config_modify NET_DEVICES), unless the user set
+  // UCX_NET_DEVICES, which wins. Shared-memory devices are not affected. `tls` non-empty (e.g.
+  // "^tcp": every transport but tcp): the transports, unless the user set UCX_TLS, which wins.
+  static Result<std::shared_ptr<Context>> Create(const std::string& net_devices = "",
+                                                 const std::string& tls = "");
   ~Context();
   Context(const Context&) = delete;
   Context& operator=(const Context&) = delete;
