@@ -333,6 +333,12 @@ Result<PlanResult> Predict(const MachineProfile& p, const ModelShape& m, const P
                        Q * rows * global_attn_flops_row +
                        G * double(m.window + g) * global_attn_flops_row) /
                       (q.flops * q.efficiency);
+      if (q.mem_gbps > 0) {  // one token at a time is bound by memory, not FLOPs
+        const double bytes = (Q + G) * double(m.WeightBytes()) / 2.0 +  // bf16 on a device
+                             Q * rows * double(m.KvBytesPerRow()) / 2.0 +
+                             G * double(m.window + g) * double(m.KvBytesPerRow()) / 2.0;
+        decode_core_s = std::max(decode_core_s, bytes / (q.mem_gbps * 1e9));
+      }
     } else {
       decode_core_s = (Q + G) * p.decode_token_s * dense_ratio +
                       Q * rows * p.decode_scan_row_s * attn_ratio;

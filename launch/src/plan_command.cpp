@@ -65,6 +65,8 @@ Runner AddPlanCommand(CLI::App& app) {
                  "FLOP/s per rank of an accelerator (0 = scale the profile's CPU times)");
   app.add_option("--efficiency", f->q.efficiency, "with --flops: the share reached")
       ->capture_default_str();
+  app.add_option("--mem-gbps", f->q.mem_gbps,
+                 "with --flops: device memory GB/s (decode reads the weights and KV once)");
   app.add_option("--query-tokens", f->q.query_tokens, "question tokens")->capture_default_str();
   app.add_option("--generate", f->q.generate, "generated tokens")->capture_default_str();
   app.add_option("--kv-device-budget", f->kv_budget, "KV bytes held per rank (e.g. 8M)");

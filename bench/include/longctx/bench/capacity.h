@@ -66,6 +66,8 @@ struct PlanQuery {
   double link_gbps = 0, link_latency_us = 0;  // 0 = the profile's
   double flops = 0;              // FLOP/s per rank (a GPU); 0 = scale the profile's CPU times
   double efficiency = 0.5;       // with --flops: the share of it the model reaches
+  double mem_gbps = 0;           // with --flops: memory GB/s; a decoded token reads the weights
+                                 // and the KV rows it scans at least once (0 = not modelled)
   int64_t query_tokens = 34, generate = 16;
   int64_t kv_device_budget = -1;  // bytes per rank; -1 = everything resident
   std::string kv_codec = "f32";   // what spills: f32 | f16 | int8
