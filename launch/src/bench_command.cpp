@@ -200,7 +200,8 @@ Runner AddBenchCommand(CLI::App& app) {
     if (tk->parsed()) return bench::RunTokenizeBench(*to);
     if (kv->parsed()) return bench::RunKvstoreBench(*ko);
     if (att->parsed()) {
-      return o->whole_process ? bench::RunWholeProcessAttentionBench(*o) : bench::RunAttentionBench(*o);
+      return o->whole_process ? bench::RunWholeProcessAttentionBench(*o)
+                              : bench::RunAttentionBench(*o);
     }
     if (mx->parsed()) return bench::RunMatrix(*mo);
     if (pf->parsed()) return bench::RunProfileBench(*po);

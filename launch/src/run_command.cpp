@@ -37,6 +37,7 @@
 #include "longctx/model/tokenizer.h"
 #include "longctx/worker/blas.h"
 #include "longctx/worker/engine.h"
+#include "longctx/worker/token_rules.h"
 
 namespace longctx::cli {
 namespace {
@@ -72,31 +73,7 @@ Result<std::unique_ptr<model::Tokenizer>> RunTokenizer(const RunFlags& f) {
   return std::unique_ptr<model::Tokenizer>(new model::ByteTokenizer());
 }
 
-// Classes for the global rule from each token's decoded text (one decode per distinct id).
-std::vector<attention::TokenClass> ClassifyIds(const model::Tokenizer& tok,
-                                               const std::vector<int32_t>& ids) {
-  std::unordered_map<int32_t, std::string> text_of;
-  std::vector<std::string> texts(ids.size());
-  for (size_t i = 0; i < ids.size(); ++i) {
-    auto it = text_of.find(ids[i]);
-    if (it == text_of.end()) it = text_of.emplace(ids[i], tok.TokenText(ids[i])).first;
-    texts[i] = it->second;
-  }
-  return attention::ClassifyTokenTexts(texts);
-}
-
-// A generated token joins the globals when its text ends a sentence (. ! ? 。！？, trailing
-// spaces aside) or completes a run of two newlines with the token before it.
-bool TokenTextEndsSentenceOrParagraph(const std::string& prev, const std::string& text) {
-  std::string_view t = text;
-  while (!t.empty() && (t.back() == ' ' || t.back() == '\t')) t.remove_suffix(1);
-  for (std::string_view end : {".", "!", "?", "\u3002", "\uFF01", "\uFF1F"}) {
-    if (t.size() >= end.size() && t.substr(t.size() - end.size()) == end) return true;
-  }
-  const std::string both = prev + text;
-  const size_t at = both.find("\n\n", prev.empty() ? 0 : prev.size() - 1);
-  return at != std::string::npos && text.find('\n') != std::string::npos;
-}
+using worker::TokenTextEndsSentenceOrParagraph;
 
 // Token ids and their classes: bytes of a text file, or an int32/int64 .npy of ids (ids below
 // 256 are classed as the bytes they stand for).
@@ -113,7 +90,8 @@ Status ReadTokens(const RunFlags& f, const model::Tokenizer& tok, std::vector<in
     // The tokenizer's ids (a tokenizer.json adds its BOS; bytes: id = byte); classes from the
     // bytes for the byte tokenizer, else from each token's decoded text.
     ASSIGN_OR_RETURN(*ids, tok.Encode(text, true));
-    *classes = tok.is_byte_level() ? attention::ClassifyBytes(text) : ClassifyIds(tok, *ids);
+    *classes = tok.is_byte_level() ? attention::ClassifyBytes(text)
+                                   : worker::ClassifyTokenIds(tok, *ids);
   } else {
     ASSIGN_OR_RETURN(NpyArray a, ReadNpy(f.input_ids));
     if (a.shape.size() != 1) {
@@ -131,7 +109,8 @@ Status ReadTokens(const RunFlags& f, const model::Tokenizer& tok, std::vector<in
       }
       (*ids)[size_t(i)] = int32_t(v);
     }
-    *classes = tok.is_byte_level() ? attention::ClassifyByteIds(*ids) : ClassifyIds(tok, *ids);
+    *classes = tok.is_byte_level() ? attention::ClassifyByteIds(*ids)
+                                   : worker::ClassifyTokenIds(tok, *ids);
   }
   if (ids->empty()) return InvalidArgument("the input document is empty");
   return Status::Ok();

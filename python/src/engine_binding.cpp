@@ -25,40 +25,16 @@
 #include "longctx/core/byte_size.h"
 #include "longctx/model/tokenizer.h"
 #include "longctx/worker/engine.h"
+#include "longctx/worker/token_rules.h"
 
 namespace py = pybind11;
 
 namespace longctx::python {
 namespace {
 
-// ---- the text rules of `longctx run` (run_command.cpp keeps them in its anonymous namespace;
-// these are the same few lines, and the Engine test compares the two end to end) ----------------
-
-// Classes for the global rule from each token's decoded text (one decode per distinct id).
-std::vector<attention::TokenClass> ClassifyIds(const model::Tokenizer& tok,
-                                               const std::vector<int32_t>& ids) {
-  std::unordered_map<int32_t, std::string> text_of;
-  std::vector<std::string> texts(ids.size());
-  for (size_t i = 0; i < ids.size(); ++i) {
-    auto it = text_of.find(ids[i]);
-    if (it == text_of.end()) it = text_of.emplace(ids[i], tok.TokenText(ids[i])).first;
-    texts[i] = it->second;
-  }
-  return attention::ClassifyTokenTexts(texts);
-}
-
-// A generated token joins the globals when its text ends a sentence (. ! ? 。！？, trailing
-// spaces aside) or completes a run of two newlines with the token before it.
-bool TokenTextEndsSentenceOrParagraph(const std::string& prev, const std::string& text) {
-  std::string_view t = text;
-  while (!t.empty() && (t.back() == ' ' || t.back() == '\t')) t.remove_suffix(1);
-  for (std::string_view end : {".", "!", "?", "\u3002", "\uFF01", "\uFF1F"}) {
-    if (t.size() >= end.size() && t.substr(t.size() - end.size()) == end) return true;
-  }
-  const std::string both = prev + text;
-  const size_t at = both.find("\n\n", prev.empty() ? 0 : prev.size() - 1);
-  return at != std::string::npos && text.find('\n') != std::string::npos;
-}
+// The text rules of `longctx run` (worker/token_rules.h; the Engine test compares the two end
+// to end).
+using worker::TokenTextEndsSentenceOrParagraph;
 
 // What the Python Engine() call gives (None = the model's own value).
 struct EngineArgs {
@@ -109,7 +85,7 @@ class PyEngine {
         if (text) {
           ASSIGN_OR_RETURN(tok_ids, tok_->Encode(doc_text, true));
           classes = tok_->is_byte_level() ? attention::ClassifyBytes(doc_text)
-                                          : ClassifyIds(*tok_, tok_ids);
+                                          : worker::ClassifyTokenIds(*tok_, tok_ids);
         } else {
           tok_ids.resize(ids->size());
           for (size_t i = 0; i < ids->size(); ++i) {
@@ -120,7 +96,7 @@ class PyEngine {
             tok_ids[i] = int32_t(v);
           }
           classes = tok_->is_byte_level() ? attention::ClassifyByteIds(tok_ids)
-                                          : ClassifyIds(*tok_, tok_ids);
+                                          : worker::ClassifyTokenIds(*tok_, tok_ids);
         }
         if (tok_ids.empty()) return InvalidArgument("the document is empty");
         const int64_t vocab = engine_->config().vocab_size;
