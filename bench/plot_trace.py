@@ -163,10 +163,12 @@ def main():
         ax.set_title(title, fontsize=10, loc="left")
     handles = [plt.Rectangle((0, 0), 1, 1, color=COLORS.get(n, "#bdbdbd"))
                for n in sorted(used)]
-    fig.legend(handles, sorted(used), loc="upper center", ncol=6, fontsize=7, frameon=False)
+    top_frac = 0.9 if a.title else 0.93
+    fig.legend(handles, sorted(used), loc="upper center", ncol=7, fontsize=7, frameon=False,
+               bbox_to_anchor=(0.5, top_frac + 0.065 if a.title else 1.0))
     if a.title:
         fig.suptitle(a.title, y=0.995, fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    fig.tight_layout(rect=(0, 0, 1, top_frac))
     fig.savefig(a.png, dpi=130)
 
     # The seconds per innermost span and rank, and the waits.

@@ -1,10 +1,10 @@
 #include "longctx/core/trace.h"
 
+#include <fmt/format.h>
+
 #include <chrono>
 #include <memory>
 #include <mutex>
-
-#include <fmt/format.h>
 
 namespace longctx::trace {
 namespace internal {
@@ -24,7 +24,9 @@ struct ThreadBuffer {
   std::string name;  // guarded by Registry::mu
   std::atomic<int64_t> count{0};
   std::atomic<int64_t> dropped{0};
-  std::unique_ptr<std::atomic<Event*>[]> chunks{new std::atomic<Event*>[kMaxChunks]()};
+  // Value-initialized: every chunk pointer starts null.
+  std::unique_ptr<std::atomic<Event*>[]> chunks =
+      std::make_unique<std::atomic<Event*>[]>(size_t(kMaxChunks));
   ~ThreadBuffer() {
     for (int64_t i = 0; i < kMaxChunks; ++i) delete[] chunks[size_t(i)].load();
   }
@@ -106,8 +108,8 @@ std::vector<ThreadEvents> Snapshot() {
     const int64_t n = b->count.load(std::memory_order_acquire);
     t.events.reserve(size_t(n));
     for (int64_t i = 0; i < n; ++i) {
-      t.events.push_back(b->chunks[size_t(i / kChunkEvents)].load(std::memory_order_acquire)
-                             [i % kChunkEvents]);
+      t.events.push_back(
+          b->chunks[size_t(i / kChunkEvents)].load(std::memory_order_acquire)[i % kChunkEvents]);
     }
     out.push_back(std::move(t));
   }
@@ -128,14 +130,26 @@ std::string JsonString(std::string_view s) {
   for (const char ch : s) {
     const auto c = static_cast<unsigned char>(ch);
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
       default:
-        if (c < 0x20) out += fmt::format("\\u{:04x}", c);
-        else out += ch;  // UTF-8 passes through; JSON allows it unescaped
+        if (c < 0x20)
+          out += fmt::format("\\u{:04x}", c);
+        else
+          out += ch;  // UTF-8 passes through; JSON allows it unescaped
     }
   }
   return out + "\"";
@@ -182,8 +196,7 @@ std::string SerializeEvents(int pid, std::string_view process_name, int64_t orig
   return out;
 }
 
-std::string MergeTraceFragments(const std::vector<std::string>& fragments,
-                                std::string_view other) {
+std::string MergeTraceFragments(const std::vector<std::string>& fragments, std::string_view other) {
   std::string out = "{\"traceEvents\":[\n";
   bool first = true;
   for (const std::string& f : fragments) {

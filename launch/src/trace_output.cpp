@@ -1,12 +1,11 @@
 #include "trace_output.h"
 
+#include <fmt/format.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
 #include <vector>
-
-#include <fmt/format.h>
 
 #include "longctx/core/file.h"
 #include "longctx/core/trace.h"
@@ -49,7 +48,8 @@ Status TraceSession::Finish() {
   int hosts = 0;
   for (int r = 0; r < P; ++r) {
     const Header& h = all[size_t(r)];
-    if (std::strncmp(h.host, mine.host, sizeof h.host) == 0) origin = std::min(origin, h.barrier_ns);
+    if (std::strncmp(h.host, mine.host, sizeof h.host) == 0)
+      origin = std::min(origin, h.barrier_ns);
     bool first_of_host = true;
     for (int q = 0; q < r; ++q) {
       if (std::strncmp(all[size_t(q)].host, h.host, sizeof h.host) == 0) first_of_host = false;
@@ -83,10 +83,10 @@ Status TraceSession::Finish() {
       fragments.push_back(gathered.substr(at, size_t(sizes[size_t(r)])));
       at += size_t(sizes[size_t(r)]);
     }
-    const std::string other = fmt::format(
-        R"({{"ranks":{},"hosts":{},"clock":"steady_clock","time_unit":"us",)"
-        R"("origin":"the earliest start-barrier exit of the ranks on each host"}})",
-        P, hosts);
+    const std::string other =
+        fmt::format(R"({{"ranks":{},"hosts":{},"clock":"steady_clock","time_unit":"us",)"
+                    R"("origin":"the earliest start-barrier exit of the ranks on each host"}})",
+                    P, hosts);
     st = WriteFileAtomically(path_, trace::MergeTraceFragments(fragments, other))
              .WithContext("--trace");
   }

@@ -131,5 +131,42 @@ else
   bad "docs/observability.md: the example block is missing"
 fi
 
+# `longctx worker --trace`: a 2-rank worker group serves one job through a coordinator; on
+# SIGTERM to its ranks it stops and writes the merged trace of the job.
+pids=()
+trap 'for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null; done; rm -rf "$T"' EXIT
+echo "trace-test-token-0123456789" >"$T/token"
+PORT=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+"$BIN" coordinator --listen "127.0.0.1:$PORT" --token-file "$T/token" --state-dir "$T/state" \
+  >"$T/coord.log" 2>&1 &
+pids+=($!)
+"${MPI[@]}" -np 2 "$BIN" worker --coordinator "127.0.0.1:$PORT" --token-file "$T/token" \
+  --threads 1 --trace "$T/worker_trace.json" >"$T/workers.log" 2>&1 &
+mpirun_pid=$!
+pids+=("$mpirun_pid")
+ranks=()
+for _ in $(seq 300); do  # up to 30 s for both ranks to announce their pids
+  mapfile -t ranks < <(sed -n 's/^longctx worker: rank [0-9]*\/2 (pid \([0-9]*\)).*/\1/p' "$T/workers.log")
+  [[ ${#ranks[@]} -eq 2 ]] && break
+  sleep 0.1
+done
+"$ROOT/launch/make_document.sh" 5000 "$T/small.txt"
+timeout 120 "$BIN" submit --coordinator "127.0.0.1:$PORT" --token-file "$T/token" \
+  --input "$T/small.txt" --query "Who pays? " --generate 3 --out "$T/sub" >"$T/submit.log" 2>&1 \
+  && ok "a job through a traced worker group" || bad "submit: $(tail -3 "$T/submit.log")"
+[[ ${#ranks[@]} -eq 2 ]] && kill -TERM "${ranks[@]}"
+for _ in $(seq 300); do kill -0 "$mpirun_pid" 2>/dev/null || break; sleep 0.1; done
+"$PY" - "$T/worker_trace.json" <<'PYEOF' && ok "worker --trace: both ranks' job at shutdown" || bad "worker trace: $(tail -3 "$T/workers.log")"
+import json, sys
+from collections import Counter
+d = json.load(open(sys.argv[1]))
+n = Counter((e["pid"], e["name"]) for e in d["traceEvents"] if e["ph"] == "X")
+for r in (0, 1):
+    for name in ("job", "qkv_projection", "global_exchange", "merge", "decode_step"):
+        assert n[(r, name)] >= 1, (r, name, n)
+PYEOF
+for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
+wait 2>/dev/null
+
 echo "$passed passed, $failed failed"
 [[ $failed -eq 0 ]]

@@ -1,15 +1,16 @@
 // The tracer (core/trace.h): disabled records nothing, spans nest in time on one thread, each
 // thread gets its own tid and name, and the serialized trace is JSON that a parser reads back
 // with the same events (checked with nlohmann::json, an independent parser).
-#include "longctx/core/trace.h"
+#include <gtest/gtest.h>
 
 #include <chrono>
+#include <cstdio>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <thread>
 
-#include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
+#include "longctx/core/trace.h"
 
 namespace longctx::trace {
 namespace {
@@ -155,7 +156,8 @@ TEST_F(Trace, SerializedTraceIsValidJsonWithTheSameEvents) {
     if (e.at("name") == "process_name") process_names[e.at("pid")] = e.at("args").at("name");
     if (e.at("name") == "thread_name") thread_names.insert(e.at("args").at("name"));
   }
-  EXPECT_EQ(process_names, (std::map<int, std::string>{{0, "rank 0 (host-a)"}, {1, "rank 1 (host-b)"}}));
+  EXPECT_EQ(process_names,
+            (std::map<int, std::string>{{0, "rank 0 (host-a)"}, {1, "rank 1 (host-b)"}}));
   EXPECT_TRUE(thread_names.count("main \"quoted\"\tthread"));
   const std::vector<Json> spans = Spans(doc);
   ASSERT_EQ(spans.size(), 4u);  // two spans, once per pid
@@ -174,6 +176,26 @@ TEST_F(Trace, SerializedTraceIsValidJsonWithTheSameEvents) {
   Clear();
   EXPECT_NO_THROW(Json::parse(MergeTraceFragments({SerializeEvents(5, "idle", 0)}, "")));
   EXPECT_EQ(Spans(Json::parse(MergeTraceFragments({}, ""))).size(), 0u);
+}
+
+// The cost of a span, off and on (printed; docs/observability.md quotes it). The bound is loose
+// on purpose (a loaded CI machine): it catches a lock, an allocation or a syscall per event.
+TEST_F(Trace, SpanCostIsSmall) {
+  constexpr int kSpans = 1'000'000;
+  auto time_spans = [] {
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < kSpans; ++i) TraceSpan s("cost", "test", "i", i);
+    return std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - t0).count() /
+           kSpans;
+  };
+  const double off_ns = time_spans();
+  Enable();
+  const double on_ns = time_spans();
+  Disable();
+  EXPECT_EQ(CountEvents(), size_t(kSpans));
+  std::printf("trace span cost: off %.2f ns, on %.1f ns\n", off_ns, on_ns);
+  EXPECT_LT(off_ns, 100.0);
+  EXPECT_LT(on_ns, 5000.0);
 }
 
 TEST_F(Trace, JsonStringEscapesControlCharacters) {
