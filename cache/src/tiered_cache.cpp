@@ -30,6 +30,7 @@
 
 #include "longctx/comm/communicator.h"
 #include "longctx/core/log.h"
+#include "longctx/core/trace.h"
 
 namespace longctx::cache {
 namespace {
@@ -530,6 +531,7 @@ class TieredCache final : public TieredKvCache {
 
   // Loads a busy, non-resident block whose device bytes are already reserved; clears busy.
   Status Load(std::unique_lock<std::mutex>& lock, Block* b) {
+    trace::TraceSpan span("kv_load", "kv", "layer", b->layer, "block", b->index);
     const BlockKey key = Key(*b);
     const uint64_t bytes = DeviceBytes(*b);
     std::vector<float> k, v;
@@ -573,6 +575,7 @@ class TieredCache final : public TieredKvCache {
   // ---- the background thread -----------------------------------------------------------------
 
   void Run() {
+    trace::SetThreadName("kv-cache");
     std::unique_lock<std::mutex> lock(mu_);
     while (!stop_) {
       const uint64_t seq = flush_req_, gen = wake_gen_;
@@ -644,6 +647,7 @@ class TieredCache final : public TieredKvCache {
       prefetch_.pop_front();
       b->busy = true;
       AddDevice(bytes);
+      trace::TraceSpan span("kv_prefetch", "kv", "layer", li, "block", bi);
       Status s = Load(lock, b);
       if (s.ok()) {
         SetPrefetched(b, true);
@@ -685,6 +689,7 @@ class TieredCache final : public TieredKvCache {
       return Evicted::kYes;
     }
     victim->busy = true;
+    trace::TraceSpan span("kv_demote", "kv", "layer", victim->layer, "block", victim->index);
     const BlockKey key = Key(*victim);
     const BlockShape shape = Shape(*victim);
     // A sealed block's device arrays are immutable, and nothing frees them while it is busy.

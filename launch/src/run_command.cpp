@@ -25,6 +25,7 @@
 
 #include "commands.h"
 #include "engine_flags.h"
+#include "trace_output.h"
 #include "longctx/attention/global_selection.h"
 #include "longctx/attention/shard_plan.h"
 #include "longctx/comm/communicator.h"
@@ -33,6 +34,7 @@
 #include "longctx/core/file.h"
 #include "longctx/core/log.h"
 #include "longctx/core/npy.h"
+#include "longctx/core/trace.h"
 #include "longctx/model/builtin.h"
 #include "longctx/model/tokenizer.h"
 #include "longctx/worker/blas.h"
@@ -58,6 +60,7 @@ struct RunFlags {
                                // or "auto": as many as the model's length head predicts
   int64_t max_generate = 256;  // the cap of --generate auto
   std::string tokenizer;  // tokenizer.json, a directory holding one, or "bytes"; empty: the model's
+  std::string trace;      // a Chrome/Perfetto trace of every rank, merged (trace_output.h)
 };
 
 // The tokenizer of a run (DESIGN.md §5): --tokenizer, else the model directory's tokenizer.json,
@@ -163,10 +166,20 @@ Status RunRun(const RunFlags& f) {
     }
     if (generate < 0) return InvalidArgument("--generate must be >= 0, got {}", generate);
     ASSIGN_OR_RETURN(eo, f.engine.Options(decode));
+    if (!f.trace.empty()) {
+      std::error_code ec;
+      const std::filesystem::path dir = std::filesystem::path(f.trace).parent_path();
+      if (!dir.empty() && !std::filesystem::is_directory(dir, ec)) {
+        return NotFound("--trace {}: the directory {} does not exist", f.trace, dir.string());
+      }
+    }
     ASSIGN_OR_RETURN(tok, RunTokenizer(f));
     return ReadTokens(f, *tok, &ids, &classes);
   }();
   RETURN_IF_ERROR(comm::AgreeOnStatus(c, st));
+  // --trace: from here to the end, every rank's spans (collective start and finish).
+  ASSIGN_OR_RETURN(TraceSession trace_session, TraceSession::Start(c, f.trace));
+  trace::TraceSpan load_span("load", "phase");
   // The remote tier (collective): only a run that keeps a KV cache needs one. The guard keeps
   // it (and this rank's pool) until every rank is done, after the engine has gone.
   if (decode) {
@@ -182,6 +195,7 @@ Status RunRun(const RunFlags& f) {
     }
   }
   const double load_s = Since(t0);
+  load_span.End();
   const int64_t n = int64_t(ids.size()), D = config.hidden_size, L = config.num_hidden_layers;
 
   // 2. Prefill (the engine shards the document and keeps this rank's KV cache when decoding).
@@ -209,7 +223,9 @@ Status RunRun(const RunFlags& f) {
   const std::string doc_id = "run";
   worker::DocumentInfo doc;
   std::vector<float> hidden;
+  trace::TraceSpan prefill_span("prefill", "phase", "tokens", int64_t(ids.size()));
   RETURN_IF_ERROR(engine->Prefill(doc_id, ids, classes, progress, &doc, &hidden));
+  prefill_span.End();
   const double prefill_s = doc.prefill_seconds;
   const std::vector<int64_t>& bounds = doc.bounds;
   const std::vector<int64_t>& globals = doc.globals;
@@ -228,6 +244,7 @@ Status RunRun(const RunFlags& f) {
   worker::AnswerResult answer;
   int64_t query_tokens = int64_t(f.query.size());  // bytes, or the tokenizer's ids
   double decode_s = 0.0;
+  trace::TraceSpan answer_span("answer", "phase");
   if (decode) {
     if (tok->is_byte_level()) {
       if (generate_auto) {
@@ -261,6 +278,7 @@ Status RunRun(const RunFlags& f) {
     }
     decode_s = answer.seconds;
   }
+  answer_span.End();
   cache::KvCacheStats kv;
   if (decode) {
     ASSIGN_OR_RETURN(kv, engine->CacheStats(doc_id));
@@ -273,6 +291,7 @@ Status RunRun(const RunFlags& f) {
 
   // 4. Outputs: tokens/globals from rank 0; hidden rows written by every rank.
   t0 = Clock::now();
+  trace::TraceSpan write_span("write_outputs", "phase");
   st = Status::Ok();
   if (me == 0) {
     std::error_code ec;
@@ -353,6 +372,7 @@ Status RunRun(const RunFlags& f) {
     }
   }
   const double write_s = Since(t0);
+  write_span.End();
 
   // 5. report.json: per-rank figures gathered to rank 0.
   const worker::ForwardStats& fs = doc.forward;
@@ -490,6 +510,10 @@ Status RunRun(const RunFlags& f) {
                n, P, globals.size(), L, prefill_s, double(n) / std::max(prefill_s, 1e-9),
                double(peak) / (1024.0 * 1024.0), dir);
   }
+  RETURN_IF_ERROR(trace_session.Finish());
+  if (me == 0 && !f.trace.empty()) {
+    fmt::print("run: wrote the trace of {} rank(s) to {}\n", P, f.trace);
+  }
   return Status::Ok();
 }
 
@@ -514,6 +538,9 @@ Runner AddRunCommand(CLI::App& app) {
   app.add_option("--generate", f->generate,
                  "tokens to decode greedily after it, or auto (the model's length head decides)")
       ->capture_default_str();
+  app.add_option("--trace", f->trace,
+                 "write a Chrome/Perfetto timeline of every rank to this JSON file "
+                 "(chrome://tracing, ui.perfetto.dev; docs/observability.md)");
   f->engine.Register(app);
   return [f] { return RunRun(*f); };
 }

@@ -23,10 +23,12 @@
 
 #include "commands.h"
 #include "engine_flags.h"
+#include "trace_output.h"
 #include "longctx/attention/global_selection.h"
 #include "longctx/comm/communicator.h"
 #include "longctx/coordinator/frame.h"
 #include "longctx/coordinator/worker_link.h"
+#include "longctx/core/trace.h"
 #include "longctx/worker/engine.h"
 
 namespace longctx::cli {
@@ -41,6 +43,7 @@ struct WorkerFlags {
   co::TlsConfig tls;
   EngineFlags engine;     // model, hybrid overrides, threads, --kv-* (the same as `longctx run`)
   int max_documents = 4;  // documents kept (least recently used dropped beyond)
+  std::string trace;      // a merged Chrome/Perfetto trace of every rank, written at shutdown
 };
 
 std::atomic<bool> g_stop{false};
@@ -248,6 +251,8 @@ Status RunWorker(const WorkerFlags& f) {
   fmt::print(stderr, "longctx worker: rank {}/{} (pid {}) serving {} for {}\n", c.rank(), c.size(),
              getpid(), f.engine.model, f.coordinator);
   WorkerGroup group(c, *engine, link.get(), f.max_documents);
+  // --trace: every job's spans until shutdown (collective start and finish).
+  ASSIGN_OR_RETURN(TraceSession trace_session, TraceSession::Start(c, f.trace));
   Status refused;
   while (true) {
     Command cmd = Command::kIdle;
@@ -276,8 +281,10 @@ Status RunWorker(const WorkerFlags& f) {
     }
     bytes.clear();
     bytes.shrink_to_fit();
+    trace::TraceSpan job_span("job", "phase");
     RETURN_IF_ERROR(group.Run(*job));
   }
+  RETURN_IF_ERROR(trace_session.Finish());
   if (c.rank() == 0) fmt::print(stderr, "longctx worker: stopped\n");
   return Status::Ok();
 }
@@ -300,6 +307,9 @@ Runner AddWorkerCommand(CLI::App& app) {
   app.add_option("--max-documents", f->max_documents,
                  "prefilled documents kept for later questions (least recently used dropped)")
       ->capture_default_str();
+  app.add_option("--trace", f->trace,
+                 "at shutdown, write a Chrome/Perfetto timeline of every rank to this JSON file "
+                 "(docs/observability.md)");
   return [f] { return RunWorker(*f); };
 }
 

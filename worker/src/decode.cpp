@@ -7,6 +7,7 @@
 
 #include "layers.h"
 #include "longctx/attention/lse_merge.h"
+#include "longctx/core/trace.h"
 
 
 namespace longctx::worker {
@@ -63,6 +64,7 @@ Status Decoder::Step(int32_t token, bool is_global, float* hidden_out, int32_t* 
   if (token < 0 || token >= c.vocab_size) {
     return OutOfRange("token id {} is outside the vocabulary [0, {})", token, c.vocab_size);
   }
+  trace::TraceSpan step_span("decode_step", "decode", "pos", p, "global", is_global ? 1 : 0);
   const auto deadline = comm::DeadlineIn(comm::DefaultTimeout());
   const bool weighted = c.hybrid.fusion_weighted;
   const int states = weighted ? 2 : 1;                  // union: 1; weighted: window, global
@@ -97,6 +99,7 @@ Status Decoder::Step(int32_t token, bool is_global, float* hidden_out, int32_t* 
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const LayerWeights& L = weights_.layers[size_t(l)];
     const int32_t layer = int32_t(l);
+    trace::TraceSpan qkv_span("decode_qkv", "dense", "layer", l);
     if (me == last) {
       RmsNormRow(x.data(), D, L.attn_norm, c.rms_norm_eps, h.data());
       MatVec(L.wq, H * hd, D, h.data(), q.data());
@@ -115,7 +118,9 @@ Status Decoder::Step(int32_t token, bool is_global, float* hidden_out, int32_t* 
       }
       if (failed.ok()) failed = cache_->Append(layer, kv.data(), kv.data() + kvd, 1);
     }
+    qkv_span.End();
     // The query to every rank.
+    trace::TraceSpan query_span("decode_query_exchange", "comm", "layer", l);
     std::vector<float> q_all(q.size());
     RETURN_IF_ERROR(comm_.AllGatherV(
         comm::HostBuffer(q.data(), me == last ? q.size() * sizeof(float) : 0),
@@ -123,7 +128,9 @@ Status Decoder::Step(int32_t token, bool is_global, float* hidden_out, int32_t* 
     if (me != last) received_ += q_all.size() * sizeof(float);
     else sent_ += q_all.size() * sizeof(float) * size_t(P - 1);
 
+    query_span.End();
     // This rank's partials over the keys the query may see.
+    trace::TraceSpan attn_span("decode_attention", "attention", "layer", l);
     const int64_t rows = cache_->rows(layer);
     const int64_t W = c.Window(l);
     const attention::AttentionSpec spec = LayerSpec(c, l);
@@ -212,13 +219,17 @@ Status Decoder::Step(int32_t token, bool is_global, float* hidden_out, int32_t* 
       if (failed.ok()) failed = partial(win_rows, false, m_o, m_l);
       if (failed.ok()) failed = partial(glob_rows, is_global, m_o + state_floats, m_l + state_floats);
     }
+    attn_span.End();
+    trace::TraceSpan parts_span("decode_partials_exchange", "comm", "layer", l);
     RETURN_IF_ERROR(comm_.AllGatherV(comm::HostBuffer(mine.data(), mine.size() * sizeof(float)),
                                      comm::HostBuffer(parts.data(), parts.size() * sizeof(float)),
                                      part_counts, deadline));
     sent_ += mine.size() * sizeof(float) * size_t(P - 1);
     received_ += (parts.size() - mine.size()) * sizeof(float);
 
+    parts_span.End();
     if (me == last) {
+      trace::TraceSpan span("decode_merge_mlp", "dense", "layer", l);
       // Merge in rank order, per state; then fuse.
       std::vector<float> acc(states * state_floats);
       for (int st = 0; st < states; ++st) {

@@ -10,6 +10,7 @@
 
 #include "exchange.h"
 #include "longctx/attention/lse_merge.h"
+#include "longctx/core/trace.h"
 
 namespace longctx::worker {
 namespace {
@@ -80,14 +81,18 @@ Status DistributedAttention(comm::Communicator& comm, const attention::ShardPlan
   // ---- 1. halo: post every receive and send before anything else -------------------------
   const auto [k0, k1] = plan.KeyRange(me);
   std::vector<comm::RequestPtr> halo;
+  trace::TraceSpan halo_post("halo_post", "comm");
   RETURN_IF_ERROR(internal::PostHalo(comm, plan, k, shard.v, ws, &halo, &st));
+  halo_post.End();
   const auto& left_k = ws.left_k;
   const auto& left_v = ws.left_v;
   const auto& right_k = ws.right_k;
   const auto& right_v = ws.right_v;
 
   // ---- 2. global K/V and Q: one all-gather, each rank contributing the globals it owns -----
+  trace::TraceSpan global_exchange("global_exchange", "comm");
   RETURN_IF_ERROR(internal::GatherGlobals(comm, plan, globals, q, k, shard.v, ws, deadline, &st));
+  global_exchange.End();
   const int64_t mine = gi1 - gi0;
   const auto& gk = ws.gk;
   const auto& gv = ws.gv;
@@ -119,11 +124,14 @@ Status DistributedAttention(comm::Communicator& comm, const attention::ShardPlan
   if (k1 > e) ib = std::max(ia, e - spec.window + 1);
   t0 = Clock::now();
   if (rows > 0) {
+    trace::TraceSpan span("attn_interior", "attention", "queries", ib - ia);
     RETURN_IF_ERROR(window_pass(ia, ib, k, shard.v, s));
   }
   st.compute_seconds += Since(t0);
   t0 = Clock::now();
+  trace::TraceSpan halo_wait("halo_wait", "comm");
   RETURN_IF_ERROR(comm::WaitAll(halo, deadline));
+  halo_wait.End();
   st.halo.seconds = Since(t0);
   t0 = Clock::now();
   // Edge queries [a, b): their keys, assembled from the halo buffers and the own rows
@@ -149,8 +157,10 @@ Status DistributedAttention(comm::Communicator& comm, const attention::ShardPlan
     return window_pass(a, b, RowsView(k, edge_k.data(), hi - lo),
                        RowsView(k, edge_v.data(), hi - lo), lo);
   };
+  trace::TraceSpan edges("attn_edges", "attention", "queries", (ia - s) + (e - ib));
   RETURN_IF_ERROR(edge_pass(s, ia));
   RETURN_IF_ERROR(edge_pass(ib, e));
+  edges.End();
 
   // ---- 4. global queries: my partial (O, L) of every global query that sees my keys -------
   const int64_t vis0 = FirstVisibleGlobal(plan, globals, me);
@@ -167,6 +177,7 @@ Status DistributedAttention(comm::Communicator& comm, const attention::ShardPlan
     pa.kv_pos0 = s;
     pa.out = part_o;
     pa.lse = part_l;
+    trace::TraceSpan span("attn_global_partial", "attention", "queries", g - vis0);
     RETURN_IF_ERROR(attention::DensePartialPass(pa, spec, exec));
   }
   st.compute_seconds += Since(t0);
@@ -174,6 +185,7 @@ Status DistributedAttention(comm::Communicator& comm, const attention::ShardPlan
   // Send each owner the rows of its globals; receive, from every rank whose keys my globals see,
   // the partials of my globals. Messages are [cnt][H][d] O followed by [cnt][H] L.
   t0 = Clock::now();
+  trace::TraceSpan partials_exchange("partials_exchange", "comm");
   auto& send_bufs = ws.send_bufs;
   auto& recv_bufs = ws.recv_bufs;
   send_bufs.resize(static_cast<size_t>(P));
@@ -209,10 +221,12 @@ Status DistributedAttention(comm::Communicator& comm, const attention::ShardPlan
   }
   st.partials.min_received = st.partials.received;  // exactly the non-empty partials of mine
   RETURN_IF_ERROR(comm::WaitAll(reqs, deadline));
+  partials_exchange.End();
   st.partials.seconds = Since(t0);
 
   // ---- 5. merge in rank order at the owner, then fuse with the window component -----------
   t0 = Clock::now();
+  trace::TraceSpan merge_span("merge", "attention", "globals", mine);
   if (mine > 0) {
     constexpr float kNegInf = -std::numeric_limits<float>::infinity();
     auto& o_all = ws.o_all;

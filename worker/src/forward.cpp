@@ -1,6 +1,7 @@
 #include "longctx/worker/forward.h"
 
 #include "layers.h"
+#include "longctx/core/trace.h"
 #include "longctx/model/llama_names.h"
 
 #include <algorithm>
@@ -200,6 +201,7 @@ Status ForwardShard(comm::Communicator& comm, const model::ModelConfig& c, const
     return InvalidArgument("forward: the KV cache given already holds {} rows", kv_cache->rows(0));
   }
   auto t0 = Clock::now();
+  trace::TraceSpan embed_span("embed", "dense");
   std::vector<float> x(size_t(rows * D)), h(size_t(rows * D)), q(size_t(rows * H * hd)),
       k(size_t(rows * Hkv * hd)), v(k.size()), o(q.size()), lse(size_t(rows * H)),
       g(size_t(std::min(rows, kMlpRows) * I)), u(g.size()), tmp(size_t(rows * D));
@@ -211,9 +213,11 @@ Status ForwardShard(comm::Communicator& comm, const model::ModelConfig& c, const
       MakeRopeTable(rows, s, model::ComputeRopeFrequencies(c, model::RopeSequenceLength(s, n)));
   DistributedWorkspace workspace;  // reused by every layer
   st.dense_seconds += Since(t0);
+  embed_span.End();
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const LayerWeights& L = w.layers[size_t(l)];
     t0 = Clock::now();
+    trace::TraceSpan qkv_span("qkv_projection", "dense", "layer", l);
     RmsNorm(x.data(), rows, D, L.attn_norm, c.rms_norm_eps, h.data());
     Linear(h.data(), rows, D, L.wq, H * hd, q.data());
     Linear(h.data(), rows, D, L.wk, Hkv * hd, k.data());
@@ -227,8 +231,10 @@ Status ForwardShard(comm::Communicator& comm, const model::ModelConfig& c, const
     ApplyRope(k.data(), rows, Hkv, hd, rope);
     ScaleGlobalQueries(c.hybrid, globals, s, rows, H * hd, q.data());
     st.dense_seconds += Since(t0);
+    qkv_span.End();
 
     t0 = Clock::now();
+    trace::TraceSpan attention_span("attention", "attention", "layer", l);
     const attention::AttentionSpec spec = LayerSpec(c, l);
     attention::ShardPlan plan;
     plan.n = n;
@@ -246,8 +252,10 @@ Status ForwardShard(comm::Communicator& comm, const model::ModelConfig& c, const
                                          exec, &ds, dopt)
                         .WithContext(fmt::format("layer {}", l)));
     st.attention_seconds += Since(t0);
+    attention_span.End();
     st.last_layer = ds;
     if (kv_cache) {
+      trace::TraceSpan span("kv_append", "kv", "layer", l);
       // The layer's K/V into the cache; blocks outside the persistent set leave for the host
       // and remote tiers in the background while the next layer computes.
       const Status appended = kv_cache->Append(int32_t(l), k.data(), v.data(), rows)
@@ -263,6 +271,7 @@ Status ForwardShard(comm::Communicator& comm, const model::ModelConfig& c, const
     }
 
     t0 = Clock::now();
+    trace::TraceSpan mlp_span("out_proj_mlp", "dense", "layer", l);
     Linear(o.data(), rows, H * hd, L.wo, D, tmp.data());
     for (int64_t i = 0; i < rows * D; ++i) x[size_t(i)] += tmp[size_t(i)];
     RmsNorm(x.data(), rows, D, L.mlp_norm, c.rms_norm_eps, h.data());
@@ -275,6 +284,7 @@ Status ForwardShard(comm::Communicator& comm, const model::ModelConfig& c, const
     }
     for (int64_t i = 0; i < rows * D; ++i) x[size_t(i)] += tmp[size_t(i)];
     st.dense_seconds += Since(t0);
+    mlp_span.End();
     if (progress) progress(l + 1, c.num_hidden_layers);
   }
   t0 = Clock::now();
