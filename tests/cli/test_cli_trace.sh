@@ -136,12 +136,14 @@ fi
 pids=()
 trap 'for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null; done; rm -rf "$T"' EXIT
 echo "trace-test-token-0123456789" >"$T/token"
+echo "trace-test-worker-token-9876543210" >"$T/worker-token"   # the worker groups' own
+chmod 600 "$T/token" "$T/worker-token"
 PORT=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$BIN" coordinator --listen "127.0.0.1:$PORT" --token-file "$T/token" --state-dir "$T/state" \
-  >"$T/coord.log" 2>&1 &
+"$BIN" coordinator --listen "127.0.0.1:$PORT" --token-file "$T/token" \
+  --worker-token-file "$T/worker-token" --state-dir "$T/state" >"$T/coord.log" 2>&1 &
 pids+=($!)
-"${MPI[@]}" -np 2 "$BIN" worker --coordinator "127.0.0.1:$PORT" --token-file "$T/token" \
-  --threads 1 --trace "$T/worker_trace.json" >"$T/workers.log" 2>&1 &
+"${MPI[@]}" -np 2 "$BIN" worker --coordinator "127.0.0.1:$PORT" \
+  --worker-token-file "$T/worker-token" --threads 1 --trace "$T/worker_trace.json" >"$T/workers.log" 2>&1 &
 mpirun_pid=$!
 pids+=("$mpirun_pid")
 ranks=()

@@ -147,6 +147,11 @@ class Service:
         with open(self.token_file, "w") as f:
             f.write(self.token + "\n")
         os.chmod(self.token_file, 0o600)
+        # The worker groups have a token of their own (a client token cannot register one).
+        self.worker_token_file = os.path.join(self.dir, "worker-token")
+        with open(self.worker_token_file, "w") as f:
+            f.write(os.urandom(24).hex() + "\n")
+        os.chmod(self.worker_token_file, 0o600)
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.procs: List[subprocess.Popen] = []
@@ -168,14 +173,15 @@ class Service:
     def start(self, deadline_s: float = 90.0) -> "Service":
         coord_log = os.path.join(self.dir, "coord.log")
         self._spawn([BIN, "coordinator", "--listen", self.address, "--token-file", self.token_file,
+                     "--worker-token-file", self.worker_token_file,
                      "--state-dir", os.path.join(self.dir, "state")], "coord.log")
         end = time.time() + 15
         while "listening on" not in open(coord_log).read():
             if time.time() > end or self.procs[0].poll() is not None:
                 raise RuntimeError("coordinator did not start: " + open(coord_log).read())
             time.sleep(0.1)
-        worker = [BIN, "worker", "--coordinator", self.address, "--token-file", self.token_file,
-                  "--threads", "1"]
+        worker = [BIN, "worker", "--coordinator", self.address,
+                  "--worker-token-file", self.worker_token_file, "--threads", "1"]
         if self.model:
             worker += ["--model", self.model]
         if self.ranks > 0:
