@@ -14,8 +14,11 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// Rows per MLP chunk: the gate/up activations ([rows, intermediate] each) are the largest
-// buffers of a layer; chunking bounds them at kMlpRows x intermediate floats.
+// Rows per chunk of the token-local work (norms, projections, MLP): the normalised input,
+// the projection outputs and the gate/up activations ([rows, intermediate] each, the largest
+// buffers of a layer) exist for one chunk at a time, kMlpRows x (2 hidden + 2 intermediate)
+// floats, instead of for the whole shard. Only the residual x and what the attention reads
+// whole (q, k, v, o, lse) are shard-sized.
 constexpr int64_t kMlpRows = 4096;
 double Since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
@@ -202,9 +205,10 @@ Status ForwardShard(comm::Communicator& comm, const model::ModelConfig& c, const
   }
   auto t0 = Clock::now();
   trace::TraceSpan embed_span("embed", "dense");
-  std::vector<float> x(size_t(rows * D)), h(size_t(rows * D)), q(size_t(rows * H * hd)),
-      k(size_t(rows * Hkv * hd)), v(k.size()), o(q.size()), lse(size_t(rows * H)),
-      g(size_t(std::min(rows, kMlpRows) * I)), u(g.size()), tmp(size_t(rows * D));
+  const int64_t chunk = std::min(rows, kMlpRows);
+  std::vector<float> x(size_t(rows * D)), q(size_t(rows * H * hd)), k(size_t(rows * Hkv * hd)),
+      v(k.size()), o(q.size()), lse(size_t(rows * H)), h(size_t(chunk * D)),
+      g(size_t(chunk * I)), u(g.size()), tmp(size_t(chunk * D));
   for (int64_t r = 0; r < rows; ++r) {
     std::memcpy(x.data() + r * D, w.embed + int64_t(ids[size_t(r)]) * D, sizeof(float) * D);
   }
@@ -218,10 +222,13 @@ Status ForwardShard(comm::Communicator& comm, const model::ModelConfig& c, const
     const LayerWeights& L = w.layers[size_t(l)];
     t0 = Clock::now();
     trace::TraceSpan qkv_span("qkv_projection", "dense", "layer", l);
-    RmsNorm(x.data(), rows, D, L.attn_norm, c.rms_norm_eps, h.data());
-    Linear(h.data(), rows, D, L.wq, H * hd, q.data());
-    Linear(h.data(), rows, D, L.wk, Hkv * hd, k.data());
-    Linear(h.data(), rows, D, L.wv, Hkv * hd, v.data());
+    for (int64_t r0 = 0; r0 < rows; r0 += kMlpRows) {  // token-local: h is one chunk
+      const int64_t m = std::min(kMlpRows, rows - r0);
+      RmsNorm(x.data() + r0 * D, m, D, L.attn_norm, c.rms_norm_eps, h.data());
+      Linear(h.data(), m, D, L.wq, H * hd, q.data() + r0 * H * hd);
+      Linear(h.data(), m, D, L.wk, Hkv * hd, k.data() + r0 * Hkv * hd);
+      Linear(h.data(), m, D, L.wv, Hkv * hd, v.data() + r0 * Hkv * hd);
+    }
     internal::AddBias(q.data(), rows, H * hd, L.bq);
     internal::AddBias(k.data(), rows, Hkv * hd, L.bk);
     internal::AddBias(v.data(), rows, Hkv * hd, L.bv);
@@ -272,17 +279,18 @@ Status ForwardShard(comm::Communicator& comm, const model::ModelConfig& c, const
 
     t0 = Clock::now();
     trace::TraceSpan mlp_span("out_proj_mlp", "dense", "layer", l);
-    Linear(o.data(), rows, H * hd, L.wo, D, tmp.data());
-    for (int64_t i = 0; i < rows * D; ++i) x[size_t(i)] += tmp[size_t(i)];
-    RmsNorm(x.data(), rows, D, L.mlp_norm, c.rms_norm_eps, h.data());
-    for (int64_t r0 = 0; r0 < rows; r0 += kMlpRows) {  // token-local: row chunks bound g and u
+    for (int64_t r0 = 0; r0 < rows; r0 += kMlpRows) {  // token-local: row chunks
       const int64_t m = std::min(kMlpRows, rows - r0);
-      Linear(h.data() + r0 * D, m, D, L.w_gate, I, g.data());
-      Linear(h.data() + r0 * D, m, D, L.w_up, I, u.data());
+      float* xc = x.data() + r0 * D;
+      Linear(o.data() + r0 * H * hd, m, H * hd, L.wo, D, tmp.data());
+      for (int64_t i = 0; i < m * D; ++i) xc[i] += tmp[size_t(i)];
+      RmsNorm(xc, m, D, L.mlp_norm, c.rms_norm_eps, h.data());
+      Linear(h.data(), m, D, L.w_gate, I, g.data());
+      Linear(h.data(), m, D, L.w_up, I, u.data());
       internal::SwiGlu(g.data(), u.data(), m * I);
-      Linear(g.data(), m, I, L.w_down, D, tmp.data() + r0 * D);
+      Linear(g.data(), m, I, L.w_down, D, tmp.data());
+      for (int64_t i = 0; i < m * D; ++i) xc[i] += tmp[size_t(i)];
     }
-    for (int64_t i = 0; i < rows * D; ++i) x[size_t(i)] += tmp[size_t(i)];
     st.dense_seconds += Since(t0);
     mlp_span.End();
     if (progress) progress(l + 1, c.num_hidden_layers);
