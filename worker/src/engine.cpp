@@ -167,11 +167,11 @@ Status Engine::Prefill(const std::string& doc_id, std::span<const int32_t> ids,
     RETURN_IF_ERROR(comm::AgreeOnStatus(comm_, st));
   }
 
-  std::vector<float> hidden(size_t(rows * D));
+  std::vector<float> hidden;  // [rows, D], the forward's residual buffer handed over
   attention::ExecOptions exec{pool_.get(), attention::Isa::kAuto};
   const auto t0 = Clock::now();
   st = ForwardShard(comm_, c, weights_.view, plan.bounds, ids.subspan(size_t(s), size_t(rows)),
-                    globals, exec, hidden.data(), &doc->info.forward, progress, doc->cache.get());
+                    globals, exec, &hidden, &doc->info.forward, progress, doc->cache.get());
   if (st.ok() && doc->cache) st = doc->cache->Flush();  // demotions done: the report is settled
   RETURN_IF_ERROR(comm::AgreeOnStatus(comm_, st));
   doc->info.prefill_seconds = Since(t0);

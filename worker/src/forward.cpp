@@ -177,7 +177,8 @@ void ScaleGlobalQueries(const model::HybridConfig& hybrid, std::span<const int64
 Status ForwardShard(comm::Communicator& comm, const model::ModelConfig& c, const Weights& w,
                     const std::vector<int64_t>& bounds, std::span<const int32_t> ids,
                     std::span<const int64_t> globals, const attention::ExecOptions& exec,
-                    float* hidden_out, ForwardStats* stats_out, const LayerProgress& progress,
+                    std::vector<float>* hidden_out, ForwardStats* stats_out,
+                    const LayerProgress& progress,
                     cache::TieredKvCache* kv_cache) {
   const int me = comm.rank();
   if (int64_t(bounds.size()) != comm.size() + 1) {
@@ -296,7 +297,8 @@ Status ForwardShard(comm::Communicator& comm, const model::ModelConfig& c, const
     if (progress) progress(l + 1, c.num_hidden_layers);
   }
   t0 = Clock::now();
-  RmsNorm(x.data(), rows, D, w.final_norm, c.rms_norm_eps, hidden_out);
+  RmsNorm(x.data(), rows, D, w.final_norm, c.rms_norm_eps, x.data());  // row-wise: in place
+  *hidden_out = std::move(x);
   st.dense_seconds += Since(t0);
   if (stats_out) *stats_out = st;
   return Status::Ok();

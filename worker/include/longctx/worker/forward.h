@@ -69,12 +69,15 @@ using LayerProgress = std::function<void(int64_t, int64_t)>;
 
 // bounds: the shard bounds of every rank (ranks+1 entries, the same for every layer); the
 // window of layer l comes from config. ids: this rank's token ids (rows = bounds[r+1]-bounds[r]),
-// each < vocab_size. hidden_out: [rows, hidden] final-norm hidden states. kv_cache (optional,
-// empty): receives every layer's K/V of the own rows after RoPE, for decoding after the prefill.
+// each < vocab_size. hidden_out: [rows, hidden] final-norm hidden states; the residual buffer
+// is normalised in place and moved into it, so no second shard-sized buffer is ever held.
+// kv_cache (optional, empty): receives every layer's K/V of the own rows after RoPE, for
+// decoding after the prefill.
 Status ForwardShard(comm::Communicator& comm, const model::ModelConfig& config,
                     const Weights& weights, const std::vector<int64_t>& bounds,
                     std::span<const int32_t> ids, std::span<const int64_t> globals,
-                    const attention::ExecOptions& exec, float* hidden_out, ForwardStats* stats,
+                    const attention::ExecOptions& exec, std::vector<float>* hidden_out,
+                    ForwardStats* stats,
                     const LayerProgress& progress = {},
                     cache::TieredKvCache* kv_cache = nullptr);
 
