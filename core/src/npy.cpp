@@ -31,8 +31,6 @@ constexpr int64_t kMaxHeaderBytes = int64_t{1} << 20;  // refuse dict text longe
 constexpr int64_t kArrayAlign = 64;  // numpy pads magic + length + dict to a multiple (bytes)
 constexpr int64_t kGrowthAxisMaxDigits = 21;  // numpy's spare spaces for growing shape[0]
 
-using Fd = UniqueFd;
-
 // Bytes as a one-line, bounded excerpt for error messages ("\x93NUMPZ", "{'descr'...").
 std::string Excerpt(std::string_view s, size_t max_chars = 40) {
   std::string out;
@@ -303,14 +301,14 @@ Result<int64_t> ValidateShape(const std::string& path, DType dtype,
 
 // An open .npy file with its validated header.
 struct OpenNpy {
-  Fd fd{-1};
+  UniqueFd fd{-1};
   NpyHeader header;
   int64_t data_bytes = 0;  // bytes of element data after header.data_offset
 };
 
 Result<OpenNpy> OpenAndReadHeader(const std::string& path) {
   // O_NONBLOCK so that opening a FIFO by mistake cannot hang; no effect on regular files.
-  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
   if (fd.get() < 0) {
     const int err = errno;
     if (err == ENOENT) return NotFound("{}: no such file", path);
@@ -652,7 +650,8 @@ Status CreateNpyForRows(const std::string& path, DType dtype, const std::vector<
     return ErrnoStatus(errno, fmt::format("{}: cannot remove the stale staging file {}", path,
                                           staging));
   }
-  Fd fd(::open(staging.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666));
+  UniqueFd fd(
+      ::open(staging.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666));
   if (fd.get() < 0) {
     return ErrnoStatus(errno, fmt::format("{}: cannot create staging file {}", path, staging));
   }
@@ -679,7 +678,7 @@ Status WriteNpyRows(const std::string& path, int64_t row_begin, int64_t rows, co
   if (rows == 0) return Status::Ok();
   int64_t row_bytes = static_cast<int64_t>(DTypeSize(h.dtype));
   for (size_t i = 1; i < h.shape.size(); ++i) row_bytes *= h.shape[i];
-  Fd fd(::open(staging.c_str(), O_WRONLY | O_NOFOLLOW | O_CLOEXEC));
+  UniqueFd fd(::open(staging.c_str(), O_WRONLY | O_NOFOLLOW | O_CLOEXEC));
   if (fd.get() < 0) return ErrnoStatus(errno, fmt::format("{}: cannot open {}", path, staging));
   const auto* p = static_cast<const std::byte*>(data);
   int64_t left = rows * row_bytes, off = h.data_offset + row_begin * row_bytes;
