@@ -96,8 +96,8 @@ KillTally KillWriters(const std::string& dir, int iterations, WriteFn write, uin
   }
   const auto cycle = (std::chrono::steady_clock::now() - t0) / 2;
   fs::remove(target);
-  const int64_t max_delay_us =
-      std::max<int64_t>(1000, 5 * std::chrono::duration_cast<std::chrono::microseconds>(cycle).count());
+  const int64_t cycle_us = std::chrono::duration_cast<std::chrono::microseconds>(cycle).count();
+  const int64_t max_delay_us = std::max<int64_t>(1000, 5 * cycle_us);
   for (int it = 0; it < iterations; ++it) {
     const pid_t pid = ::fork();
     if (pid == 0) {

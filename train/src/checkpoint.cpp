@@ -93,7 +93,9 @@ Status SaveCheckpoint(const std::string& dir, const worker::ParamBlock& params, 
       fs::remove(old, ec);
     }
     fs::rename(tmp, target, ec);
-    if (ec) return fail(FailedPrecondition("checkpoint: cannot rename into {}: {}", dir, ec.message()));
+    if (ec) {
+      return fail(FailedPrecondition("checkpoint: cannot rename into {}: {}", dir, ec.message()));
+    }
     if (had) fs::remove_all(old, ec);
   }
   const fs::path parent = target.has_parent_path() ? target.parent_path() : fs::path(".");
