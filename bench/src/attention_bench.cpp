@@ -1,3 +1,4 @@
+#include "longctx/core/file.h"
 #include "longctx/bench/attention_bench.h"
 #include "longctx/bench/comm_bench.h"
 
@@ -189,9 +190,7 @@ Status RunAttentionBench(const AttentionBenchOptions& o) {
                SgemmGflops(o.threads[t]));
   }
   if (!o.json.empty()) {
-    std::ofstream f(o.json);
-    f << json;
-    if (!f) return InvalidArgument("{}: cannot write the JSON results", o.json);
+    RETURN_IF_ERROR(WriteFileAtomically(o.json, json).WithContext("--json"));
   }
   return Status::Ok();
 }

@@ -1,3 +1,4 @@
+#include "longctx/core/file.h"
 #include "longctx/bench/comm_bench.h"
 
 #include <mpi.h>
@@ -268,9 +269,7 @@ Status RunCommBench(const CommBenchOptions& o, comm::Communicator& c) {
     }
   }
   if (me == 0 && !o.json.empty()) {
-    std::ofstream f(o.json);
-    f << json << "\n]\n";
-    if (!f) return InvalidArgument("{}: cannot write the JSON results", o.json);
+    RETURN_IF_ERROR(WriteFileAtomically(o.json, json + "\n]\n").WithContext("--json"));
   }
   return Status::Ok();
 }

@@ -549,9 +549,7 @@ Status RunKvstoreBench(const KvstoreBenchOptions& o) {
                           i ? ", " : "", codecs[i].codec, codecs[i].encode, codecs[i].decode);
     }
     json += "]}\n";
-    std::ofstream out(o.json);
-    out << json;
-    if (!out) return FailedPrecondition("--json: cannot write {}", o.json);
+    RETURN_IF_ERROR(WriteFileAtomically(o.json, json).WithContext("--json"));
   }
   return Status::Ok();
 }

@@ -16,6 +16,7 @@
 
 #include <fmt/format.h>
 
+#include "longctx/core/file.h"
 #include "longctx/bench/matrix.h"
 #include "longctx/core/byte_size.h"
 #include "longctx/core/npy.h"
@@ -467,9 +468,8 @@ Status RunMatrix(const MatrixOptions& o) {
     RunRecord& r = runs[i];
     const std::string doc = fmt::format("{}/doc_{}.txt", docs, r.n);
     if (!fs::exists(doc)) {
-      std::ofstream d(doc, std::ios::binary);
-      d << MakeSampleDocument(r.n);
-      if (!d) return InvalidArgument("{}: cannot write the sample document", doc);
+      RETURN_IF_ERROR(WriteFileAtomically(doc, MakeSampleDocument(r.n))
+                          .WithContext("the sample document"));
     }
     // Hidden states are dumped (understand) only where a dense reference exists to compare with.
     bool dump = false;
@@ -585,12 +585,8 @@ Status RunMatrix(const MatrixOptions& o) {
   if (o.plots) m["plots"] = plot_files;
 
   {
-    std::ofstream j(out + "/matrix.json");
-    j << m.dump(1) << "\n";
-    if (!j) return InvalidArgument("{}/matrix.json: cannot write", out);
-    std::ofstream md(out + "/matrix.md");
-    md << matrix::RenderMarkdown(m);
-    if (!md) return InvalidArgument("{}/matrix.md: cannot write", out);
+    RETURN_IF_ERROR(WriteFileAtomically(out + "/matrix.json", m.dump(1) + "\n"));
+    RETURN_IF_ERROR(WriteFileAtomically(out + "/matrix.md", matrix::RenderMarkdown(m)));
   }
 
   fmt::print("\ngrowth exponents (least squares on log-log; y ~ n^e):\n");
@@ -609,11 +605,7 @@ Status RunMatrix(const MatrixOptions& o) {
 
   if (o.plots) {
     const std::string script = out + "/plot_matrix.py";
-    {
-      std::ofstream s(script);
-      s << kPlotMatrixPy;
-      if (!s) return InvalidArgument("{}: cannot write", script);
-    }
+    RETURN_IF_ERROR(WriteFileAtomically(script, kPlotMatrixPy));
     const std::string log = out + "/plots.log";
     ASSIGN_OR_RETURN(matrix::ProcessResult pr,
                      matrix::RunProcess({p.python, script, out + "/matrix.json", out}, log, 300));

@@ -1,6 +1,7 @@
 // `longctx bench tokenize` (bench/include/longctx/bench/tokenize_bench.h). The reference runs as
 // a child process (node, with RAYON_NUM_THREADS=1 so the library's encode has one thread), timed
 // inside the child around encode() alone, as ours is timed around Encode() alone.
+#include "longctx/core/file.h"
 #include "longctx/bench/tokenize_bench.h"
 
 #include <spawn.h>
@@ -132,7 +133,7 @@ Status RunTokenizeBench(const TokenizeBenchOptions& o) {
     char dir_template[] = "/tmp/longctx-bench-tokenize-XXXXXX";
     if (mkdtemp(dir_template) == nullptr) return Internal("mkdtemp: {}", std::strerror(errno));
     const std::filesystem::path dir(dir_template);
-    std::ofstream(dir / "reference.js") << kReferenceJs;
+    RETURN_IF_ERROR(WriteFileAtomically((dir / "reference.js").string(), kReferenceJs));
     std::string json_path = o.tokenizer;
     if (std::filesystem::is_directory(json_path)) json_path += "/tokenizer.json";
     const auto out = dir / "out.json";
@@ -158,7 +159,7 @@ Status RunTokenizeBench(const TokenizeBenchOptions& o) {
     if (!equal && result.ok()) result = Internal("our ids differ from the reference's");
   }
   if (!o.json.empty()) {
-    std::ofstream(o.json) << report.dump(2) << "\n";
+    RETURN_IF_ERROR(WriteFileAtomically(o.json, report.dump(2) + "\n").WithContext("--json"));
   }
   return result;
 }

@@ -112,29 +112,16 @@ Result<StoreToken> LoadOrCreateStoreToken(const std::string& path, bool* created
   *created = false;
   if (::access(path.c_str(), F_OK) == 0) return ReadStoreToken(path);
   ASSIGN_OR_RETURN(const StoreToken token, NewStoreToken());
-  // Not WriteFileAtomically: the file must be 0600 from its first byte, and must not replace a
-  // token another store wrote meanwhile. Written under a temporary name, then link()ed into
-  // place (fails with EEXIST instead of overwriting; the loser reads the winner's token).
-  const std::string tmp = fmt::format("{}.tmp.{}", path, getpid());
-  {
-    UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
-    if (fd.get() < 0) return ErrnoStatus(errno, fmt::format("token file '{}'", tmp));
-    const std::string text = ToHex(token) + "\n";
-    const bool ok = ::write(fd.get(), text.data(), text.size()) ==
-                        static_cast<ssize_t>(text.size()) && ::fsync(fd.get()) == 0;
-    const int err = errno;
-    if (!ok || fd.Close() != 0) {
-      ::unlink(tmp.c_str());
-      return ErrnoStatus(ok ? errno : err, fmt::format("token file '{}'", tmp));
-    }
-  }
-  const int linked = ::link(tmp.c_str(), path.c_str());
-  const int err = errno;
-  ::unlink(tmp.c_str());
-  if (linked != 0) {
-    if (err == EEXIST) return ReadStoreToken(path);
-    return ErrnoStatus(err, fmt::format("token file '{}'", path));
-  }
+  // 0600 from its first byte, and never replacing a token another store wrote meanwhile:
+  // AtomicFile's CommitNoReplace link()s the temporary file into place (the loser of a race
+  // reads the winner's token).
+  ASSIGN_OR_RETURN(AtomicFile file, AtomicFile::Create(path, AtomicWriteOptions{.mode = 0600}));
+  const std::string text = ToHex(token) + "\n";
+  Status st = file.Write(text.data(), text.size());
+  if (!st.ok()) return st.WithContext("token file");
+  Result<bool> linked = file.CommitNoReplace();
+  if (!linked.ok()) return linked.status().WithContext("token file");
+  if (!*linked) return ReadStoreToken(path);
   *created = true;
   return token;
 }

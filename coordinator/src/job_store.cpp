@@ -20,32 +20,14 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
+// Writes `bytes` to `dir`/`name` through core's AtomicFile (a random temporary name in the same
+// directory, mode 0600, rename). durable: fsync the file before the rename and the directory
+// after, so after a crash the name never points at unwritten blocks. Either way the rename is
+// atomic: readers see the old file or the new one.
 Status WriteAtomically(const std::string& dir, const std::string& name, const std::string& bytes,
                        bool durable) {
-  const std::string path = fmt::format("{}/{}", dir, name);
-  const std::string tmp = fmt::format("{}/.tmp-{}", dir, name);
-  {
-    UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
-    if (fd.get() < 0) return ErrnoStatus(errno, fmt::format("{}: cannot create", tmp));
-    size_t done = 0;
-    while (done < bytes.size()) {
-      const ssize_t w = ::write(fd.get(), bytes.data() + done, bytes.size() - done);
-      if (w < 0 && errno == EINTR) continue;
-      if (w < 0) return ErrnoStatus(errno, fmt::format("{}: cannot write", tmp));
-      done += size_t(w);
-    }
-    // durable: fsync before the rename, so after a crash the name never points at unwritten
-    // blocks. Either way the rename is atomic: readers see the old file or the new one.
-    if (durable && ::fsync(fd.get()) != 0) {
-      return ErrnoStatus(errno, fmt::format("{}: fsync failed", tmp));
-    }
-    if (fd.Close() != 0) return ErrnoStatus(errno, fmt::format("{}: close failed", tmp));
-  }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    return ErrnoStatus(errno, fmt::format("{}: cannot rename {} into place", path, tmp));
-  }
-  return Status::Ok();
+  return WriteFileAtomically(fmt::format("{}/{}", dir, name), bytes,
+                             AtomicWriteOptions{.mode = 0600, .durable = durable});
 }
 
 Status CreateClean(const std::string& dir) {
@@ -54,7 +36,9 @@ Status CreateClean(const std::string& dir) {
   if (ec) return FailedPrecondition("{}: cannot create the state directory: {}", dir, ec.message());
   for (const auto& entry : fs::directory_iterator(dir, ec)) {
     const std::string name = entry.path().filename().string();
-    if (name.rfind(".tmp-", 0) == 0) fs::remove(entry.path(), ec);
+    // AtomicFile's temporary files, and the ".tmp-<name>" of earlier versions, that a killed
+    // coordinator left behind.
+    if (IsAtomicTempName(name) || name.rfind(".tmp-", 0) == 0) fs::remove(entry.path(), ec);
   }
   if (ec) return FailedPrecondition("{}: cannot list the state directory: {}", dir, ec.message());
   return Status::Ok();

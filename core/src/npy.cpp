@@ -31,8 +31,6 @@ constexpr int64_t kMaxHeaderBytes = int64_t{1} << 20;  // refuse dict text longe
 constexpr int64_t kArrayAlign = 64;  // numpy pads magic + length + dict to a multiple (bytes)
 constexpr int64_t kGrowthAxisMaxDigits = 21;  // numpy's spare spaces for growing shape[0]
 
-using Fd = UniqueFd;
-
 // Bytes as a one-line, bounded excerpt for error messages ("\x93NUMPZ", "{'descr'...").
 std::string Excerpt(std::string_view s, size_t max_chars = 40) {
   std::string out;
@@ -79,22 +77,6 @@ Status PreadFull(int fd, void* buf, int64_t n, int64_t offset, const std::string
     p += got;
     n -= got;
     offset += got;
-  }
-  return Status::Ok();
-}
-
-Status WriteFull(int fd, const void* buf, int64_t n, const std::string& path,
-                 const std::string& tmp_path) {
-  const auto* p = static_cast<const char*>(buf);
-  while (n > 0) {
-    const size_t chunk = static_cast<size_t>(std::min<int64_t>(n, int64_t{1} << 30));
-    const ssize_t put = ::write(fd, p, chunk);
-    if (put < 0) {
-      if (errno == EINTR) continue;
-      return ErrnoStatus(errno, fmt::format("{}: write to {} failed", path, tmp_path));
-    }
-    p += put;
-    n -= put;
   }
   return Status::Ok();
 }
@@ -319,14 +301,14 @@ Result<int64_t> ValidateShape(const std::string& path, DType dtype,
 
 // An open .npy file with its validated header.
 struct OpenNpy {
-  Fd fd{-1};
+  UniqueFd fd{-1};
   NpyHeader header;
   int64_t data_bytes = 0;  // bytes of element data after header.data_offset
 };
 
 Result<OpenNpy> OpenAndReadHeader(const std::string& path) {
   // O_NONBLOCK so that opening a FIFO by mistake cannot hang; no effect on regular files.
-  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
   if (fd.get() < 0) {
     const int err = errno;
     if (err == ENOENT) return NotFound("{}: no such file", path);
@@ -555,26 +537,10 @@ Status WriteNpy(const std::string& path, DType dtype, const std::vector<int64_t>
   }
   ASSIGN_OR_RETURN(const std::string header, BuildHeader(path, *descr, shape));
 
-  const std::string tmp_path = fmt::format("{}.tmp.{}", path, ::getpid());
-  Fd fd(::open(tmp_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666));
-  if (fd.get() < 0) {
-    return ErrnoStatus(errno, fmt::format("{}: cannot create temporary file {}", path, tmp_path));
-  }
-  Status st =
-      WriteFull(fd.get(), header.data(), static_cast<int64_t>(header.size()), path, tmp_path);
-  if (st.ok()) st = WriteFull(fd.get(), data, data_bytes, path, tmp_path);
-  // fsync before rename so a crash cannot leave `path` naming a file with unwritten blocks.
-  if (st.ok() && ::fsync(fd.get()) != 0) {
-    st = ErrnoStatus(errno, fmt::format("{}: fsync of {} failed", path, tmp_path));
-  }
-  if (fd.Close() != 0 && st.ok()) {
-    st = ErrnoStatus(errno, fmt::format("{}: close of {} failed", path, tmp_path));
-  }
-  if (st.ok() && ::rename(tmp_path.c_str(), path.c_str()) != 0) {
-    st = ErrnoStatus(errno, fmt::format("{}: cannot rename {} into place", path, tmp_path));
-  }
-  if (!st.ok()) ::unlink(tmp_path.c_str());
-  return st;
+  ASSIGN_OR_RETURN(AtomicFile file, AtomicFile::Create(path));
+  RETURN_IF_ERROR(file.Write(header.data(), header.size()));
+  RETURN_IF_ERROR(file.Write(data, static_cast<size_t>(data_bytes)));
+  return file.Commit();
 }
 
 Status WriteNpy(const std::string& path, const NpyArray& array) {
@@ -677,12 +643,20 @@ Status CreateNpyForRows(const std::string& path, DType dtype, const std::vector<
   ASSIGN_OR_RETURN(const int64_t data_bytes, ValidateShape(path, dtype, shape));
   ASSIGN_OR_RETURN(const std::string header, BuildHeader(path, *descr, shape));
   const std::string staging = NpyStagingPath(path);
-  Fd fd(::open(staging.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666));
+  // The staging name is fixed (every rank must find it without a message), so it is made
+  // exclusively: whatever a killed run or anyone else left there (a symlink included) is
+  // unlinked, and O_EXCL|O_NOFOLLOW then creates a new inode of ours or fails.
+  if (::unlink(staging.c_str()) != 0 && errno != ENOENT) {
+    return ErrnoStatus(errno, fmt::format("{}: cannot remove the stale staging file {}", path,
+                                          staging));
+  }
+  UniqueFd fd(
+      ::open(staging.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666));
   if (fd.get() < 0) {
     return ErrnoStatus(errno, fmt::format("{}: cannot create staging file {}", path, staging));
   }
-  Status st =
-      WriteFull(fd.get(), header.data(), static_cast<int64_t>(header.size()), path, staging);
+  Status st = WriteAll(fd.get(), header.data(), header.size(),
+                       fmt::format("{} (staging file {})", path, staging));
   if (st.ok() && ::ftruncate(fd.get(), static_cast<off_t>(header.size()) + data_bytes) != 0) {
     st = ErrnoStatus(errno, fmt::format("{}: cannot size staging file {}", path, staging));
   }
@@ -704,7 +678,7 @@ Status WriteNpyRows(const std::string& path, int64_t row_begin, int64_t rows, co
   if (rows == 0) return Status::Ok();
   int64_t row_bytes = static_cast<int64_t>(DTypeSize(h.dtype));
   for (size_t i = 1; i < h.shape.size(); ++i) row_bytes *= h.shape[i];
-  Fd fd(::open(staging.c_str(), O_WRONLY | O_CLOEXEC));
+  UniqueFd fd(::open(staging.c_str(), O_WRONLY | O_NOFOLLOW | O_CLOEXEC));
   if (fd.get() < 0) return ErrnoStatus(errno, fmt::format("{}: cannot open {}", path, staging));
   const auto* p = static_cast<const std::byte*>(data);
   int64_t left = rows * row_bytes, off = h.data_offset + row_begin * row_bytes;
@@ -730,7 +704,7 @@ Status CommitNpyRows(const std::string& path) {
   if (::rename(staging.c_str(), path.c_str()) != 0) {
     return ErrnoStatus(errno, fmt::format("{}: cannot rename {} into place", path, staging));
   }
-  return Status::Ok();
+  return FsyncDirectory(ParentDirectory(path));  // the rows were fsynced by each writer
 }
 
 void AbortNpyRows(const std::string& path) { ::unlink(NpyStagingPath(path).c_str()); }

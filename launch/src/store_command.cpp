@@ -12,13 +12,13 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <memory>
 #include <optional>
 
 #include "commands.h"
 #include "longctx/cache/store.h"
 #include "longctx/core/byte_size.h"
+#include "longctx/core/file.h"
 #include "longctx/core/log.h"
 
 namespace longctx::cli {
@@ -37,17 +37,7 @@ struct StoreOptions {
 };
 
 Status WriteAddressFile(const std::string& path, const std::string& address) {
-  const std::string tmp = path + ".tmp." + std::to_string(getpid());
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    out << address << "\n";
-    out.close();
-    if (!out) return FailedPrecondition("--address-file: cannot write '{}'", tmp);
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) return FailedPrecondition("--address-file: cannot write '{}': {}", path, ec.message());
-  return Status::Ok();
+  return WriteFileAtomically(path, address + "\n").WithContext("--address-file");
 }
 
 Status RunStore(const StoreOptions& o) {

@@ -3,10 +3,11 @@
 #include <csignal>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <thread>
 
 #include "commands.h"
+#include "longctx/core/file.h"
+#include "longctx/core/log.h"
 
 namespace longctx::cli {
 
@@ -25,7 +26,9 @@ void MaybePauseForTest(comm::Communicator& c) {
   const char* path = std::getenv("LONGCTX_TEST_PAUSE_FILE");
   if (path == nullptr || *path == '\0') return;
   if (c.rank() == 0) {
-    { std::ofstream(path) << "paused\n"; }
+    if (Status st = WriteFileAtomically(path, "paused\n"); !st.ok()) {
+      LONGCTX_LOG_WARN("test pause file: {}", st.ToString());
+    }
     // The test removes the file to let the job go on; 120 s at most.
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
     while (std::filesystem::exists(path) && std::chrono::steady_clock::now() < deadline) {

@@ -1,6 +1,5 @@
 // `longctx tokenize` and `longctx detokenize`: text <-> int32 ids (.npy) with a Hugging Face
 // tokenizer.json (or "bytes"), exactly as the `tokenizers` library (DESIGN.md §5).
-#include <fstream>
 #include <memory>
 #include <string>
 #include <vector>
@@ -8,6 +7,7 @@
 #include <fmt/format.h>
 
 #include "commands.h"
+#include "longctx/core/file.h"
 #include "longctx/core/npy.h"
 #include "longctx/model/tokenizer.h"
 
@@ -90,11 +90,7 @@ Runner AddDetokenizeCommand(CLI::App& app) {
       ids[size_t(i)] = int32_t(v);
     }
     ASSIGN_OR_RETURN(std::string text, tok->Decode(ids, f->skip_special));
-    std::ofstream out(f->out, std::ios::binary);
-    out << text;
-    out.close();
-    if (!out) return InvalidArgument("{}: cannot write", f->out);
-    return Status::Ok();
+    return WriteFileAtomically(f->out, text);
   };
 }
 

@@ -25,7 +25,7 @@ printf 'The pass key is 12345. Remember it. 12345 is the pass key.\n\nThe grass 
    && -f "$T/a/final/state.json" && -d "$T/a/step-3" && -d "$T/a/step-6" ]] \
   && ok "checkpoints step-3, step-6, final" || bad "checkpoint files: $(ls -R "$T/a" | head -20)"
 [[ $(wc -l <"$T/a/train.jsonl") -eq 6 ]] && ok "train.jsonl has 6 lines" || bad "train.jsonl lines"
-[[ -s "$T/a/train.png" ]] && ok "train.png" || bad "no train.png"
+[[ -s "$T/a/train.png" && "$(head -c 4 "$T/a/train.png" | tail -c 3)" == PNG ]] && ok "train.png" || bad "no train.png"
 "$PY" - "$T/a/train.jsonl" <<'PYEOF' && ok "train.jsonl fields" || bad "train.jsonl fields"
 import json, sys, math
 rows = [json.loads(l) for l in open(sys.argv[1])]

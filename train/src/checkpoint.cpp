@@ -1,10 +1,12 @@
 #include "longctx/train/checkpoint.h"
 
 #include <fcntl.h>
+#include <stdio.h>  // renameat2
 #include <unistd.h>
 
 #include <filesystem>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "longctx/core/file.h"
@@ -27,12 +29,15 @@ Status FsyncPath(const std::string& path) {
 
 Status SaveCheckpoint(const std::string& dir, const worker::ParamBlock& params, const AdamW& opt,
                       const TrainState& state) {
-  const fs::path target = fs::path(dir).lexically_normal();
-  const std::string tmp = target.string() + ".tmp." + std::to_string(::getpid());
+  fs::path target = fs::path(dir).lexically_normal();
+  if (!target.has_filename()) target = target.parent_path();  // "out/step-1/"
   std::error_code ec;
-  fs::remove_all(tmp, ec);
-  fs::create_directories(tmp, ec);
-  if (ec) return FailedPrecondition("checkpoint: cannot create {}: {}", tmp, ec.message());
+  if (target.has_parent_path()) {
+    fs::create_directories(target.parent_path(), ec);
+    if (ec) return FailedPrecondition("checkpoint: cannot create {}: {}", dir, ec.message());
+  }
+  // A fresh directory of ours beside the target (random name, never an existing entry).
+  ASSIGN_OR_RETURN(const std::string tmp, MakeTempDirectory(target.string()));
   auto fail = [&](Status st) {
     std::error_code ignored;
     fs::remove_all(tmp, ignored);
@@ -66,16 +71,33 @@ Status SaveCheckpoint(const std::string& dir, const worker::ParamBlock& params, 
   }
   if (st.ok()) st = FsyncPath(tmp);
   if (!st.ok()) return fail(st.WithContext("checkpoint " + dir));
-  // Replace: an existing directory of that name moves aside first and is removed after.
-  const std::string old = target.string() + ".old." + std::to_string(::getpid());
-  const bool had = fs::exists(target, ec);
-  if (had) {
-    fs::rename(target, old, ec);
-    if (ec) return fail(FailedPrecondition("checkpoint: cannot move {} aside: {}", dir, ec.message()));
+  // Replace: an existing directory of that name is swapped with the new one in one step
+  // (RENAME_EXCHANGE: the name always holds a whole checkpoint, old or new) and the old one,
+  // now under the temporary name, is removed. A file system without the exchange gets the old
+  // way: move the old directory aside, rename the new one in, remove the old one.
+  const bool had = fs::exists(fs::symlink_status(target, ec));
+  if (had && ::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, target.c_str(), RENAME_EXCHANGE) == 0) {
+    fs::remove_all(tmp, ec);
+  } else {
+    if (had && errno != EINVAL && errno != ENOSYS) {
+      return fail(ErrnoStatus(errno, fmt::format("checkpoint: cannot swap {} into place", dir)));
+    }
+    ASSIGN_OR_RETURN(const std::string old, MakeTempDirectory(target.string()));
+    if (had) {
+      fs::rename(target, old, ec);  // onto the empty directory `old`
+      if (ec) {
+        fs::remove(old, ec);
+        return fail(FailedPrecondition("checkpoint: cannot move {} aside: {}", dir, ec.message()));
+      }
+    } else {
+      fs::remove(old, ec);
+    }
+    fs::rename(tmp, target, ec);
+    if (ec) {
+      return fail(FailedPrecondition("checkpoint: cannot rename into {}: {}", dir, ec.message()));
+    }
+    if (had) fs::remove_all(old, ec);
   }
-  fs::rename(tmp, target, ec);
-  if (ec) return fail(FailedPrecondition("checkpoint: cannot rename into {}: {}", dir, ec.message()));
-  if (had) fs::remove_all(old, ec);
   const fs::path parent = target.has_parent_path() ? target.parent_path() : fs::path(".");
   return FsyncPath(parent.string());
 }

@@ -1,5 +1,6 @@
 #include "longctx/train/trainer.h"
 
+#include <fcntl.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -168,19 +169,27 @@ ax[1].plot(steps, [r["lr"] for r in rows], color="gray"); ax[1].set_xlabel("step
 for r0, r1 in zip(rows, rows[1:]):
     if r1["stage"] != r0["stage"]:
         for a in ax: a.axvline(r1["step"], color="k", ls=":", lw=0.6)
-fig.tight_layout(); fig.savefig("{0}/train.png.tmp", dpi=110, format="png")
+fig.tight_layout(); fig.savefig(sys.stdout.buffer, dpi=110, format="png")
 )PY",
                                          out);
   const std::string py = out + "/.plot_train.py";
   if (!WriteFileAtomically(py, script).ok()) return;
   // Debian's interpreter, where python3-matplotlib lives (an earlier python3 on PATH may lack it).
   const char* python = ::access("/usr/bin/python3", X_OK) == 0 ? "/usr/bin/python3" : "python3";
-  const std::string cmd = fmt::format("{} '{}' >/dev/null 2>&1", python, py);
-  if (std::system(cmd.c_str()) == 0) {
-    std::error_code ec;
-    fs::rename(out + "/train.png.tmp", out + "/train.png", ec);
-  } else {
+  // The PNG comes back on the script's stdout and is written here, through WriteFileAtomically
+  // (the script writes no file of its own).
+  const std::string cmd = fmt::format("{} '{}' 2>/dev/null", python, py);
+  std::string png;
+  if (std::FILE* pipe = ::popen(cmd.c_str(), "r")) {
+    char buf[65536];
+    size_t got;
+    while ((got = std::fread(buf, 1, sizeof buf, pipe)) > 0) png.append(buf, got);
+    if (::pclose(pipe) != 0) png.clear();
+  }
+  if (png.empty()) {
     LONGCTX_LOG_WARN("train: no loss-curve PNG (python3-matplotlib missing?)");
+  } else if (Status st = WriteFileAtomically(out + "/train.png", png); !st.ok()) {
+    LONGCTX_LOG_WARN("train: no loss-curve PNG: {}", st.ToString());
   }
   std::error_code ec;
   fs::remove(py, ec);
@@ -260,8 +269,17 @@ Status Train(comm::Communicator& world, const TrainOptions& o) {
   if (o.max_steps >= 0) total_steps = std::min(total_steps, o.max_steps);
   std::FILE* log = nullptr;
   if (me == 0) {
-    log = std::fopen((o.out + "/train.jsonl").c_str(), "a");
-    if (!log) return ErrnoStatus(errno, "open " + o.out + "/train.jsonl");
+    // An append-only log, one fflush()ed JSON line per step (not AtomicFile: rewriting it each
+    // step would cost O(steps^2)); a torn last line of a killed run is dropped on resume
+    // (TruncateLog, which rewrites it atomically). O_NOFOLLOW: a symlink cannot redirect it.
+    const std::string path = o.out + "/train.jsonl";
+    const int fd =
+        ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0666);
+    if (fd < 0 || (log = ::fdopen(fd, "a")) == nullptr) {
+      const int err = errno;
+      if (fd >= 0) ::close(fd);
+      return ErrnoStatus(err, "open " + path);
+    }
   }
   std::unique_ptr<std::FILE, int (*)(std::FILE*)> log_guard(log, [](std::FILE* f) {
     return f ? std::fclose(f) : 0;

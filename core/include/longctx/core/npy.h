@@ -108,9 +108,9 @@ class NpyRowStream {
   int64_t written_ = 0;    // rows appended so far
 };
 
-// Writes atomically: to "<path>.tmp.<pid>", fsync, then rename(), so an existing file is
-// never left half-written (and the .tmp file is removed on failure). Concurrent writers of
-// the same path inside one process are not supported (they share the .tmp name).
+// Writes atomically through AtomicFile (core/file.h: a random temporary name beside `path`,
+// fsync, rename, fsync of the directory), so an existing file is never left half-written and
+// the temporary file is removed on failure.
 // `data` holds numel * DTypeSize(dtype) bytes, C order, little-endian. dtype kF32, kF16
 // ('<f2'), kI32, kI64; kBF16 is refused with kInvalidArgument ("npy has no bfloat16 dtype")
 // because numpy would read its bits back as a different type.
@@ -124,9 +124,12 @@ Status WriteNpy(const std::string& path, const NpyArray& array);
 //   1. one process:  CreateNpyForRows(path, dtype, shape) -> writes the header to the staging
 //      file NpyStagingPath(path) and sizes it (data zero until written);
 //   2. every process: WriteNpyRows(path, row_begin, rows, data) -> pwrite at the row offset;
-//   3. one process, after all have written: CommitNpyRows(path) -> fsync and rename into place.
+//   3. one process, after all have written: CommitNpyRows(path) -> rename into place and fsync
+//      the directory (each WriteNpyRows fsynced its rows).
 // On failure, AbortNpyRows(path) removes the staging file. The staging name does not depend
-// on the process, so every rank of a job finds it.
+// on the process, so every rank of a job finds it; CreateNpyForRows therefore removes
+// whatever is at that name and creates it anew with O_EXCL|O_NOFOLLOW, and WriteNpyRows
+// opens it with O_NOFOLLOW, so a planted symlink cannot redirect the rows.
 std::string NpyStagingPath(const std::string& path);
 Status CreateNpyForRows(const std::string& path, DType dtype, const std::vector<int64_t>& shape);
 Status WriteNpyRows(const std::string& path, int64_t row_begin, int64_t rows, const void* data);
