@@ -12,12 +12,12 @@
 #include "longctx/attention/hybrid_attention.h"
 #include "longctx/attention/shard_plan.h"
 #include "longctx/comm/communicator.h"
+#include "longctx/test/mpi_test.h"
 #include "longctx/worker/distributed_attention.h"
 
 namespace longctx::worker {
 namespace {
 
-std::shared_ptr<comm::Communicator> g_world;
 
 using attention::AttentionSpec;
 using attention::Fusion;
@@ -54,7 +54,7 @@ attention::ShardPlan Layout(const Case& c, const AttentionSpec& spec, int P) {
 }
 
 void RunCase(const Case& c, uint64_t seed) {
-  comm::Communicator& world = *g_world;
+  comm::Communicator& world = test::World();
   const int P = world.size(), me = world.rank();
   SCOPED_TRACE(testing::Message() << "P=" << P << " n=" << c.n << " H=" << c.H << "/" << c.Hkv
                                   << " d=" << c.d << " W=" << c.W << (c.causal ? " causal" : " bidi")
@@ -167,24 +167,3 @@ TEST(DistributedAttention, RandomizedShapes) {
 
 }  // namespace
 }  // namespace longctx::worker
-
-int main(int argc, char** argv) {
-  testing::InitGoogleTest(&argc, argv);
-  auto world = longctx::comm::WorldCommunicator("mpi");
-  if (!world.ok()) {
-    std::fprintf(stderr, "test_distributed_attention: %s\n", world.status().ToString().c_str());
-    return 2;
-  }
-  longctx::worker::g_world = *world;
-  const int rank = (*world)->rank(), size = (*world)->size();
-  if (rank != 0) {  // one rank prints the gtest progress; every rank prints its verdict
-    auto& listeners = testing::UnitTest::GetInstance()->listeners();
-    delete listeners.Release(listeners.default_result_printer());
-  }
-  const int rc = RUN_ALL_TESTS();
-  const auto* u = testing::UnitTest::GetInstance();
-  std::printf("longctx-mpi-test rank %d/%d: %d passed, %d failed\n", rank, size,
-              u->successful_test_count(), u->failed_test_count());
-  std::fflush(stdout);
-  return rc;
-}

@@ -5,7 +5,6 @@
 #include <gtest/gtest.h>
 
 #include <signal.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -27,6 +26,8 @@
 #include "longctx/cache/store.h"
 #include "longctx/comm/ucx/socket.h"
 #include "longctx/comm/ucx/ucx.h"
+#include "longctx/test/child_process.h"
+#include "longctx/test/temp_dir.h"
 
 extern char** environ;
 
@@ -457,106 +458,52 @@ TEST_F(StoreTest, CallsFromSeveralThreadsAreSerialised) {
 
 // ---- `longctx store` processes ----------------------------------------------------------------
 
-// One `longctx store` child: started with posix_spawn, ready when its address file appears,
-// stopped (SIGTERM, then SIGKILL after 5 s) and reaped by the destructor.
+// One `longctx store` child (test::ChildProcess: posix_spawn, stopped with SIGTERM then SIGKILL
+// after 5 s and reaped when it goes), ready when its address file appears.
 class StoreProcess {
  public:
   // `ucx_tls` false: the child runs without UCX_TLS (UCX's and the store's defaults).
   StoreProcess(const std::string& bin, const std::filesystem::path& dir, int index,
-               const std::string& pool = "16M", bool ucx_tls = true) {
-    address_file_ = dir / ("store" + std::to_string(index) + ".addr");
-    log_ = dir / ("store" + std::to_string(index) + ".log");
-    std::vector<std::string> args = {bin, "store", "--pool", pool, "--listen", "127.0.0.1:0",
-                                     "--address-file", address_file_.string(), "--token-file",
-                                     (dir / "store.token").string()};
-    pid_ = Spawn(args, log_, ucx_tls);
+               const std::string& pool = "16M", bool ucx_tls = true)
+      : address_file_(dir / ("store" + std::to_string(index) + ".addr")),
+        log_(dir / ("store" + std::to_string(index) + ".log")),
+        child_(test::SpawnOptions{
+            {bin, "store", "--pool", pool, "--listen", "127.0.0.1:0", "--address-file",
+             address_file_.string(), "--token-file", (dir / "store.token").string()},
+            log_,
+            ucx_tls ? std::vector<std::string>{} : std::vector<std::string>{"UCX_TLS"}}) {
     const auto until = std::chrono::steady_clock::now() + 30s;
-    while (std::chrono::steady_clock::now() < until) {
+    while (child_.running() && std::chrono::steady_clock::now() < until) {
       if (std::filesystem::exists(address_file_)) {
         std::ifstream in(address_file_);
         std::getline(in, address_);
         if (!address_.empty()) return;
       }
-      int status = 0;
-      if (waitpid(pid_, &status, WNOHANG) == pid_) {
-        pid_ = -1;
-        break;
-      }
+      if (child_.WaitExit(0ms) >= 0) break;  // exited before it was ready
       std::this_thread::sleep_for(20ms);
     }
     ADD_FAILURE() << "longctx store did not become ready; log: " << Slurp(log_);
   }
-  ~StoreProcess() {
-    if (pid_ <= 0) return;
-    kill(pid_, SIGCONT);
-    kill(pid_, SIGTERM);
-    if (WaitExit(5s) < 0) {
-      kill(pid_, SIGKILL);
-      (void)WaitExit(5s);
-    }
-  }
   const std::string& address() const { return address_; }
-  pid_t pid() const { return pid_; }
-  void Signal(int sig) const { kill(pid_, sig); }
-  // SIGSTOP, then waits (up to 5 s) until the kernel shows the process stopped ("T").
+  pid_t pid() const { return child_.pid(); }
+  void Signal(int sig) const { child_.Signal(sig); }
+  // SIGSTOP, then waits (up to 5 s) until the kernel shows the process stopped.
   bool Stop() const {
-    kill(pid_, SIGSTOP);
-    const auto until = std::chrono::steady_clock::now() + 5s;
-    while (std::chrono::steady_clock::now() < until) {
-      std::ifstream in("/proc/" + std::to_string(pid_) + "/stat");
-      std::string stat((std::istreambuf_iterator<char>(in)), {});
-      const size_t paren = stat.rfind(')');
-      if (paren != std::string::npos && paren + 2 < stat.size() && stat[paren + 2] == 'T') {
-        return true;
-      }
-      std::this_thread::sleep_for(5ms);
-    }
-    return false;
+    child_.Signal(SIGSTOP);
+    return child_.WaitStopped(5s);
   }
   // Waits for the child to exit; its wait status, or -1 at the deadline.
-  int WaitExit(std::chrono::milliseconds limit) {
-    const auto until = std::chrono::steady_clock::now() + limit;
-    while (std::chrono::steady_clock::now() < until) {
-      int status = 0;
-      if (waitpid(pid_, &status, WNOHANG) == pid_) {
-        pid_ = -1;
-        return status;
-      }
-      std::this_thread::sleep_for(10ms);
-    }
-    return -1;
-  }
+  int WaitExit(std::chrono::milliseconds limit) { return child_.WaitExit(limit); }
   const std::filesystem::path& address_file() const { return address_file_; }
 
-  static pid_t Spawn(const std::vector<std::string>& args, const std::filesystem::path& log,
-                     bool ucx_tls = true) {
-    std::vector<char*> env;
-    for (char** e = environ; *e != nullptr; ++e) {
-      if (ucx_tls || std::string(*e).rfind("UCX_TLS=", 0) != 0) env.push_back(*e);
-    }
-    env.push_back(nullptr);
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC,
-                                     0644);
-    posix_spawn_file_actions_adddup2(&actions, 1, 2);
-    std::vector<char*> argv;
-    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    pid_t pid = -1;
-    const int rc = posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), env.data());
-    posix_spawn_file_actions_destroy(&actions);
-    EXPECT_EQ(rc, 0) << "posix_spawn " << args[0];
-    return rc == 0 ? pid : -1;
-  }
   static std::string Slurp(const std::filesystem::path& p) {
     std::ifstream in(p);
     return std::string(std::istreambuf_iterator<char>(in), {});
   }
 
  private:
-  pid_t pid_ = -1;
   std::filesystem::path address_file_, log_;
+  test::ChildProcess child_;
   std::string address_;
 };
 
@@ -568,13 +515,10 @@ class StoreProcessTest : public ::testing::Test {
       GTEST_SKIP() << "LONGCTX_BIN (the longctx binary) is not set: process tests skipped";
     }
     bin_ = bin;
-    char tmpl[] = "/tmp/longctx_ucx_XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
+    ASSERT_FALSE(dir_.empty()) << "no temporary directory";
   }
   void TearDown() override {
-    stores_.clear();  // SIGTERM + reap every child before the directory goes
-    if (!dir_.empty()) std::filesystem::remove_all(dir_);
+    stores_.clear();  // SIGTERM + reap every child before the directory goes (tmp_)
   }
   void StartStores(int n) {
     for (int i = 0; i < n; ++i) {
@@ -592,25 +536,18 @@ class StoreProcessTest : public ::testing::Test {
     o.timeout = timeout;
     return StoreClient::Connect(ctx_, o);
   }
-  // Runs `longctx ARGS`; returns its exit status and stderr.
+  // Runs `longctx ARGS` (20 s deadline); returns its wait status and its output.
   std::pair<int, std::string> RunCli(std::vector<std::string> args) {
     args.insert(args.begin(), bin_);
     const auto log = dir_ / "cli.log";
-    const pid_t pid = StoreProcess::Spawn(args, log);
-    int status = -1;
-    const auto until = std::chrono::steady_clock::now() + 20s;
-    while (std::chrono::steady_clock::now() < until) {
-      if (waitpid(pid, &status, WNOHANG) == pid) return {status, StoreProcess::Slurp(log)};
-      std::this_thread::sleep_for(10ms);
-    }
-    kill(pid, SIGKILL);
-    waitpid(pid, &status, 0);
-    ADD_FAILURE() << "longctx did not exit within 20 s";
-    return {-1, ""};
+    const int status = test::RunWithDeadline({args, log, {}}, 20s);
+    if (status < 0) return {-1, ""};
+    return {status, StoreProcess::Slurp(log)};
   }
 
   std::string bin_;
-  std::filesystem::path dir_;
+  test::TempDir tmp_{"longctx_ucx"};
+  const std::filesystem::path dir_ = tmp_.path();
   std::shared_ptr<ucx::Context> ctx_;
   std::vector<std::unique_ptr<StoreProcess>> stores_;
 };

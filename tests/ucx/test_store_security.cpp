@@ -23,6 +23,7 @@
 #include "longctx/cache/store.h"
 #include "longctx/comm/ucx/socket.h"
 #include "longctx/comm/ucx/ucx.h"
+#include "longctx/test/temp_dir.h"
 #include "store_wire.h"
 
 namespace longctx::cache {
@@ -331,9 +332,9 @@ TEST_F(StoreSecurityTest, AnUnauthenticatedPoolListensOnLoopbackOnly) {
 }
 
 TEST(StoreToken, CreatedOnceWithMode600AndReadBack) {
-  char tmpl[] = "/tmp/longctx_token_XXXXXX";
-  ASSERT_NE(mkdtemp(tmpl), nullptr);
-  const std::filesystem::path dir = tmpl;
+  const test::TempDir tmp("longctx_token");
+  const std::filesystem::path& dir = tmp.path();
+  ASSERT_FALSE(dir.empty());
   const std::string path = (dir / "t").string();
   bool created = false;
   auto a = LoadOrCreateStoreToken(path, &created);
@@ -358,7 +359,6 @@ TEST(StoreToken, CreatedOnceWithMode600AndReadBack) {
   std::ofstream(path) << "abc\n";
   EXPECT_EQ(ReadStoreToken(path).status().code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(ReadStoreToken((dir / "none").string()).status().code(), StatusCode::kNotFound);
-  std::filesystem::remove_all(dir);
 }
 
 // What confines a pool's UCX listening sockets to the --listen / --kv-bind device.

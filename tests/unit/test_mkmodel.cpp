@@ -17,6 +17,7 @@
 #include "longctx/model/config.h"
 #include "longctx/model/llama_names.h"
 #include "longctx/model/safetensors.h"
+#include "longctx/test/temp_dir.h"
 
 namespace longctx::model {
 namespace {
@@ -25,17 +26,10 @@ namespace fs = std::filesystem;
 
 class MkModel : public ::testing::Test {
  protected:
-  void SetUp() override {
-    std::string tmpl = (fs::path(::testing::TempDir()) / "mkmodel_test_XXXXXX").string();
-    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr) << std::strerror(errno);
-    dir_ = tmpl;
-  }
-  void TearDown() override {
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
+  void SetUp() override { ASSERT_FALSE(dir_.empty()) << "no temporary directory"; }
   std::string Path(std::string_view name) const { return (dir_ / name).string(); }
-  fs::path dir_;
+  test::TempDir tmp_{"mkmodel_test"};
+  const fs::path dir_ = tmp_.path();
 };
 
 bool SameBytes(const TensorRef& a, const TensorRef& b) {

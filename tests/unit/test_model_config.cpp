@@ -18,6 +18,7 @@
 
 #include "longctx/model/builtin.h"
 #include "longctx/model/rope.h"
+#include "longctx/test/temp_dir.h"
 
 namespace longctx::model {
 namespace {
@@ -420,16 +421,9 @@ TEST(ModelConfig, OverridesReplaceTheBlock) {
 
 class ModelConfigFile : public ::testing::Test {
  protected:
-  void SetUp() override {
-    std::string tmpl = (fs::path(::testing::TempDir()) / "config_test_XXXXXX").string();
-    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr) << std::strerror(errno);
-    dir_ = tmpl;
-  }
-  void TearDown() override {
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
-  fs::path dir_;
+  void SetUp() override { ASSERT_FALSE(dir_.empty()) << "no temporary directory"; }
+  test::TempDir tmp_{"config_test"};
+  const fs::path dir_ = tmp_.path();
 };
 
 TEST_F(ModelConfigFile, LoadsFromDirectoryAndNamesThePath) {

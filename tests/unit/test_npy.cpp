@@ -17,6 +17,8 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
+#include "longctx/test/temp_dir.h"
+
 namespace longctx {
 namespace {
 
@@ -79,15 +81,7 @@ std::string Bytes(const std::vector<T>& v) {
 
 class NpyTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    std::string tmpl = (fs::path(::testing::TempDir()) / "npy_test_XXXXXX").string();
-    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr) << std::strerror(errno);
-    dir_ = tmpl;
-  }
-  void TearDown() override {
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
+  void SetUp() override { ASSERT_FALSE(dir_.empty()) << "no temporary directory"; }
 
   std::string Path(std::string_view name) const { return (dir_ / name).string(); }
 
@@ -125,7 +119,8 @@ class NpyTest : public ::testing::Test {
     }
   }
 
-  fs::path dir_;
+  test::TempDir tmp_{"npy_test"};
+  const fs::path dir_ = tmp_.path();
 };
 
 // ---- round trips --------------------------------------------------------------------------------

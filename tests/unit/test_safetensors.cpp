@@ -17,6 +17,8 @@
 
 #include <gtest/gtest.h>
 
+#include "longctx/test/temp_dir.h"
+
 namespace longctx::model {
 namespace {
 
@@ -43,15 +45,7 @@ std::string Floats(std::initializer_list<float> v) {
 
 class Safetensors : public ::testing::Test {
  protected:
-  void SetUp() override {
-    std::string tmpl = (fs::path(::testing::TempDir()) / "safetensors_test_XXXXXX").string();
-    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr) << std::strerror(errno);
-    dir_ = tmpl;
-  }
-  void TearDown() override {
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
+  void SetUp() override { ASSERT_FALSE(dir_.empty()) << "no temporary directory"; }
 
   std::string Path(std::string_view name) const { return (dir_ / name).string(); }
 
@@ -84,7 +78,8 @@ class Safetensors : public ::testing::Test {
     return n;
   }
 
-  fs::path dir_;
+  test::TempDir tmp_{"safetensors_test"};
+  const fs::path dir_ = tmp_.path();
 };
 
 OwnedTensor MakeTensor(std::string name, DType dtype, std::vector<int64_t> shape,

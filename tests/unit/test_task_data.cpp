@@ -22,6 +22,7 @@
 
 #include "longctx/attention/global_selection.h"
 #include "longctx/core/npy.h"
+#include "longctx/test/temp_dir.h"
 
 namespace longctx::train {
 namespace {
@@ -30,20 +31,7 @@ namespace fs = std::filesystem;
 
 constexpr Task kTasks[] = {Task::kPasskey, Task::kNiah, Task::kMultikey, Task::kVt, Task::kLm};
 
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::path(::testing::TempDir()) / "task_data_XXXXXX").string();
-    if (::mkdtemp(tmpl.data()) == nullptr) ADD_FAILURE() << std::strerror(errno);
-    path_ = tmpl;
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  std::string File(const std::string& name) const { return (fs::path(path_) / name).string(); }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+using test::TempDir;
 
 // A small prose corpus written by the test (so these tests do not need the Debian package):
 // 120 distinct paragraphs of 4-6 ordinary sentences, one with multi-byte characters, one with a
@@ -457,7 +445,7 @@ TEST(TaskData, HtmlKeepsProseParagraphsOnly) {
 TEST(TaskData, WritesTheFilesOfADocument) {
   TempDir dir;
   const TaskDocument d = Make(Task::kNiah, 1500, 9);
-  ASSERT_TRUE(WriteTaskDocumentFiles(dir.path(), 3, d).ok());
+  ASSERT_TRUE(WriteTaskDocumentFiles(dir.path().string(), 3, d).ok());
   std::ifstream txt(dir.File("doc-3.txt"), std::ios::binary);
   const std::string context((std::istreambuf_iterator<char>(txt)),
                             std::istreambuf_iterator<char>());

@@ -12,6 +12,7 @@
 #include <gtest/gtest.h>
 
 #include "longctx/attention/global_selection.h"
+#include "longctx/test/temp_dir.h"
 
 namespace longctx::model {
 namespace {
@@ -157,7 +158,8 @@ TEST(HfTokenizer, DecodeRejectsIdsOutsideTheVocabulary) {
 }
 
 TEST(HfTokenizer, LoadsFromADirectory) {
-  const auto dir = std::filesystem::temp_directory_path() / "longctx_tok_dir_test";
+  const test::TempDir tmp("longctx_tok_dir_test");
+  const auto dir = tmp.path() / "tokenizer";
   std::filesystem::create_directories(dir);
   std::filesystem::copy_file(TinyPath("t2.json"), dir / "tokenizer.json",
                              std::filesystem::copy_options::overwrite_existing);
