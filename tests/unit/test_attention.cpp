@@ -4,9 +4,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <set>
+#include <string>
 #include <vector>
 
 #include "longctx/attention/hybrid_attention.h"
@@ -450,6 +452,37 @@ TEST(HybridAttention, RejectsBadInputs) {
   EXPECT_FALSE(ParseFusion("mean", &s2).ok());
   EXPECT_TRUE(ParseFusion("weighted:0.3", &s2).ok());
   EXPECT_FLOAT_EQ(s2.alpha, 0.3f);
+}
+
+// LONGCTX_ISA picks the kernel variant; a value it cannot honour is an error, not a fallback.
+TEST(HybridAttention, LongctxIsaMustBeKnownAndSupported) {
+  const char* saved = std::getenv("LONGCTX_ISA");
+  const std::string saved_value = saved ? saved : "";
+  std::vector<float> x(size_t(10 * 2 * 32), 0.5f), out(x.size()), lse(20);
+  const TokenView q = TokenView::Dense(x.data(), DType::kF32, 10, 2, 32);
+  const AttentionSpec spec;
+  setenv("LONGCTX_ISA", "avx9000", 1);
+  const Result<Isa> bad = IsaFromEnvironment();
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("LONGCTX_ISA"), std::string::npos) << bad.status().message();
+  const Status run = HybridAttention(q, q, q, {}, spec, out.data(), lse.data());
+  EXPECT_EQ(run.code(), StatusCode::kInvalidArgument) << run.ToString();
+  // An explicit ISA does not read the variable.
+  EXPECT_TRUE(HybridAttention(q, q, q, {}, spec, out.data(), lse.data(), {nullptr, Isa::kGeneric}).ok());
+  for (Isa isa : {Isa::kAvx512, Isa::kAvx2}) {
+    setenv("LONGCTX_ISA", std::string(IsaName(isa)).c_str(), 1);
+    EXPECT_EQ(IsaFromEnvironment().ok(), IsaSupported(isa)) << IsaName(isa);
+    EXPECT_EQ(HybridAttention(q, q, q, {}, spec, out.data(), lse.data()).ok(), IsaSupported(isa));
+  }
+  setenv("LONGCTX_ISA", "generic", 1);
+  ASSERT_TRUE(IsaFromEnvironment().ok());
+  EXPECT_EQ(*IsaFromEnvironment(), Isa::kGeneric);
+  EXPECT_EQ(BestIsa(), Isa::kGeneric);
+  EXPECT_TRUE(HybridAttention(q, q, q, {}, spec, out.data(), lse.data()).ok());
+  unsetenv("LONGCTX_ISA");
+  EXPECT_EQ(*IsaFromEnvironment(), Isa::kAuto);
+  if (saved) setenv("LONGCTX_ISA", saved_value.c_str(), 1);
 }
 
 TEST(HybridAttention, AllowedPairsCountsTheMask) {
