@@ -538,7 +538,7 @@ TEST(SelfCommunicator, DeadlineAndCancel) {
     std::this_thread::sleep_for(milliseconds(50));
     const int64_t two = 2;
     auto s = self->Isend(HostBuffer(&two, sizeof(two)), 0, 10);
-    EXPECT_TRUE(s.ok());
+    EXPECT_OK(s);
   });
   EXPECT_OK(late->Wait(DeadlineIn(seconds(5))));
   sender.join();

@@ -14,6 +14,7 @@
 #include "longctx/comm/communicator.h"
 #include "longctx/test/mpi_test.h"
 #include "longctx/worker/distributed_attention.h"
+#include "longctx/test/status_matchers.h"
 
 namespace longctx::worker {
 namespace {
@@ -41,7 +42,7 @@ std::vector<float> Random(size_t count, uint64_t seed) {
 
 attention::ShardPlan Layout(const Case& c, const AttentionSpec& spec, int P) {
   auto balanced = attention::MakeShardPlan(c.n, c.globals, spec, P);
-  EXPECT_TRUE(balanced.ok());
+  EXPECT_OK(balanced);
   attention::ShardPlan p = *balanced;
   if (c.layout == "short") {  // every shard but the last has a few rows, far fewer than W
     for (int r = 1; r < P; ++r) p.bounds[size_t(r)] = std::min<int64_t>(c.n, 3 * r);
@@ -90,7 +91,7 @@ void RunCase(const Case& c, uint64_t seed) {
     DistributedStats st;
     const Status status = DistributedAttention(world, plan, c.globals, spec, shard, out[run].data(),
                                                lse[run].data(), {&pool}, &st);
-    ASSERT_TRUE(status.ok()) << status.ToString();
+    ASSERT_OK(status);
     // Traffic: what the plan says must arrive, arrives, and nothing more.
     EXPECT_EQ(st.halo.received, st.halo.min_received);
     EXPECT_EQ(st.global_kv.received, st.global_kv.min_received);

@@ -11,6 +11,7 @@
 #include "longctx/cache/store.h"
 #include "longctx/comm/communicator.h"
 #include "longctx/test/mpi_test.h"
+#include "longctx/test/status_matchers.h"
 
 namespace longctx::cache {
 namespace {
@@ -39,7 +40,7 @@ TEST(JoinStore, EveryRankStoresInTheOthersPools) {
     return;
   }
   auto joined = JoinStore(world, options);
-  ASSERT_TRUE(joined.ok()) << joined.status().ToString();
+  ASSERT_OK(joined);
   auto client = std::dynamic_pointer_cast<StoreClient>(*joined);
   ASSERT_NE(client, nullptr);
   ASSERT_EQ(client->Pools().size(), static_cast<size_t>(world.size() - 1));
@@ -47,21 +48,21 @@ TEST(JoinStore, EveryRankStoresInTheOthersPools) {
   for (uint64_t b = 0; b < 16; ++b) {
     const BlockKey key{static_cast<uint64_t>(world.rank()), 0, b};
     mine.emplace_back(key, Block(key, static_cast<uint32_t>(world.rank() * 100 + b)));
-    ASSERT_TRUE((*joined)->Put(key, mine.back().second).ok());
+    ASSERT_OK((*joined)->Put(key, mine.back().second));
     EXPECT_EQ(client->ReplicaPools(key).size(), static_cast<size_t>(options.replicas));
   }
-  ASSERT_TRUE(world.Barrier(comm::DeadlineIn(std::chrono::seconds(60))).ok());
+  ASSERT_OK(world.Barrier(comm::DeadlineIn(std::chrono::seconds(60))));
   for (const auto& [key, bytes] : mine) {
     auto got = (*joined)->Get(key);
-    ASSERT_TRUE(got.ok()) << got.status().ToString();
+    ASSERT_OK(got);
     EXPECT_EQ(*got, bytes);
   }
   EXPECT_EQ((*joined)->Stats().blocks, 16u);
   // Leave together: a rank's pool must outlive the other ranks' use of it.
-  ASSERT_TRUE(world.Barrier(comm::DeadlineIn(std::chrono::seconds(60))).ok());
+  ASSERT_OK(world.Barrier(comm::DeadlineIn(std::chrono::seconds(60))));
   joined->reset();
   client.reset();
-  ASSERT_TRUE(world.Barrier(comm::DeadlineIn(std::chrono::seconds(60))).ok());
+  ASSERT_OK(world.Barrier(comm::DeadlineIn(std::chrono::seconds(60))));
 }
 
 // A rank's pool serves only the job's ranks: a process without the job's token (drawn by rank 0
@@ -71,11 +72,11 @@ TEST(JoinStore, ARanksPoolRefusesClientsWithoutTheJobToken) {
   StoreJoinOptions options;
   options.pool_bytes = 1 << 20;
   auto joined = JoinStore(test::World(), options);
-  ASSERT_TRUE(joined.ok()) << joined.status().ToString();
+  ASSERT_OK(joined);
   auto client = std::dynamic_pointer_cast<StoreClient>(*joined);
   ASSERT_FALSE(client->Pools().empty());
   auto ctx = comm::ucx::Context::Create();
-  ASSERT_TRUE(ctx.ok());
+  ASSERT_OK(ctx);
   const std::vector<std::optional<StoreToken>> tokens = {std::nullopt, *NewStoreToken()};
   for (const std::optional<StoreToken>& token : tokens) {
     StoreClientOptions o;
@@ -86,7 +87,7 @@ TEST(JoinStore, ARanksPoolRefusesClientsWithoutTheJobToken) {
     EXPECT_NE(outsider.status().message().find("refused: wrong or missing store token"),
               std::string::npos) << outsider.status().message();
   }
-  ASSERT_TRUE(test::World().Barrier(comm::DeadlineIn(std::chrono::seconds(60))).ok());
+  ASSERT_OK(test::World().Barrier(comm::DeadlineIn(std::chrono::seconds(60))));
 }
 
 TEST(JoinStore, ListeningEverywhereIsReachedByHostName) {
@@ -95,16 +96,16 @@ TEST(JoinStore, ListeningEverywhereIsReachedByHostName) {
   options.pool_bytes = 1 << 20;
   options.bind_host = "0.0.0.0";
   auto joined = JoinStore(test::World(), options);
-  ASSERT_TRUE(joined.ok()) << joined.status().ToString();
+  ASSERT_OK(joined);
   auto client = std::dynamic_pointer_cast<StoreClient>(*joined);
   for (const auto& pool : client->Pools()) {
     EXPECT_EQ(pool.address.rfind("0.0.0.0", 0), std::string::npos) << pool.address;
   }
   const BlockKey key{static_cast<uint64_t>(test::World().rank()), 1, 0};
   const auto block = Block(key, 5);
-  ASSERT_TRUE((*joined)->Put(key, block).ok());
+  ASSERT_OK((*joined)->Put(key, block));
   EXPECT_EQ(*(*joined)->Get(key), block);
-  ASSERT_TRUE(test::World().Barrier(comm::DeadlineIn(std::chrono::seconds(60))).ok());
+  ASSERT_OK(test::World().Barrier(comm::DeadlineIn(std::chrono::seconds(60))));
 }
 
 TEST(JoinStore, BadOptionsFailOnEveryRank) {
