@@ -65,7 +65,8 @@ Status WindowGlobalBackward(const WindowGlobalGradArgs& a, const AttentionSpec& 
         "within [0, {}))",
         a.kv_pos0, a.kv_pos0 + a.k.rows, first, last, need_lo, need_hi, a.seq_len);
   }
-  detail::Kernels(Resolve(exec.isa)).window_global_bwd(a, spec, exec.pool);
+  ASSIGN_OR_RETURN(const Isa resolved, Resolve(exec.isa));
+  detail::Kernels(resolved).window_global_bwd(a, spec, exec.pool);
   return Status::Ok();
 }
 
@@ -97,7 +98,8 @@ Status DensePartialBackward(const DensePartialGradArgs& a, const AttentionSpec& 
     return InvalidArgument("DensePartialBackward: entropy is required with entropy_coef");
   }
   if (a.q.rows == 0 || a.k.rows == 0) return Status::Ok();
-  detail::Kernels(Resolve(exec.isa)).dense_partial_bwd(a, spec, exec.pool);
+  ASSIGN_OR_RETURN(const Isa resolved, Resolve(exec.isa));
+  detail::Kernels(resolved).dense_partial_bwd(a, spec, exec.pool);
   return Status::Ok();
 }
 
@@ -106,7 +108,8 @@ Status DensePartialScoreMoment(const DensePartialArgs& a, const float* lse, floa
   RETURN_IF_ERROR(CheckDenseQueries(a.q, a.k, a.v, a.q_pos, spec, "DensePartialScoreMoment"));
   if (!lse || !psum) return InvalidArgument("DensePartialScoreMoment: lse and psum are required");
   if (a.q.rows == 0) return Status::Ok();
-  detail::Kernels(Resolve(exec.isa)).dense_score_moment(a, lse, psum, spec, exec.pool);
+  ASSIGN_OR_RETURN(const Isa resolved, Resolve(exec.isa));
+  detail::Kernels(resolved).dense_score_moment(a, lse, psum, spec, exec.pool);
   return Status::Ok();
 }
 

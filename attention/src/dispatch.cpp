@@ -38,11 +38,20 @@ bool IsaSupported(Isa isa) {
   }
 }
 
-Isa BestIsa() {
-  if (const char* env = std::getenv("LONGCTX_ISA")) {
-    auto parsed = ParseIsa(env);
-    if (parsed.ok() && *parsed != Isa::kAuto && IsaSupported(*parsed)) return *parsed;
+Result<Isa> IsaFromEnvironment() {
+  const char* env = std::getenv("LONGCTX_ISA");
+  if (env == nullptr || *env == '\0') return Isa::kAuto;
+  Result<Isa> parsed = ParseIsa(env);
+  if (!parsed.ok()) return parsed.status().WithContext("LONGCTX_ISA");
+  if (*parsed != Isa::kAuto && !IsaSupported(*parsed)) {
+    return InvalidArgument("LONGCTX_ISA={} is not supported on this CPU/build", env);
   }
+  return *parsed;
+}
+
+Isa BestIsa() {
+  Result<Isa> env = IsaFromEnvironment();
+  if (env.ok() && *env != Isa::kAuto) return *env;
   for (Isa isa : {Isa::kAvx512, Isa::kAvx2}) {
     if (IsaSupported(isa)) return isa;
   }

@@ -54,7 +54,8 @@ Status WindowGlobalPass(const WindowGlobalArgs& a, const AttentionSpec& spec,
         "local K/V [{}, {}) does not cover the windows of queries [{}, {}] (needs [{}, {}))",
         a.kv_pos0, a.kv_pos0 + a.k.rows, first, last, need_lo, need_hi);
   }
-  detail::Kernels(Resolve(exec.isa)).window_global(a, spec, exec.pool);
+  ASSIGN_OR_RETURN(const Isa resolved, Resolve(exec.isa));
+  detail::Kernels(resolved).window_global(a, spec, exec.pool);
   return Status::Ok();
 }
 
@@ -74,7 +75,8 @@ Status DensePartialPass(const DensePartialArgs& a, const AttentionSpec& spec,
     std::fill_n(a.lse, a.q.rows * a.q.heads, -std::numeric_limits<float>::infinity());
     return Status::Ok();
   }
-  detail::Kernels(Resolve(exec.isa)).dense_partial(a, spec, exec.pool);
+  ASSIGN_OR_RETURN(const Isa resolved, Resolve(exec.isa));
+  detail::Kernels(resolved).dense_partial(a, spec, exec.pool);
   return Status::Ok();
 }
 

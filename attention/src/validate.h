@@ -84,7 +84,14 @@ inline Status CheckPositions(std::span<const int64_t> pos, int64_t n, std::strin
   return Status::Ok();
 }
 
-inline Isa Resolve(Isa isa) { return isa == Isa::kAuto ? BestIsa() : isa; }
+// The kernel variant to run: `isa` itself, or for kAuto LONGCTX_ISA or the best one; a bad
+// LONGCTX_ISA is an error (IsaFromEnvironment).
+inline Result<Isa> Resolve(Isa isa) {
+  if (isa != Isa::kAuto) return isa;
+  Result<Isa> env = IsaFromEnvironment();
+  if (!env.ok()) return env.status();
+  return *env != Isa::kAuto ? *env : BestIsa();
+}
 
 // Copies rows `rows` of view t into a dense buffer; returns a view of it.
 inline TokenView GatherRows(const TokenView& t, std::span<const int64_t> rows,

@@ -71,14 +71,22 @@ const CodecKernels& GenericCodecKernels() {
 const CodecKernels* Avx2CodecKernels() { return nullptr; }
 #endif
 
-const CodecKernels& BestCodecKernels() {
-  static const CodecKernels* best = [] {
-    const char* isa = std::getenv("LONGCTX_ISA");
-    if (isa != nullptr && std::string_view(isa) == "generic") return &GenericCodecKernels();
-    const CodecKernels* avx2 = Avx2CodecKernels();
-    return avx2 != nullptr ? avx2 : &GenericCodecKernels();
-  }();
-  return *best;
+Result<const CodecKernels*> BestCodecKernels() {
+  const CodecKernels* avx2 = Avx2CodecKernels();
+  const CodecKernels* best = avx2 != nullptr ? avx2 : &GenericCodecKernels();
+  const char* env = std::getenv("LONGCTX_ISA");
+  if (env == nullptr || *env == '\0') return best;
+  const std::string_view isa(env);
+  if (isa == "generic") return &GenericCodecKernels();
+  if (isa == "auto") return best;
+  if (isa == "avx2" || isa == "avx512") {
+    if (avx2 == nullptr) {
+      return InvalidArgument("LONGCTX_ISA={} is not supported on this CPU/build", isa);
+    }
+    return avx2;  // the codec loops have no AVX-512 variant
+  }
+  return InvalidArgument("LONGCTX_ISA: unknown ISA '{}': expected auto, avx512, avx2 or generic",
+                         isa);
 }
 
 }  // namespace longctx::cache::internal

@@ -7,6 +7,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "longctx/core/status.h"
+
 namespace longctx::cache::internal {
 
 struct CodecKernels {
@@ -34,7 +36,9 @@ struct CodecKernels {
 const CodecKernels& GenericCodecKernels();
 // nullptr when this build or this CPU has no AVX2 + F16C.
 const CodecKernels* Avx2CodecKernels();
-// The best variant for this CPU (LONGCTX_ISA=generic forces the generic one).
-const CodecKernels& BestCodecKernels();
+// The best variant for this CPU; LONGCTX_ISA=generic forces the generic one, avx2/avx512/auto
+// the vector one when there is one. An unknown LONGCTX_ISA, or avx2/avx512 on a CPU/build without
+// AVX2 + F16C, is an InvalidArgument (as for the attention kernels), never a silent fallback.
+Result<const CodecKernels*> BestCodecKernels();
 
 }  // namespace longctx::cache::internal

@@ -95,7 +95,8 @@ Result<std::vector<std::byte>> EncodeBlock(const BlockKey& key, const BlockShape
     return InvalidArgument("KV block {}: expected {} floats of K and of V, got {} and {}",
                            key.ToString(), n, k.size(), v.size());
   }
-  const internal::CodecKernels& K = internal::BestCodecKernels();
+  ASSIGN_OR_RETURN(const internal::CodecKernels* kernels, internal::BestCodecKernels());
+  const internal::CodecKernels& K = *kernels;
   if (!K.all_finite(k.data(), n) || !K.all_finite(v.data(), n)) {
     for (size_t i = 0; i < n; ++i) {  // only to name the element
       if (!std::isfinite(k[i]) || !std::isfinite(v[i])) {
@@ -194,7 +195,8 @@ Status DecodeBlock(std::span<const std::byte> in, const BlockKey& key, BlockShap
   k->resize(n);
   v->resize(n);
   const std::byte* p = in.data() + sizeof h;
-  const internal::CodecKernels& K = internal::BestCodecKernels();
+  ASSIGN_OR_RETURN(const internal::CodecKernels* kernels, internal::BestCodecKernels());
+  const internal::CodecKernels& K = *kernels;
   switch (codec) {
     case Codec::kF32:
       std::memcpy(k->data(), p, n * 4);

@@ -1,9 +1,16 @@
 # Shared by the CLI test scripts (source it after setting BIN, the longctx binary, and T, a
-# temporary directory): pass/fail counting and the one-line-error check.
+# temporary directory): pass/fail counting, the verdict (`finish`, last) and the one-line-error
+# check.
 passed=0
 failed=0
 ok() { passed=$((passed + 1)); echo "ok: $1"; }
 bad() { failed=$((failed + 1)); echo "FAIL: $1"; }
+# finish [NAME]: the last line, "N passed, M failed", and the script's status: success only when
+# no check failed AND at least one ran (a script that silently skipped every check must fail).
+finish() {
+  echo "${1:+$1: }$passed passed, $failed failed"
+  ((failed == 0 && passed > 0))
+}
 
 # expect_error NAME ARGS... : `$BIN ARGS` exits non-zero (not by a signal) with exactly one line
 # on stderr, starting "longctx".

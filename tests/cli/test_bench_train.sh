@@ -36,5 +36,4 @@ for p in ('torch_dense', 'torch_chunks'):
 expect_error "bad --peer" bench train --tokens 1024 --peer maybe
 expect_error "bad --repeats" bench train --tokens 1024 --repeats 0
 
-echo "passed $passed, failed $failed"
-[[ $failed -eq 0 ]]
+finish

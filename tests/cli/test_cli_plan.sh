@@ -67,5 +67,4 @@ expect_error "bad budget" plan --profile "$T/p.json" --kv-device-budget lots
 expect_error "missing model" plan --profile "$T/p.json" --model "$T/nomodel"
 expect_error "profile: one length" bench profile --tokens 4096 --out "$T/x.json"
 
-echo "$passed passed, $failed failed"
-[[ $failed -eq 0 && $passed -gt 0 ]]
+finish

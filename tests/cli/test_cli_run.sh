@@ -142,5 +142,4 @@ else
   bad "rope_parameters spelling computes something else than rope_scaling"
 fi
 
-echo "$passed passed, $failed failed"
-[[ $failed -eq 0 && $passed -gt 0 ]]
+finish

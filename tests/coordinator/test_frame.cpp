@@ -10,6 +10,7 @@
 #include <gtest/gtest.h>
 
 #include "longctx/coordinator/frame.h"
+#include "longctx/test/status_matchers.h"
 
 namespace longctx::coordinator {
 namespace {
@@ -25,7 +26,7 @@ control::Envelope QueryEnvelope(const std::string& doc, const std::string& quest
 
 TEST(Frame, HeaderIsBigEndianLength) {
   Result<std::string> f = EncodeFrame(std::string(258, 'x'), 1000);
-  ASSERT_TRUE(f.ok());
+  ASSERT_OK(f);
   ASSERT_EQ(f->size(), 262u);
   EXPECT_EQ((*f)[0], 0);
   EXPECT_EQ((*f)[1], 0);
@@ -41,7 +42,7 @@ TEST(Frame, RoundTripWithEverySplit) {
   for (int i = 0; i < 5; ++i) {
     sent.push_back(QueryEnvelope("doc-" + std::to_string(i), std::string(size_t(i * 37), 'q')));
     Result<std::string> f = EncodeEnvelope(sent.back(), kDefaultMaxFrameBytes);
-    ASSERT_TRUE(f.ok());
+    ASSERT_OK(f);
     stream += *f;
   }
   // Feed the stream in pieces of every size from 1 byte to all of it; the frames must come out
@@ -50,10 +51,10 @@ TEST(Frame, RoundTripWithEverySplit) {
     FrameDecoder d(kDefaultMaxFrameBytes);
     std::vector<control::Envelope> got;
     for (size_t off = 0; off < stream.size(); off += piece) {
-      ASSERT_TRUE(d.Feed(stream.data() + off, std::min(piece, stream.size() - off)).ok());
+      ASSERT_OK(d.Feed(stream.data() + off, std::min(piece, stream.size() - off)));
       while (d.has_frame()) {
         Result<control::Envelope> e = ParseEnvelope(d.Pop());
-        ASSERT_TRUE(e.ok()) << e.status().message();
+        ASSERT_OK(e);
         got.push_back(*e);
       }
     }
@@ -69,15 +70,15 @@ TEST(Frame, RoundTripWithEverySplit) {
 
 TEST(Frame, PartialUntilComplete) {
   Result<std::string> f = EncodeEnvelope(QueryEnvelope("d", "why"), kDefaultMaxFrameBytes);
-  ASSERT_TRUE(f.ok());
+  ASSERT_OK(f);
   FrameDecoder d(kDefaultMaxFrameBytes);
   EXPECT_FALSE(d.partial());
-  ASSERT_TRUE(d.Feed(f->data(), 2).ok());
+  ASSERT_OK(d.Feed(f->data(), 2));
   EXPECT_TRUE(d.partial());
-  ASSERT_TRUE(d.Feed(f->data() + 2, f->size() - 3).ok());
+  ASSERT_OK(d.Feed(f->data() + 2, f->size() - 3));
   EXPECT_TRUE(d.partial());
   EXPECT_FALSE(d.has_frame());
-  ASSERT_TRUE(d.Feed(f->data() + f->size() - 1, 1).ok());
+  ASSERT_OK(d.Feed(f->data() + f->size() - 1, 1));
   EXPECT_FALSE(d.partial());
   EXPECT_TRUE(d.has_frame());
 }
@@ -93,7 +94,7 @@ TEST(Frame, OversizeRefusedFromTheHeaderAlone) {
   // 1024 itself is allowed.
   FrameDecoder ok(1024);
   const char h2[4] = {0, 0, 4, 0};
-  EXPECT_TRUE(ok.Feed(h2, 4).ok());
+  EXPECT_OK(ok.Feed(h2, 4));
 }
 
 TEST(Frame, GarbageUnknownVersionAndEmptyRefused) {
@@ -130,12 +131,12 @@ TEST(Frame, RandomBytesNeverCrashAndRarelyParse) {
 }
 
 TEST(Validate, DocIds) {
-  EXPECT_TRUE(ValidateDocId("doc-1.a_b:c").ok());
+  EXPECT_OK(ValidateDocId("doc-1.a_b:c"));
   EXPECT_FALSE(ValidateDocId("").ok());
   EXPECT_FALSE(ValidateDocId("../etc/passwd").ok());
   EXPECT_FALSE(ValidateDocId("a b").ok());
   EXPECT_FALSE(ValidateDocId(std::string(129, 'a')).ok());
-  EXPECT_TRUE(ValidateDocId(std::string(128, 'a')).ok());
+  EXPECT_OK(ValidateDocId(std::string(128, 'a')));
 }
 
 TEST(Validate, SubmitChunks) {
@@ -144,7 +145,7 @@ TEST(Validate, SubmitChunks) {
   s.set_total_bytes(10);
   s.set_offset(0);
   s.set_data("0123");
-  EXPECT_TRUE(ValidateSubmitChunk(s, 100).ok());
+  EXPECT_OK(ValidateSubmitChunk(s, 100));
   EXPECT_EQ(ValidateSubmitChunk(s, 9).code(), StatusCode::kResourceExhausted);
   s.set_last(true);  // ends at 4 of 10
   EXPECT_FALSE(ValidateSubmitChunk(s, 100).ok());
@@ -171,7 +172,7 @@ TEST(Validate, QueriesAndEvents) {
   q.set_doc_id("d");
   EXPECT_FALSE(ValidateQuery(q).ok());  // neither question nor generate
   q.set_generate(4);
-  EXPECT_TRUE(ValidateQuery(q).ok());
+  EXPECT_OK(ValidateQuery(q));
   control::JobEvent e;
   e.set_kind(control::JobEvent::PROGRESS);
   e.set_job_id(1);
@@ -179,7 +180,7 @@ TEST(Validate, QueriesAndEvents) {
   e.set_layers(2);
   EXPECT_FALSE(ValidateEvent(e).ok());
   e.set_layer(2);
-  EXPECT_TRUE(ValidateEvent(e).ok());
+  EXPECT_OK(ValidateEvent(e));
   e.set_job_id(0);
   EXPECT_FALSE(ValidateEvent(e).ok());
   e.set_job_id(1);
@@ -204,10 +205,10 @@ TEST(Security, TokenSources) {
   }
   ::setenv("LONGCTX_TOKEN", "from-env", 1);
   Result<std::string> t = LoadToken(path);
-  ASSERT_TRUE(t.ok());
+  ASSERT_OK(t);
   EXPECT_EQ(*t, "s3cret");  // the file wins, trailing newline removed
   t = LoadToken("");
-  ASSERT_TRUE(t.ok());
+  ASSERT_OK(t);
   EXPECT_EQ(*t, "from-env");
   ::unsetenv("LONGCTX_TOKEN");
   EXPECT_FALSE(LoadToken("").ok());
@@ -221,13 +222,13 @@ TEST(Security, TokenSources) {
 }
 
 TEST(Security, ClientNamesAndScopedDocumentIds) {
-  EXPECT_TRUE(ValidateClientName("alice.b_c-1").ok());
+  EXPECT_OK(ValidateClientName("alice.b_c-1"));
   EXPECT_FALSE(ValidateClientName("").ok());
   EXPECT_FALSE(ValidateClientName("a/b").ok());
   EXPECT_FALSE(ValidateClientName("a b").ok());
   EXPECT_FALSE(ValidateClientName(std::string(65, 'a')).ok());
   EXPECT_EQ(ScopedDocId("alice", "book:1"), "alice/book:1");
-  EXPECT_TRUE(ValidateScopedDocId("alice/book:1").ok());
+  EXPECT_OK(ValidateScopedDocId("alice/book:1"));
   EXPECT_FALSE(ValidateScopedDocId("book").ok());         // no identity
   EXPECT_FALSE(ValidateScopedDocId("alice/").ok());       // no document
   EXPECT_FALSE(ValidateScopedDocId("a/b/c").ok());        // '/' is no document-id byte
@@ -236,7 +237,7 @@ TEST(Security, ClientNamesAndScopedDocumentIds) {
   e.set_job_id(1);
   e.set_kind(control::JobEvent::RESULT);
   e.mutable_result()->add_held_documents("alice/book");
-  EXPECT_TRUE(ValidateEvent(e).ok());
+  EXPECT_OK(ValidateEvent(e));
   e.mutable_result()->add_held_documents("book");  // a group may only report scoped ids
   EXPECT_FALSE(ValidateEvent(e).ok());
 }
@@ -249,7 +250,7 @@ TEST(Security, ClientTokensFile) {
   };
   write("# name token\n\nalice alice-token-0123456789\n  bob   bob-token-0123456789xx  \n");
   Result<std::vector<ClientCredential>> c = LoadClientTokens(path);
-  ASSERT_TRUE(c.ok()) << c.status().message();
+  ASSERT_OK(c);
   ASSERT_EQ(c->size(), 2u);
   EXPECT_EQ((*c)[0].name, "alice");
   EXPECT_EQ((*c)[0].token, "alice-token-0123456789");
@@ -271,7 +272,7 @@ TEST(Security, ClientTokensFile) {
   write("# only a comment\n");
   EXPECT_FALSE(LoadClientTokens(path).ok());
   EXPECT_EQ(LoadClientTokens(path + ".missing").status().code(), StatusCode::kNotFound);
-  EXPECT_TRUE(CheckTokenStrength(std::string(16, 'x'), "t").ok());
+  EXPECT_OK(CheckTokenStrength(std::string(16, 'x'), "t"));
   EXPECT_FALSE(CheckTokenStrength(std::string(15, 'x'), "t").ok());
   std::remove(path.c_str());
 }
@@ -279,10 +280,10 @@ TEST(Security, ClientTokensFile) {
 TEST(Address, HostPort) {
   std::string host;
   uint16_t port = 0;
-  ASSERT_TRUE(ParseHostPort("127.0.0.1:7070", false, &host, &port).ok());
+  ASSERT_OK(ParseHostPort("127.0.0.1:7070", false, &host, &port));
   EXPECT_EQ(host, "127.0.0.1");
   EXPECT_EQ(port, 7070);
-  ASSERT_TRUE(ParseHostPort("[::1]:0", true, &host, &port).ok());
+  ASSERT_OK(ParseHostPort("[::1]:0", true, &host, &port));
   EXPECT_EQ(host, "::1");
   EXPECT_FALSE(ParseHostPort("127.0.0.1:0", false, &host, &port).ok());
   EXPECT_FALSE(ParseHostPort("127.0.0.1", false, &host, &port).ok());

@@ -21,6 +21,7 @@
 #include "longctx/coordinator/client.h"
 #include "longctx/coordinator/server.h"
 #include "longctx/coordinator/worker_link.h"
+#include "longctx/test/status_matchers.h"
 
 namespace longctx::coordinator {
 namespace {
@@ -64,7 +65,7 @@ class ServerTest : public ::testing::Test {
   void StartServer() {
     io_ = std::make_unique<boost::asio::io_context>();
     Result<std::unique_ptr<Server>> s = Server::Start(*io_, options_);
-    ASSERT_TRUE(s.ok()) << s.status().message();
+    ASSERT_OK(s);
     server_ = std::move(*s);
     port_ = server_->port();
     options_.port = port_;  // a restart listens on the same port
@@ -81,25 +82,25 @@ class ServerTest : public ::testing::Test {
   std::unique_ptr<ControlConnection> Client(const std::string& token = kToken) {
     Result<std::unique_ptr<ControlConnection>> c =
         ControlConnection::ConnectClient("127.0.0.1", port_, token, In(5s), "", client_tls_);
-    EXPECT_TRUE(c.ok()) << c.status().message();
+    EXPECT_OK(c);
     return c.ok() ? std::move(*c) : nullptr;
   }
   std::unique_ptr<ControlConnection> Raw() {
     Result<std::unique_ptr<ControlConnection>> c = ControlConnection::Open("127.0.0.1", port_, In(5s));
-    EXPECT_TRUE(c.ok()) << c.status().message();
+    EXPECT_OK(c);
     return c.ok() ? std::move(*c) : nullptr;
   }
   control::StatusReply Status(uint64_t job = 0, const std::string& token = kToken) {
     auto c = Client(token);
     if (!c) return {};
     Result<control::StatusReply> r = QueryStatus(*c, job, In(5s));
-    EXPECT_TRUE(r.ok()) << r.status().message();
+    EXPECT_OK(r);
     return r.ok() ? *r : control::StatusReply();
   }
   // The next envelope must be a fatal Error containing `what`, then the connection closes.
   void ExpectRefused(ControlConnection& c, const std::string& what) {
     Result<control::Envelope> e = c.Receive(In(5s));
-    ASSERT_TRUE(e.ok()) << e.status().message();
+    ASSERT_OK(e);
     ASSERT_TRUE(e->has_error()) << e->DebugString();
     EXPECT_TRUE(e->error().fatal());
     EXPECT_NE(e->error().message().find(what), std::string::npos) << e->error().message();
@@ -149,7 +150,7 @@ TEST_F(ServerTest, MessageBeforeHelloRefused) {
   control::Envelope q;
   q.mutable_query()->set_doc_id("d");
   q.mutable_query()->set_generate(1);
-  ASSERT_TRUE(c->Send(q, In(5s)).ok());
+  ASSERT_OK(c->Send(q, In(5s)));
   ExpectRefused(*c, "the first message must be a Hello");
   ExpectStillServing();
 }
@@ -158,7 +159,7 @@ TEST_F(ServerTest, OversizeFrameRefused) {
   StartServer();
   auto c = Raw();
   const char header[4] = {0x04, 0, 0, 0};  // 64 MiB announced
-  ASSERT_TRUE(c->SendRaw(std::string_view(header, 4), In(5s)).ok());
+  ASSERT_OK(c->SendRaw(std::string_view(header, 4), In(5s)));
   ExpectRefused(*c, "exceeds the limit");
   ExpectStillServing();
 }
@@ -167,14 +168,14 @@ TEST_F(ServerTest, GarbageBytesRefused) {
   StartServer();
   {
     auto c = Raw();  // an HTTP request: "GET " read as a length is ~1.2 GB
-    ASSERT_TRUE(c->SendRaw("GET / HTTP/1.1\r\nHost: x\r\n\r\n", In(5s)).ok());
+    ASSERT_OK(c->SendRaw("GET / HTTP/1.1\r\nHost: x\r\n\r\n", In(5s)));
     ExpectRefused(*c, "exceeds the limit");
   }
   {
     auto c = Raw();  // a well-framed payload that is no envelope
     Result<std::string> f = EncodeFrame("\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff", 100);
-    ASSERT_TRUE(f.ok());
-    ASSERT_TRUE(c->SendRaw(*f, In(5s)).ok());
+    ASSERT_OK(f);
+    ASSERT_OK(c->SendRaw(*f, In(5s)));
     ExpectRefused(*c, "malformed message");
   }
   ExpectStillServing();
@@ -188,7 +189,7 @@ TEST_F(ServerTest, UnknownVersionRefused) {
   hello.mutable_hello()->set_protocol_version(2);
   hello.mutable_hello()->set_role(control::ROLE_CLIENT);
   hello.mutable_hello()->set_token(kToken);
-  ASSERT_TRUE(c->Send(hello, In(5s)).ok());
+  ASSERT_OK(c->Send(hello, In(5s)));
   ExpectRefused(*c, "unsupported protocol version 2");
   ExpectStillServing();
 }
@@ -198,7 +199,7 @@ TEST_F(ServerTest, TruncatedFrameCutOffByPartialFrameTimeout) {
   auto c = Raw();
   const char partial[10] = {0, 0, 0, 100, 1, 2, 3, 4, 5, 6};  // 100 announced, 6 sent
   const auto t0 = Clock::now();
-  ASSERT_TRUE(c->SendRaw(std::string_view(partial, 10), In(5s)).ok());
+  ASSERT_OK(c->SendRaw(std::string_view(partial, 10), In(5s)));
   ExpectRefused(*c, "partial-frame timeout");
   EXPECT_LT(Clock::now() - t0, 3s);
   ExpectStillServing();
@@ -212,7 +213,7 @@ TEST_F(ServerTest, TricklingClientCutOff) {
   hello.mutable_hello()->set_role(control::ROLE_CLIENT);
   hello.mutable_hello()->set_token(kToken);
   Result<std::string> f = EncodeEnvelope(hello, kDefaultMaxFrameBytes);
-  ASSERT_TRUE(f.ok());
+  ASSERT_OK(f);
   // One byte every 100 ms: a valid Hello that would take ~3 s; the frame timeout is 0.5 s.
   const auto t0 = Clock::now();
   bool cut = false;
@@ -256,9 +257,9 @@ TEST_F(ServerTest, DocumentLimitAndJobsInFlightLimit) {
     s->set_total_bytes(small.size());
     s->set_data(small);
     s->set_last(true);
-    ASSERT_TRUE(c->Send(env, In(5s)).ok());
+    ASSERT_OK(c->Send(env, In(5s)));
     Result<control::Envelope> q = c->Receive(In(5s));
-    ASSERT_TRUE(q.ok());
+    ASSERT_OK(q);
     ASSERT_TRUE(q->has_event()) << q->DebugString();
     EXPECT_EQ(q->event().kind(), control::JobEvent::QUEUED);
   }
@@ -294,7 +295,7 @@ TEST_F(ServerTest, ClientGoneMidUploadIsDiscarded) {
     s->set_doc_id("partial");
     s->set_total_bytes(1000);
     s->set_data(std::string(100, 'a'));
-    ASSERT_TRUE(c->Send(env, In(5s)).ok());
+    ASSERT_OK(c->Send(env, In(5s)));
     ASSERT_TRUE(WaitFor([&] { return Status().uploads_in_progress() == 1; }, 5s));
   }  // the client disconnects with 900 bytes missing
   ASSERT_TRUE(WaitFor([&] { return Status().uploads_in_progress() == 0; }, 5s));
@@ -360,7 +361,7 @@ TEST_F(ServerTest, JobThroughWorkerLinkStreamsEventsAndRoutesQueries) {
   ASSERT_TRUE(served.ok);
   EXPECT_EQ(served.job.document, doc);  // the document arrived whole at the group
   EXPECT_EQ(served.job.assignment.question(), "q");
-  ASSERT_TRUE(e.ok()) << e.status().message();
+  ASSERT_OK(e);
   EXPECT_EQ(e->result().generated(), "abc");
   EXPECT_EQ(e->result().document_tokens(), int64_t(doc.size()));
   const std::vector<control::JobEvent::Kind> want = {
@@ -376,7 +377,7 @@ TEST_F(ServerTest, JobThroughWorkerLinkStreamsEventsAndRoutesQueries) {
   q.generate = 2;
   e = SubmitJob(*c, q, nullptr, In(20s));
   group.join();
-  ASSERT_TRUE(e.ok()) << e.status().message();
+  ASSERT_OK(e);
   EXPECT_TRUE(served.job.document.empty());
   EXPECT_EQ(served.job.assignment.doc_id(), "default/doc-a");
   EXPECT_FALSE(e->result().prefilled());
@@ -432,7 +433,7 @@ TEST_F(ServerTest, SilentWorkerGroupIsLostAndItsJobFails) {
   hello.mutable_hello()->set_role(control::ROLE_WORKER);
   hello.mutable_hello()->set_token(kWorkerToken);
   hello.mutable_hello()->set_ranks(1);
-  ASSERT_TRUE(w->Send(hello, In(5s)).ok());
+  ASSERT_OK(w->Send(hello, In(5s)));
   Result<control::Envelope> reply = w->Receive(In(5s));
   ASSERT_TRUE(reply.ok() && reply->has_hello_reply()) << reply.status().message();
   auto c = Client();
@@ -466,7 +467,7 @@ TEST_F(ServerTest, RestartKeepsResultsAndTheGroupReconnects) {
     r.generate = 4;
     Result<control::JobEvent> e = SubmitJob(*c, r, nullptr, In(20s));
     group.join();
-    ASSERT_TRUE(e.ok()) << e.status().message();
+    ASSERT_OK(e);
     job_id = e->job_id();
   }
   link->SetDocuments({"default/kept"});
@@ -482,7 +483,7 @@ TEST_F(ServerTest, RestartKeepsResultsAndTheGroupReconnects) {
     s->set_data(other);
     s->set_last(true);
     // The group is idle, so this one is dispatched; it is never answered.
-    ASSERT_TRUE(c->Send(env, In(5s)).ok());
+    ASSERT_OK(c->Send(env, In(5s)));
     ASSERT_TRUE(WaitFor([&] { return Status().running() == 1; }, 5s));
   }
   StopServer();
@@ -523,7 +524,7 @@ TEST_F(ServerTest, RestartKeepsResultsAndTheGroupReconnects) {
   q.generate = 1;
   Result<control::JobEvent> e = SubmitJob(*c, q, nullptr, In(20s));
   group.join();
-  ASSERT_TRUE(e.ok()) << e.status().message();
+  ASSERT_OK(e);
   EXPECT_EQ(served.job.assignment.doc_id(), "default/kept");
   EXPECT_TRUE(served.job.document.empty());
 }
@@ -550,7 +551,7 @@ TEST_F(ServerTest, ClientTokenCannotRegisterAWorkerGroup) {
   {
     auto w = Raw();
     Result<control::Envelope> reply = Hello(*w, control::ROLE_WORKER, kToken);
-    ASSERT_TRUE(reply.ok()) << reply.status().message();
+    ASSERT_OK(reply);
     ASSERT_TRUE(reply->has_error()) << reply->DebugString();
     EXPECT_TRUE(reply->error().fatal());
     EXPECT_NE(reply->error().message().find("authentication failed"), std::string::npos);
@@ -558,7 +559,7 @@ TEST_F(ServerTest, ClientTokenCannotRegisterAWorkerGroup) {
   {
     auto c = Raw();
     Result<control::Envelope> reply = Hello(*c, control::ROLE_CLIENT, kWorkerToken);
-    ASSERT_TRUE(reply.ok()) << reply.status().message();
+    ASSERT_OK(reply);
     ASSERT_TRUE(reply->has_error()) << reply->DebugString();
     EXPECT_NE(reply->error().message().find("authentication failed"), std::string::npos);
   }
@@ -577,7 +578,7 @@ TEST_F(ServerTest, ClientTokenCannotRegisterAWorkerGroup) {
   env.mutable_submit()->set_total_bytes(doc.size());
   env.mutable_submit()->set_data(doc);
   env.mutable_submit()->set_last(true);
-  ASSERT_TRUE(c->Send(env, In(5s)).ok());
+  ASSERT_OK(c->Send(env, In(5s)));
   EXPECT_FALSE(link->NextJob(500ms).has_value());
   EXPECT_EQ(Status().queued(), 1u);
 }
@@ -628,7 +629,7 @@ TEST_F(ServerTest, ClientsSeeOnlyTheirOwnJobsAndDocuments) {
   r.generate = 3;
   Result<control::JobEvent> e = SubmitJob(*a, r, nullptr, In(20s));
   group.join();
-  ASSERT_TRUE(e.ok()) << e.status().message();
+  ASSERT_OK(e);
   const uint64_t job = e->job_id();
   EXPECT_EQ(served.job.assignment.doc_id(), "alice/private");
 
@@ -688,7 +689,7 @@ TEST_F(ServerTest, StatusStaysUnderTheFrameLimitAndPages) {
   page.set_limit(37);
   while (true) {
     Result<control::StatusReply> r = QueryStatus(*c, page, In(5s));
-    ASSERT_TRUE(r.ok()) << r.status().message();
+    ASSERT_OK(r);
     EXPECT_LE(r->jobs_size(), 37);
     for (const auto& j : r->jobs()) {
       EXPECT_TRUE(j.question().empty());
@@ -746,7 +747,7 @@ TEST_F(ServerTest, PreAuthenticationByteBudget) {
   StartServer();
   auto c = Raw();
   const char header[4] = {0, 0, char(0x80), 0};  // 32 KiB announced before any Hello
-  ASSERT_TRUE(c->SendRaw(std::string_view(header, 4), In(5s)).ok());
+  ASSERT_OK(c->SendRaw(std::string_view(header, 4), In(5s)));
   ExpectRefused(*c, "exceeds the limit");
   // After authentication the full frame limit applies (a 600 KiB document goes through).
   auto ok = Client();
@@ -766,7 +767,7 @@ TEST_F(ServerTest, PerAddressConnectionLimits) {
   for (int i = 0; i < 20; ++i) {
     Result<std::unique_ptr<ControlConnection>> r =
         ControlConnection::Open("127.0.0.1", port_, In(5s), "127.0.0.2");
-    ASSERT_TRUE(r.ok()) << r.status().message();
+    ASSERT_OK(r);
     idle.push_back(std::move(*r));
   }
   // The connections beyond 3 unauthenticated ones from 127.0.0.2 are told so and closed.
@@ -802,7 +803,7 @@ TEST_F(ServerTest, FailedAuthenticationsBackOff) {
   ExpectStillServing();
   std::this_thread::sleep_for(1600ms);
   c = ControlConnection::ConnectClient("127.0.0.1", port_, kToken, In(5s), "127.0.0.2");
-  EXPECT_TRUE(c.ok()) << c.status().message();
+  EXPECT_OK(c);
 }
 
 // A client that asks and never reads is cut off once its queue passes the bound (64 MiB on main).
@@ -814,10 +815,10 @@ TEST_F(ServerTest, ClientThatDoesNotReadIsCutOff) {
   control::Envelope req;
   req.mutable_status_request();
   Result<std::string> frame = EncodeEnvelope(req, kDefaultMaxFrameBytes);
-  ASSERT_TRUE(frame.ok());
+  ASSERT_OK(frame);
   std::string burst;
   for (int i = 0; i < 2000; ++i) burst += *frame;  // ~2000 replies of ~10 KiB: ~20 MB
-  ASSERT_TRUE(c->SendRaw(burst, In(10s)).ok());
+  ASSERT_OK(c->SendRaw(burst, In(10s)));
   int replies = 0;
   Result<control::Envelope> e = c->Receive(In(10s));
   while (e.ok()) {
@@ -857,7 +858,7 @@ TEST_F(ServerTest, JobOfALostGroupIsRequeuedOnAnotherGroup) {
       SubmitJob(*c, r, [&](const control::JobEvent& ev) { kinds.push_back(ev.kind()); }, In(30s));
   killer.join();
   group.join();
-  ASSERT_TRUE(e.ok()) << e.status().message();
+  ASSERT_OK(e);
   ASSERT_TRUE(served.ok);
   EXPECT_EQ(served.job.document, doc);
   EXPECT_EQ(served.job.assignment.question(), "q?");
@@ -883,7 +884,7 @@ TEST_F(ServerTest, RequeueIsBoundedByMaxAttempts) {
   env.mutable_submit()->set_total_bytes(doc.size());
   env.mutable_submit()->set_data(doc);
   env.mutable_submit()->set_last(true);
-  ASSERT_TRUE(c->Send(env, In(5s)).ok());
+  ASSERT_OK(c->Send(env, In(5s)));
   for (int i = 0; i < 2; ++i) {
     auto link = Link("doomed");
     std::optional<WorkerJob> j = link->NextJob(10s);
@@ -893,7 +894,7 @@ TEST_F(ServerTest, RequeueIsBoundedByMaxAttempts) {
   std::string error;
   for (int i = 0; i < 20 && error.empty(); ++i) {
     Result<control::Envelope> e = c->Receive(In(10s));
-    ASSERT_TRUE(e.ok()) << e.status().message();
+    ASSERT_OK(e);
     if (e->has_event() && e->event().kind() == control::JobEvent::FAILED) error = e->event().error();
   }
   EXPECT_NE(error.find("attempt 2 of 2"), std::string::npos) << error;
@@ -913,7 +914,7 @@ TEST_F(ServerTest, RestartKeepsQueuedJobs) {
     env.mutable_submit()->set_question("still there?");
     env.mutable_submit()->set_generate(2);
     env.mutable_submit()->set_last(true);
-    ASSERT_TRUE(c->Send(env, In(5s)).ok());
+    ASSERT_OK(c->Send(env, In(5s)));
     Result<control::Envelope> q = c->Receive(In(5s));
     ASSERT_TRUE(q.ok() && q->has_event()) << q.status().message();
   }
@@ -999,7 +1000,7 @@ TEST_F(ServerTest, TlsWithMutualTlsForWorkerGroups) {
   r.generate = 3;
   Result<control::JobEvent> e = SubmitJob(*c, r, nullptr, In(20s));
   group.join();
-  ASSERT_TRUE(e.ok()) << e.status().message();
+  ASSERT_OK(e);
   EXPECT_EQ(served.job.document, doc);
   EXPECT_EQ(e->result().generated(), "abc");
 
@@ -1046,7 +1047,7 @@ TEST_F(ServerTest, PlaintextOnlyOnLoopbackUnlessInsecure) {
   EXPECT_NE(s.status().message().find("needs TLS"), std::string::npos) << s.status().message();
   o.insecure_plaintext = true;
   s = Server::Start(*io_, o);
-  EXPECT_TRUE(s.ok()) << s.status().message();
+  EXPECT_OK(s);
   if (s.ok()) (*s)->Stop();
   io_->run();
   io_.reset();

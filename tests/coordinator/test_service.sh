@@ -184,5 +184,4 @@ fi
   ok "status lists the worker group and jobs" || bad "status: $(cat "$T/status.log")"
 kill -0 "$COORD_PID" 2>/dev/null && ok "coordinator alive" || bad "coordinator died: $(tail "$T/coord.log")"
 
-echo "test_service: $passed passed, $failed failed"
-((failed == 0))
+finish test_service

@@ -81,5 +81,4 @@ expect_error "coordinator: plaintext beyond loopback" coordinator --listen 0.0.0
 grep -q "needs TLS" "$T/stderr" || bad "plaintext beyond loopback: $(cat "$T/stderr")"
 kill -0 "$COORD_PID" 2>/dev/null && ok "coordinator alive" || bad "coordinator died: $(tail "$T/coord.log")"
 
-echo "test_service_tls: $passed passed, $failed failed"
-((failed == 0))
+finish test_service_tls

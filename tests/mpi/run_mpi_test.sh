@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs a longctx MPI test binary on NP local ranks. Passes only when mpirun exits 0 AND every
-# rank R printed "longctx-mpi-test rank R/NP: N passed, 0 failed" exactly once: as root without
-# --allow-run-as-root, mpirun exits 0 without running anything, so its status alone proves nothing.
+# rank R printed "longctx-mpi-test rank R/NP: N passed, 0 failed" exactly once with N > 0: as root
+# without --allow-run-as-root, mpirun exits 0 without running anything, and a gtest filter that
+# matches nothing (or tests that all skip) exits 0 having checked nothing, so neither status alone
+# proves anything.
 # Usage: run_mpi_test.sh NP BINARY [ARGS...]
 # Environment: MPIRUN (default mpirun), MPI_TEST_TIMEOUT_S (default 300).
 set -uo pipefail
@@ -39,5 +41,7 @@ reports=$(grep -cE "longctx-mpi-test rank [0-9]+/[0-9]+: " "$out")
 for ((r = 0; r < np; ++r)); do
   n=$(grep -cE "longctx-mpi-test rank $r/$np: [0-9]+ passed, 0 failed\$" "$out")
   ((n == 1)) || fail "rank $r/$np did not report exactly once with 0 failed (found $n)"
+  grep -qE "longctx-mpi-test rank $r/$np: [1-9][0-9]* passed, 0 failed\$" "$out" ||
+    fail "rank $r/$np passed no test (a filter that matches nothing, or every test skipped)"
 done
-echo "run_mpi_test: PASS (np=$np, all $np ranks report 0 failed)"
+echo "run_mpi_test: PASS (np=$np, all $np ranks report N > 0 passed, 0 failed)"

@@ -88,5 +88,4 @@ else
   bad "killed rank 1: rc=$rc after ${secs}s: $(cat "$T/dead.txt")"
 fi
 
-echo "$passed passed, $failed failed"
-[[ $failed -eq 0 && $passed -gt 0 ]]
+finish

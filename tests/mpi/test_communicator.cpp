@@ -18,6 +18,8 @@
 #include <vector>
 
 #include "longctx/comm/communicator.h"
+#include "longctx/test/mpi_test.h"
+#include "longctx/test/status_matchers.h"
 
 namespace longctx::comm {
 namespace {
@@ -25,24 +27,6 @@ namespace {
 using std::chrono::milliseconds;
 using std::chrono::seconds;
 
-#define ASSERT_OK(expr)                                         \
-  do {                                                          \
-    const ::longctx::Status _st = (expr);                       \
-    ASSERT_TRUE(_st.ok()) << #expr << " -> " << _st.ToString(); \
-  } while (0)
-#define EXPECT_OK(expr)                                         \
-  do {                                                          \
-    const ::longctx::Status _st = (expr);                       \
-    EXPECT_TRUE(_st.ok()) << #expr << " -> " << _st.ToString(); \
-  } while (0)
-#define ASSERT_OK_AND_ASSIGN(lhs, expr) \
-  ASSERT_OK_AND_ASSIGN_IMPL(LONGCTX_CONCAT(_result_, __LINE__), lhs, expr)
-#define ASSERT_OK_AND_ASSIGN_IMPL(tmp, lhs, expr)                      \
-  auto tmp = (expr);                                                   \
-  ASSERT_TRUE(tmp.ok()) << #expr << " -> " << tmp.status().ToString(); \
-  lhs = std::move(tmp).value()
-
-std::shared_ptr<Communicator> g_world;  // set by main() before any test runs
 
 // Every wait in these tests ends by this (long enough for 64 MiB on 4 oversubscribed ranks).
 Deadline Soon() { return DeadlineIn(seconds(60)); }
@@ -70,14 +54,14 @@ int64_t FirstMismatch(const std::vector<uint8_t>& got, const std::vector<uint8_t
 class MpiTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    ASSERT_NE(g_world, nullptr);
-    ASSERT_EQ(g_world->backend(), "mpi");
+    ASSERT_NE(test::WorldPtr(), nullptr);
+    ASSERT_EQ(test::World().backend(), "mpi");
     // Every test starts with the ranks in step.
     ASSERT_OK(world().Barrier(Soon()));
   }
-  Communicator& world() { return *g_world; }
-  int rank() { return g_world->rank(); }
-  int size() { return g_world->size(); }
+  Communicator& world() { return test::World(); }
+  int rank() { return test::World().rank(); }
+  int size() { return test::World().size(); }
   int next() { return (rank() + 1) % size(); }
   int prev() { return (rank() + size() - 1) % size(); }
 };
@@ -125,9 +109,9 @@ TEST_F(MpiTest, RankSizeAndLocalRanks) {
 
 TEST_F(MpiTest, WorldIsOneObject) {
   ASSERT_OK_AND_ASSIGN(std::shared_ptr<Communicator> again, WorldCommunicator("mpi"));
-  EXPECT_EQ(again.get(), g_world.get());
+  EXPECT_EQ(again.get(), &test::World());
   ASSERT_OK_AND_ASSIGN(std::shared_ptr<Communicator> automatic, WorldCommunicator("auto"));
-  EXPECT_EQ(automatic.get(), g_world.get());  // launched by mpirun, so "auto" is MPI
+  EXPECT_EQ(automatic.get(), &test::World());  // launched by mpirun, so "auto" is MPI
   const Result<std::shared_ptr<Communicator>> bogus = WorldCommunicator("carrier-pigeon");
   ASSERT_FALSE(bogus.ok());
   EXPECT_EQ(bogus.status().code(), StatusCode::kInvalidArgument);
@@ -442,8 +426,8 @@ TEST_F(MpiTest, TrafficCountsBytesMoved) {
 
 TEST_F(MpiTest, LargerThanIntMaxMessage) {
   if (std::getenv("LONGCTX_TEST_LARGE_MESSAGES") == nullptr) {
-    GTEST_SKIP() << "set LONGCTX_TEST_LARGE_MESSAGES=1 to move 2 GiB + 3 bytes around the ring "
-                    "(needs ~4.5 GiB of memory per rank)";
+    GTEST_SKIP() << "set LONGCTX_TEST_LARGE_MESSAGES=1 (ctest -L large) to move 2 GiB + 3 bytes "
+                    "around the ring (about 4.2 GB of memory per rank)";
   }
   const size_t bytes = (size_t{2} << 30) + 3;
   std::vector<uint8_t> out(bytes);
@@ -464,7 +448,7 @@ TEST(SelfCommunicator, OneRankWorld) {
   ASSERT_OK_AND_ASSIGN(std::shared_ptr<Communicator> self, WorldCommunicator("self"));
   ASSERT_OK_AND_ASSIGN(std::shared_ptr<Communicator> again, WorldCommunicator("self"));
   EXPECT_EQ(self.get(), again.get());
-  EXPECT_NE(self.get(), g_world.get());
+  EXPECT_NE(self.get(), &test::World());
   EXPECT_EQ(self->backend(), "self");
   EXPECT_EQ(self->rank(), 0);
   EXPECT_EQ(self->size(), 1);
@@ -554,7 +538,7 @@ TEST(SelfCommunicator, DeadlineAndCancel) {
     std::this_thread::sleep_for(milliseconds(50));
     const int64_t two = 2;
     auto s = self->Isend(HostBuffer(&two, sizeof(two)), 0, 10);
-    EXPECT_TRUE(s.ok());
+    EXPECT_OK(s);
   });
   EXPECT_OK(late->Wait(DeadlineIn(seconds(5))));
   sender.join();
@@ -606,28 +590,6 @@ TEST(CommDefaults, TimeoutFromEnvironment) {
   spdlog::set_level(saved_level);
 }
 
-// On ranks other than 0, report only failures (prefixed with the rank), not every test.
-class FailurePrinter : public ::testing::EmptyTestEventListener {
- public:
-  explicit FailurePrinter(int rank) : rank_(rank) {}
-  void OnTestPartResult(const ::testing::TestPartResult& result) override {
-    if (!result.failed()) return;
-    std::printf("[rank %d] %s:%d: Failure\n%s\n", rank_,
-                result.file_name() ? result.file_name() : "?", result.line_number(),
-                result.summary());
-    std::fflush(stdout);
-  }
-  void OnTestEnd(const ::testing::TestInfo& info) override {
-    if (info.result()->Failed()) {
-      std::printf("[rank %d] [  FAILED  ] %s.%s\n", rank_, info.test_suite_name(), info.name());
-      std::fflush(stdout);
-    }
-  }
-
- private:
-  int rank_;
-};
-
 // Rank `die_rank` kills itself after a barrier; the others wait for a message from it that
 // never comes. The launcher must end the job (non-zero) long before the 60 s wait runs out.
 int RunDeadRank(Communicator& world, int die_rank) {
@@ -655,43 +617,11 @@ int RunDeadRank(Communicator& world, int die_rank) {
   return 4;
 }
 
+// `--die-rank R` (tests/mpi/dead_rank.sh) instead of the tests.
+[[maybe_unused]] const bool kDeadRankMode = test::RegisterMpiTestMode(
+    "--die-rank", [](Communicator& world, std::string_view value) {
+      return RunDeadRank(world, std::atoi(std::string(value).c_str()));
+    });
+
 }  // namespace
 }  // namespace longctx::comm
-
-int main(int argc, char** argv) {
-  // mpirun hands ranks a pseudo-terminal, so gtest would colour logs; --gtest_color overrides.
-  GTEST_FLAG_SET(color, "no");
-  ::testing::InitGoogleTest(&argc, argv);
-  int die_rank = -1;
-  for (int i = 1; i < argc; ++i) {
-    if (std::strcmp(argv[i], "--die-rank") == 0 && i + 1 < argc) {
-      die_rank = std::atoi(argv[++i]);
-    } else {
-      std::fprintf(stderr, "unknown argument '%s' (gtest flags and --die-rank R)\n", argv[i]);
-      return 2;
-    }
-  }
-  using longctx::comm::g_world;
-  auto world = longctx::comm::WorldCommunicator("mpi");
-  if (!world.ok()) {
-    std::fprintf(stderr, "longctx-mpi-test: %s\n", world.status().ToString().c_str());
-    return 1;
-  }
-  g_world = *world;
-  const int rank = g_world->rank();
-  const int size = g_world->size();
-  if (die_rank >= 0) return longctx::comm::RunDeadRank(*g_world, die_rank);
-
-  ::testing::TestEventListeners& listeners = ::testing::UnitTest::GetInstance()->listeners();
-  if (rank != 0) {
-    delete listeners.Release(listeners.default_result_printer());
-    listeners.Append(new longctx::comm::FailurePrinter(rank));
-  }
-  const int rc = RUN_ALL_TESTS();
-  const ::testing::UnitTest& unit = *::testing::UnitTest::GetInstance();
-  std::printf("longctx-mpi-test rank %d/%d: %d passed, %d failed\n", rank, size,
-              unit.successful_test_count(), unit.failed_test_count());
-  std::fflush(stdout);
-  g_world.reset();
-  return rc == 0 && unit.failed_test_count() == 0 ? 0 : 1;
-}

@@ -12,12 +12,13 @@
 #include "longctx/attention/hybrid_attention.h"
 #include "longctx/attention/shard_plan.h"
 #include "longctx/comm/communicator.h"
+#include "longctx/test/mpi_test.h"
 #include "longctx/worker/distributed_attention.h"
+#include "longctx/test/status_matchers.h"
 
 namespace longctx::worker {
 namespace {
 
-std::shared_ptr<comm::Communicator> g_world;
 
 using attention::AttentionSpec;
 using attention::Fusion;
@@ -41,7 +42,7 @@ std::vector<float> Random(size_t count, uint64_t seed) {
 
 attention::ShardPlan Layout(const Case& c, const AttentionSpec& spec, int P) {
   auto balanced = attention::MakeShardPlan(c.n, c.globals, spec, P);
-  EXPECT_TRUE(balanced.ok());
+  EXPECT_OK(balanced);
   attention::ShardPlan p = *balanced;
   if (c.layout == "short") {  // every shard but the last has a few rows, far fewer than W
     for (int r = 1; r < P; ++r) p.bounds[size_t(r)] = std::min<int64_t>(c.n, 3 * r);
@@ -54,7 +55,7 @@ attention::ShardPlan Layout(const Case& c, const AttentionSpec& spec, int P) {
 }
 
 void RunCase(const Case& c, uint64_t seed) {
-  comm::Communicator& world = *g_world;
+  comm::Communicator& world = test::World();
   const int P = world.size(), me = world.rank();
   SCOPED_TRACE(testing::Message() << "P=" << P << " n=" << c.n << " H=" << c.H << "/" << c.Hkv
                                   << " d=" << c.d << " W=" << c.W << (c.causal ? " causal" : " bidi")
@@ -90,7 +91,7 @@ void RunCase(const Case& c, uint64_t seed) {
     DistributedStats st;
     const Status status = DistributedAttention(world, plan, c.globals, spec, shard, out[run].data(),
                                                lse[run].data(), {&pool}, &st);
-    ASSERT_TRUE(status.ok()) << status.ToString();
+    ASSERT_OK(status);
     // Traffic: what the plan says must arrive, arrives, and nothing more.
     EXPECT_EQ(st.halo.received, st.halo.min_received);
     EXPECT_EQ(st.global_kv.received, st.global_kv.min_received);
@@ -167,24 +168,3 @@ TEST(DistributedAttention, RandomizedShapes) {
 
 }  // namespace
 }  // namespace longctx::worker
-
-int main(int argc, char** argv) {
-  testing::InitGoogleTest(&argc, argv);
-  auto world = longctx::comm::WorldCommunicator("mpi");
-  if (!world.ok()) {
-    std::fprintf(stderr, "test_distributed_attention: %s\n", world.status().ToString().c_str());
-    return 2;
-  }
-  longctx::worker::g_world = *world;
-  const int rank = (*world)->rank(), size = (*world)->size();
-  if (rank != 0) {  // one rank prints the gtest progress; every rank prints its verdict
-    auto& listeners = testing::UnitTest::GetInstance()->listeners();
-    delete listeners.Release(listeners.default_result_printer());
-  }
-  const int rc = RUN_ALL_TESTS();
-  const auto* u = testing::UnitTest::GetInstance();
-  std::printf("longctx-mpi-test rank %d/%d: %d passed, %d failed\n", rank, size,
-              u->successful_test_count(), u->failed_test_count());
-  std::fflush(stdout);
-  return rc;
-}

@@ -109,5 +109,4 @@ expect_error "a model vocabulary below the tokenizer's" run --model "$T/small" -
 expect_error "train refuses rope scaling" train --model "$M" --tasks passkey --curriculum 200:1 \
   --out "$T/train"
 
-echo "$passed passed, $failed failed"
-[[ $failed -eq 0 && $passed -gt 0 ]]
+finish

@@ -225,5 +225,16 @@ class Service:
 
 
 def main() -> None:
-    """unittest.main with verbose output and a non-zero exit on any failure."""
-    unittest.main(module="__main__", verbosity=2, argv=[sys.argv[0]] + sys.argv[1:])
+    """unittest.main with verbose output; exits non-zero on any failure, and also when no test
+    ran to completion (every test skipped, or a filter that matches nothing): a test file that
+    checks nothing must not pass. Python 3.11's unittest exits 0 on "Ran 0 tests"."""
+    program = unittest.main(module="__main__", verbosity=2, argv=[sys.argv[0]] + sys.argv[1:],
+                            exit=False)
+    result = program.result
+    ran = result.testsRun - len(result.skipped)
+    if not result.wasSuccessful():
+        sys.exit(1)
+    if ran <= 0:
+        print("FAIL: no test ran (%d run, %d skipped)" % (result.testsRun, len(result.skipped)))
+        sys.exit(1)
+    sys.exit(0)

@@ -471,7 +471,7 @@ def main():
                     nfail += 1
                     print("FAIL %-42s %s" % (name, msg))
     print("%d passed, %d failed" % (npass, nfail))
-    return 0 if nfail == 0 else 1
+    return 0 if nfail == 0 and npass > 0 else 1
 
 
 if __name__ == "__main__":

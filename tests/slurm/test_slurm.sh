@@ -167,5 +167,4 @@ done
   && ok "the service's store step held the workers' spilled KV blocks" \
   || bad "no KV block reached the store step: $(grep -v "^srun" "$T/svc/stores.log" 2>/dev/null | tail -4)"
 
-echo "$passed passed, $failed failed"
-[[ $failed -eq 0 && $passed -gt 0 ]]
+finish

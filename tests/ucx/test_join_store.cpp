@@ -10,11 +10,12 @@
 #include "longctx/cache/kv_block.h"
 #include "longctx/cache/store.h"
 #include "longctx/comm/communicator.h"
+#include "longctx/test/mpi_test.h"
+#include "longctx/test/status_matchers.h"
 
 namespace longctx::cache {
 namespace {
 
-std::shared_ptr<comm::Communicator> g_world;
 
 std::vector<std::byte> Block(const BlockKey& key, uint32_t seed) {
   const BlockShape shape{8, 2, 32};
@@ -27,7 +28,7 @@ std::vector<std::byte> Block(const BlockKey& key, uint32_t seed) {
 }
 
 TEST(JoinStore, EveryRankStoresInTheOthersPools) {
-  comm::Communicator& world = *g_world;
+  comm::Communicator& world = test::World();
   StoreJoinOptions options;
   options.pool_bytes = 8 << 20;
   options.replicas = world.size() >= 3 ? 2 : 1;
@@ -39,7 +40,7 @@ TEST(JoinStore, EveryRankStoresInTheOthersPools) {
     return;
   }
   auto joined = JoinStore(world, options);
-  ASSERT_TRUE(joined.ok()) << joined.status().ToString();
+  ASSERT_OK(joined);
   auto client = std::dynamic_pointer_cast<StoreClient>(*joined);
   ASSERT_NE(client, nullptr);
   ASSERT_EQ(client->Pools().size(), static_cast<size_t>(world.size() - 1));
@@ -47,35 +48,35 @@ TEST(JoinStore, EveryRankStoresInTheOthersPools) {
   for (uint64_t b = 0; b < 16; ++b) {
     const BlockKey key{static_cast<uint64_t>(world.rank()), 0, b};
     mine.emplace_back(key, Block(key, static_cast<uint32_t>(world.rank() * 100 + b)));
-    ASSERT_TRUE((*joined)->Put(key, mine.back().second).ok());
+    ASSERT_OK((*joined)->Put(key, mine.back().second));
     EXPECT_EQ(client->ReplicaPools(key).size(), static_cast<size_t>(options.replicas));
   }
-  ASSERT_TRUE(world.Barrier(comm::DeadlineIn(std::chrono::seconds(60))).ok());
+  ASSERT_OK(world.Barrier(comm::DeadlineIn(std::chrono::seconds(60))));
   for (const auto& [key, bytes] : mine) {
     auto got = (*joined)->Get(key);
-    ASSERT_TRUE(got.ok()) << got.status().ToString();
+    ASSERT_OK(got);
     EXPECT_EQ(*got, bytes);
   }
   EXPECT_EQ((*joined)->Stats().blocks, 16u);
   // Leave together: a rank's pool must outlive the other ranks' use of it.
-  ASSERT_TRUE(world.Barrier(comm::DeadlineIn(std::chrono::seconds(60))).ok());
+  ASSERT_OK(world.Barrier(comm::DeadlineIn(std::chrono::seconds(60))));
   joined->reset();
   client.reset();
-  ASSERT_TRUE(world.Barrier(comm::DeadlineIn(std::chrono::seconds(60))).ok());
+  ASSERT_OK(world.Barrier(comm::DeadlineIn(std::chrono::seconds(60))));
 }
 
 // A rank's pool serves only the job's ranks: a process without the job's token (drawn by rank 0
 // and never written anywhere) — or with another token — is refused, and gets no address or key.
 TEST(JoinStore, ARanksPoolRefusesClientsWithoutTheJobToken) {
-  if (g_world->size() == 1) GTEST_SKIP() << "needs another rank's pool";
+  if (test::World().size() == 1) GTEST_SKIP() << "needs another rank's pool";
   StoreJoinOptions options;
   options.pool_bytes = 1 << 20;
-  auto joined = JoinStore(*g_world, options);
-  ASSERT_TRUE(joined.ok()) << joined.status().ToString();
+  auto joined = JoinStore(test::World(), options);
+  ASSERT_OK(joined);
   auto client = std::dynamic_pointer_cast<StoreClient>(*joined);
   ASSERT_FALSE(client->Pools().empty());
   auto ctx = comm::ucx::Context::Create();
-  ASSERT_TRUE(ctx.ok());
+  ASSERT_OK(ctx);
   const std::vector<std::optional<StoreToken>> tokens = {std::nullopt, *NewStoreToken()};
   for (const std::optional<StoreToken>& token : tokens) {
     StoreClientOptions o;
@@ -86,38 +87,38 @@ TEST(JoinStore, ARanksPoolRefusesClientsWithoutTheJobToken) {
     EXPECT_NE(outsider.status().message().find("refused: wrong or missing store token"),
               std::string::npos) << outsider.status().message();
   }
-  ASSERT_TRUE(g_world->Barrier(comm::DeadlineIn(std::chrono::seconds(60))).ok());
+  ASSERT_OK(test::World().Barrier(comm::DeadlineIn(std::chrono::seconds(60))));
 }
 
 TEST(JoinStore, ListeningEverywhereIsReachedByHostName) {
-  if (g_world->size() == 1) GTEST_SKIP() << "needs another rank's pool";
+  if (test::World().size() == 1) GTEST_SKIP() << "needs another rank's pool";
   StoreJoinOptions options;
   options.pool_bytes = 1 << 20;
   options.bind_host = "0.0.0.0";
-  auto joined = JoinStore(*g_world, options);
-  ASSERT_TRUE(joined.ok()) << joined.status().ToString();
+  auto joined = JoinStore(test::World(), options);
+  ASSERT_OK(joined);
   auto client = std::dynamic_pointer_cast<StoreClient>(*joined);
   for (const auto& pool : client->Pools()) {
     EXPECT_EQ(pool.address.rfind("0.0.0.0", 0), std::string::npos) << pool.address;
   }
-  const BlockKey key{static_cast<uint64_t>(g_world->rank()), 1, 0};
+  const BlockKey key{static_cast<uint64_t>(test::World().rank()), 1, 0};
   const auto block = Block(key, 5);
-  ASSERT_TRUE((*joined)->Put(key, block).ok());
+  ASSERT_OK((*joined)->Put(key, block));
   EXPECT_EQ(*(*joined)->Get(key), block);
-  ASSERT_TRUE(g_world->Barrier(comm::DeadlineIn(std::chrono::seconds(60))).ok());
+  ASSERT_OK(test::World().Barrier(comm::DeadlineIn(std::chrono::seconds(60))));
 }
 
 TEST(JoinStore, BadOptionsFailOnEveryRank) {
   StoreJoinOptions options;
   options.pool_bytes = 1 << 20;
   options.replicas = 3;
-  auto joined = JoinStore(*g_world, options);
+  auto joined = JoinStore(test::World(), options);
   ASSERT_FALSE(joined.ok());
   options.replicas = 1;
   options.stores = {"127.0.0.1:1"};  // nothing listens there
-  joined = JoinStore(*g_world, options);
+  joined = JoinStore(test::World(), options);
   ASSERT_FALSE(joined.ok());
-  if (g_world->rank() == 0) {
+  if (test::World().rank() == 0) {
     EXPECT_NE(joined.status().message().find("127.0.0.1:1"), std::string::npos)
         << joined.status().message();
   }
@@ -125,22 +126,3 @@ TEST(JoinStore, BadOptionsFailOnEveryRank) {
 
 }  // namespace
 }  // namespace longctx::cache
-
-int main(int argc, char** argv) {
-  GTEST_FLAG_SET(color, "no");
-  ::testing::InitGoogleTest(&argc, argv);
-  auto world = longctx::comm::WorldCommunicator("auto");
-  if (!world.ok()) {
-    std::fprintf(stderr, "longctx-mpi-test: %s\n", world.status().ToString().c_str());
-    return 1;
-  }
-  longctx::cache::g_world = *world;
-  const int rank = (*world)->rank(), size = (*world)->size();
-  const int rc = RUN_ALL_TESTS();
-  const ::testing::UnitTest& unit = *::testing::UnitTest::GetInstance();
-  std::printf("longctx-mpi-test rank %d/%d: %d passed, %d failed\n", rank, size,
-              unit.successful_test_count(), unit.failed_test_count());
-  std::fflush(stdout);
-  longctx::cache::g_world.reset();
-  return rc == 0 && unit.failed_test_count() == 0 ? 0 : 1;
-}

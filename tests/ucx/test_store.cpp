@@ -5,7 +5,6 @@
 #include <gtest/gtest.h>
 
 #include <signal.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -27,6 +26,9 @@
 #include "longctx/cache/store.h"
 #include "longctx/comm/ucx/socket.h"
 #include "longctx/comm/ucx/ucx.h"
+#include "longctx/test/child_process.h"
+#include "longctx/test/temp_dir.h"
+#include "longctx/test/status_matchers.h"
 
 extern char** environ;
 
@@ -38,7 +40,7 @@ namespace ucx = comm::ucx;
 
 std::shared_ptr<ucx::Context> NewContext() {
   auto ctx = ucx::Context::Create();
-  EXPECT_TRUE(ctx.ok()) << ctx.status().ToString();
+  EXPECT_OK(ctx);
   return ctx.ok() ? *ctx : nullptr;
 }
 
@@ -63,7 +65,7 @@ Source RandomSource(uint32_t seed, int32_t tokens = 16, int32_t kv_heads = 2,
 
 std::vector<std::byte> Encode(const BlockKey& key, const Source& s, Codec codec) {
   auto encoded = EncodeBlock(key, s.shape, codec, s.k, s.v);
-  EXPECT_TRUE(encoded.ok()) << encoded.status().ToString();
+  EXPECT_OK(encoded);
   return encoded.ok() ? *encoded : std::vector<std::byte>{};
 }
 
@@ -79,9 +81,9 @@ TEST(UcxTransport, BatchedPutGetAndActiveMessages) {
   ASSERT_TRUE(target.ok() && initiator.ok());
   constexpr size_t kBytes = 4 << 20;
   auto region = ucx::MemoryRegion::Allocate(ctx, kBytes);
-  ASSERT_TRUE(region.ok()) << region.status().ToString();
+  ASSERT_OK(region);
   auto packed = (*region)->PackRkey();
-  ASSERT_TRUE(packed.ok());
+  ASSERT_OK(packed);
 
   std::atomic<int> messages{0};
   std::vector<std::byte> last_message;
@@ -99,11 +101,11 @@ TEST(UcxTransport, BatchedPutGetAndActiveMessages) {
   {
     auto ep = ucx::Endpoint::Connect(**initiator, (*target)->address(), "target",
                                      /*shared_memory_possible=*/true);
-    ASSERT_TRUE(ep.ok()) << ep.status().ToString();
+    ASSERT_OK(ep);
     // Peer error handling exactly when shared memory is ruled out (UCX_TLS=tcp).
     EXPECT_EQ((*ep)->peer_error_handling(), !ucx::SharedMemoryAllowed());
     auto rkey = (*ep)->UnpackRkey(*packed, reinterpret_cast<uint64_t>((*region)->base()), kBytes);
-    ASSERT_TRUE(rkey.ok()) << rkey.status().ToString();
+    ASSERT_OK(rkey);
 
     // 32 ops of different sizes in flight together, at scattered offsets.
     std::mt19937 rng(1);
@@ -119,7 +121,7 @@ TEST(UcxTransport, BatchedPutGetAndActiveMessages) {
       offset += bytes + 64;
     }
     const auto deadline = comm::DeadlineIn(20s);
-    ASSERT_TRUE((*ep)->PutAll(**rkey, puts, deadline).ok());
+    ASSERT_OK((*ep)->PutAll(**rkey, puts, deadline));
     // The flush made every put visible in the target's memory.
     for (size_t i = 0; i < puts.size(); ++i) {
       ASSERT_EQ(std::memcmp((*region)->base() + puts[i].offset, sources[i].data(),
@@ -131,7 +133,7 @@ TEST(UcxTransport, BatchedPutGetAndActiveMessages) {
       back[i].resize(puts[i].bytes);
       gets.push_back({back[i].data(), puts[i].bytes, puts[i].offset});
     }
-    ASSERT_TRUE((*ep)->GetAll(**rkey, gets, deadline).ok());
+    ASSERT_OK((*ep)->GetAll(**rkey, gets, deadline));
     for (size_t i = 0; i < puts.size(); ++i) EXPECT_EQ(back[i], sources[i]) << i;
 
     // Out-of-range access is refused before anything is posted.
@@ -139,7 +141,7 @@ TEST(UcxTransport, BatchedPutGetAndActiveMessages) {
     EXPECT_EQ((*ep)->GetAll(**rkey, {&beyond, 1}, deadline).code(), StatusCode::kOutOfRange);
 
     const std::string hello = "allocate 4096";
-    ASSERT_TRUE((*ep)->SendAm(7, {}, std::as_bytes(std::span(hello)), false, deadline).ok());
+    ASSERT_OK((*ep)->SendAm(7, {}, std::as_bytes(std::span(hello)), false, deadline));
     const auto until = std::chrono::steady_clock::now() + 10s;
     while (messages.load() == 0 && std::chrono::steady_clock::now() < until) {
       (*initiator)->Progress();
@@ -165,9 +167,9 @@ TEST(UcxTransport, BootstrapSocketErrorsAreOneLine) {
   EXPECT_LT(std::chrono::steady_clock::now() - start, 5s);
   // A listener that never answers: the receive ends at its deadline.
   auto listener = ucx::TcpListener::Listen({"127.0.0.1", 0});
-  ASSERT_TRUE(listener.ok());
+  ASSERT_OK(listener);
   auto client = ucx::TcpConnect(listener->address(), comm::DeadlineIn(5s));
-  ASSERT_TRUE(client.ok());
+  ASSERT_OK(client);
   auto frame = ucx::RecvFrame(client->get(), 100, comm::DeadlineIn(300ms));
   EXPECT_EQ(frame.status().code(), StatusCode::kDeadlineExceeded);
 }
@@ -180,14 +182,14 @@ class StoreTest : public ::testing::Test {
     ctx_ = NewContext();
     ASSERT_NE(ctx_, nullptr);
     auto token = NewStoreToken();
-    ASSERT_TRUE(token.ok());
+    ASSERT_OK(token);
     token_ = *token;
     for (int i = 0; i < n; ++i) {
       PoolServerOptions so;
       so.pool_bytes = bytes;
       so.token = token_;
       auto server = PoolServer::Start(ctx_, so);
-      ASSERT_TRUE(server.ok()) << server.status().ToString();
+      ASSERT_OK(server);
       servers_.push_back(std::move(*server));
     }
   }
@@ -208,22 +210,22 @@ class StoreTest : public ::testing::Test {
 TEST_F(StoreTest, EveryCodecRoundTripsThroughTwoReplicas) {
   StartPools(3, 8 << 20);
   auto client = Connect(2);
-  ASSERT_TRUE(client.ok()) << client.status().ToString();
+  ASSERT_OK(client);
   for (Codec codec : {Codec::kF32, Codec::kF16, Codec::kBF16, Codec::kInt8}) {
     for (uint64_t b = 0; b < 4; ++b) {
       const BlockKey key{7, static_cast<uint32_t>(codec), b};
       const Source src = RandomSource(static_cast<uint32_t>(b * 10 + uint64_t(codec)));
       const std::vector<std::byte> encoded = Encode(key, src, codec);
-      ASSERT_TRUE((*client)->Put(key, encoded).ok());
+      ASSERT_OK((*client)->Put(key, encoded));
       const auto pools = (*client)->ReplicaPools(key);
       ASSERT_EQ(pools.size(), 2u);
       EXPECT_NE(pools[0], pools[1]);
       auto got = (*client)->Get(key);
-      ASSERT_TRUE(got.ok()) << got.status().ToString();
+      ASSERT_OK(got);
       EXPECT_EQ(*got, encoded);  // byte for byte what was put
       BlockShape shape;
       std::vector<float> k, v;
-      ASSERT_TRUE(DecodeBlock(*got, key, &shape, &k, &v).ok());
+      ASSERT_OK(DecodeBlock(*got, key, &shape, &k, &v));
       ASSERT_EQ(k.size(), src.k.size());
       float kmax = 0, vmax = 0;
       for (size_t i = 0; i < k.size(); ++i) {
@@ -250,16 +252,16 @@ TEST_F(StoreTest, EveryCodecRoundTripsThroughTwoReplicas) {
 TEST_F(StoreTest, CorruptReplicaFallsBackAndNoGoodCopyNamesTheBlock) {
   StartPools(2, 4 << 20);
   auto client = Connect(2);
-  ASSERT_TRUE(client.ok()) << client.status().ToString();
+  ASSERT_OK(client);
   const BlockKey key{3, 1, 17};
   const std::vector<std::byte> encoded = Encode(key, RandomSource(5), Codec::kInt8);
-  ASSERT_TRUE((*client)->Put(key, encoded).ok());
-  ASSERT_TRUE((*client)->CorruptForTest(key, 0, encoded.size() / 2).ok());
+  ASSERT_OK((*client)->Put(key, encoded));
+  ASSERT_OK((*client)->CorruptForTest(key, 0, encoded.size() / 2));
   auto got = (*client)->Get(key);
-  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  ASSERT_OK(got);
   EXPECT_EQ(*got, encoded);
   EXPECT_EQ((*client)->Stats().replica_fallbacks, 1u);
-  ASSERT_TRUE((*client)->CorruptForTest(key, 1, 3).ok());
+  ASSERT_OK((*client)->CorruptForTest(key, 1, 3));
   got = (*client)->Get(key);
   ASSERT_FALSE(got.ok());
   EXPECT_EQ(got.status().code(), StatusCode::kDataLoss);
@@ -270,11 +272,11 @@ TEST_F(StoreTest, CorruptReplicaFallsBackAndNoGoodCopyNamesTheBlock) {
 TEST_F(StoreTest, SingleReplicaCorruptionIsDataLoss) {
   StartPools(1, 1 << 20);
   auto client = Connect(1);
-  ASSERT_TRUE(client.ok());
+  ASSERT_OK(client);
   const BlockKey key{1, 0, 2};
   const auto encoded = Encode(key, RandomSource(9), Codec::kF32);
-  ASSERT_TRUE((*client)->Put(key, encoded).ok());
-  ASSERT_TRUE((*client)->CorruptForTest(key, 0, encoded.size() - 1).ok());
+  ASSERT_OK((*client)->Put(key, encoded));
+  ASSERT_OK((*client)->CorruptForTest(key, 0, encoded.size() - 1));
   auto got = (*client)->Get(key);
   EXPECT_EQ(got.status().code(), StatusCode::kDataLoss);
   EXPECT_NE(got.status().message().find("seq 1 layer 0 block 2"), std::string::npos);
@@ -283,12 +285,12 @@ TEST_F(StoreTest, SingleReplicaCorruptionIsDataLoss) {
 TEST_F(StoreTest, PlacementByFreeCapacityEraseAndExhaustion) {
   StartPools(3, 1 << 20);
   auto client = Connect(1);
-  ASSERT_TRUE(client.ok());
+  ASSERT_OK(client);
   const Source src = RandomSource(1);
   std::vector<BlockKey> keys;
   for (uint64_t b = 0; b < 30; ++b) {
     keys.push_back({9, 0, b});
-    ASSERT_TRUE((*client)->Put(keys.back(), Encode(keys.back(), src, Codec::kF32)).ok());
+    ASSERT_OK((*client)->Put(keys.back(), Encode(keys.back(), src, Codec::kF32)));
   }
   // Each put goes to the emptiest pool: they end up within one block of each other.
   uint64_t lo = ~0ull, hi = 0;
@@ -300,10 +302,10 @@ TEST_F(StoreTest, PlacementByFreeCapacityEraseAndExhaustion) {
   EXPECT_LE(hi - lo, block + 64);
   // Overwriting a block replaces it (old space freed) and reads the new bytes.
   const auto other = Encode(keys[0], RandomSource(2), Codec::kF32);
-  ASSERT_TRUE((*client)->Put(keys[0], other).ok());
+  ASSERT_OK((*client)->Put(keys[0], other));
   EXPECT_EQ(*(*client)->Get(keys[0]), other);
   EXPECT_EQ((*client)->Stats().blocks, 30u);
-  for (const auto& key : keys) ASSERT_TRUE((*client)->Erase(key).ok());
+  for (const auto& key : keys) ASSERT_OK((*client)->Erase(key));
   EXPECT_EQ((*client)->Erase(keys[0]).code(), StatusCode::kNotFound);
   EXPECT_EQ((*client)->Get(keys[0]).status().code(), StatusCode::kUnavailable);
   for (const auto& s : servers_) EXPECT_EQ(s->Stats().used_bytes, 0u);
@@ -322,7 +324,7 @@ TEST_F(StoreTest, NeverItsOwnPoolAndReplicasNeedDistinctPools) {
   auto refused = Connect(2, servers_[0]->pool_id());
   EXPECT_EQ(refused.status().code(), StatusCode::kInvalidArgument);
   auto client = Connect(1, servers_[0]->pool_id());
-  ASSERT_TRUE(client.ok());
+  ASSERT_OK(client);
   ASSERT_EQ((*client)->Pools().size(), 1u);
   EXPECT_EQ((*client)->Pools()[0].pool_id, servers_[1]->pool_id());
   EXPECT_EQ(Connect(3).status().code(), StatusCode::kInvalidArgument);
@@ -342,8 +344,8 @@ TEST_F(StoreTest, ADestroyedPoolServerIsDetectedAndReplicasServe) {
   for (uint64_t b = 0; b < 12; ++b) {
     const BlockKey key{4, 2, b};
     blocks.emplace_back(key, Encode(key, RandomSource(uint32_t(b)), Codec::kBF16));
-    ASSERT_TRUE((*two)->Put(key, blocks.back().second).ok());
-    ASSERT_TRUE((*one)->Put(key, blocks.back().second).ok());
+    ASSERT_OK((*two)->Put(key, blocks.back().second));
+    ASSERT_OK((*one)->Put(key, blocks.back().second));
   }
   const std::string gone = servers_[1]->address().ToString();
   servers_[1].reset();
@@ -351,7 +353,7 @@ TEST_F(StoreTest, ADestroyedPoolServerIsDetectedAndReplicasServe) {
   int lost = 0;
   for (const auto& [key, bytes] : blocks) {
     auto got = (*two)->Get(key);
-    ASSERT_TRUE(got.ok()) << got.status().ToString();
+    ASSERT_OK(got);
     EXPECT_EQ(*got, bytes);
     auto single = (*one)->Get(key);
     if ((*one)->ReplicaPools(key)[0] == gone) {
@@ -361,7 +363,7 @@ TEST_F(StoreTest, ADestroyedPoolServerIsDetectedAndReplicasServe) {
       EXPECT_NE(single.status().message().find(key.ToString()), std::string::npos)
           << single.status().message();
     } else {
-      ASSERT_TRUE(single.ok()) << single.status().ToString();
+      ASSERT_OK(single);
     }
   }
   EXPECT_GT(lost, 0);
@@ -369,7 +371,7 @@ TEST_F(StoreTest, ADestroyedPoolServerIsDetectedAndReplicasServe) {
   // New blocks go to the pools still alive.
   const BlockKey key{4, 3, 0};
   const auto fresh = Encode(key, RandomSource(77), Codec::kF16);
-  ASSERT_TRUE((*two)->Put(key, fresh).ok());
+  ASSERT_OK((*two)->Put(key, fresh));
   EXPECT_EQ((*two)->ReplicaPools(key).size(), 2u);
   for (const auto& where : (*two)->ReplicaPools(key)) EXPECT_NE(where, gone);
   EXPECT_EQ(*(*two)->Get(key), fresh);
@@ -381,7 +383,7 @@ TEST_F(StoreTest, ADestroyedPoolServerIsDetectedAndReplicasServe) {
 TEST_F(StoreTest, BatchedPutAndGetWithFallbackAndAllOrNothing) {
   StartPools(3, 2 << 20);
   auto client = Connect(2);
-  ASSERT_TRUE(client.ok()) << client.status().ToString();
+  ASSERT_OK(client);
   std::vector<std::vector<std::byte>> encoded;
   std::vector<BlockKey> keys;
   for (uint64_t b = 0; b < 40; ++b) {
@@ -390,15 +392,15 @@ TEST_F(StoreTest, BatchedPutAndGetWithFallbackAndAllOrNothing) {
   }
   std::vector<BlockRef> refs;
   for (size_t i = 0; i < keys.size(); ++i) refs.push_back({keys[i], encoded[i]});
-  ASSERT_TRUE((*client)->PutBatch(refs).ok());
+  ASSERT_OK((*client)->PutBatch(refs));
   for (const auto& key : keys) {
     const auto pools = (*client)->ReplicaPools(key);
     ASSERT_EQ(pools.size(), 2u);
     EXPECT_NE(pools[0], pools[1]);
   }
-  ASSERT_TRUE((*client)->CorruptForTest(keys[7], 0, 100).ok());
+  ASSERT_OK((*client)->CorruptForTest(keys[7], 0, 100));
   auto got = (*client)->GetBatch(keys);
-  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  ASSERT_OK(got);
   for (size_t i = 0; i < keys.size(); ++i) EXPECT_EQ((*got)[i], encoded[i]) << i;
   EXPECT_EQ((*client)->Stats().replica_fallbacks, 1u);
   // Into reused buffers: the same bytes; a buffer of the wrong size is refused.
@@ -408,7 +410,7 @@ TEST_F(StoreTest, BatchedPutAndGetWithFallbackAndAllOrNothing) {
     landing[i].resize(*(*client)->StoredBytes(keys[i]));
     spans.push_back(landing[i]);
   }
-  ASSERT_TRUE((*client)->GetBatchInto(keys, spans).ok());
+  ASSERT_OK((*client)->GetBatchInto(keys, spans));
   for (size_t i = 0; i < keys.size(); ++i) EXPECT_EQ(landing[i], encoded[i]) << i;
   spans[3] = spans[3].first(spans[3].size() - 1);
   EXPECT_EQ((*client)->GetBatchInto(keys, spans).code(), StatusCode::kInvalidArgument);
@@ -435,7 +437,7 @@ TEST_F(StoreTest, BatchedPutAndGetWithFallbackAndAllOrNothing) {
 TEST_F(StoreTest, CallsFromSeveralThreadsAreSerialised) {
   StartPools(2, 8 << 20);
   auto client = Connect(2);
-  ASSERT_TRUE(client.ok()) << client.status().ToString();
+  ASSERT_OK(client);
   std::atomic<int> failures{0};
   auto worker = [&](uint64_t sequence) {
     for (uint64_t b = 0; b < 40; ++b) {
@@ -457,106 +459,52 @@ TEST_F(StoreTest, CallsFromSeveralThreadsAreSerialised) {
 
 // ---- `longctx store` processes ----------------------------------------------------------------
 
-// One `longctx store` child: started with posix_spawn, ready when its address file appears,
-// stopped (SIGTERM, then SIGKILL after 5 s) and reaped by the destructor.
+// One `longctx store` child (test::ChildProcess: posix_spawn, stopped with SIGTERM then SIGKILL
+// after 5 s and reaped when it goes), ready when its address file appears.
 class StoreProcess {
  public:
   // `ucx_tls` false: the child runs without UCX_TLS (UCX's and the store's defaults).
   StoreProcess(const std::string& bin, const std::filesystem::path& dir, int index,
-               const std::string& pool = "16M", bool ucx_tls = true) {
-    address_file_ = dir / ("store" + std::to_string(index) + ".addr");
-    log_ = dir / ("store" + std::to_string(index) + ".log");
-    std::vector<std::string> args = {bin, "store", "--pool", pool, "--listen", "127.0.0.1:0",
-                                     "--address-file", address_file_.string(), "--token-file",
-                                     (dir / "store.token").string()};
-    pid_ = Spawn(args, log_, ucx_tls);
+               const std::string& pool = "16M", bool ucx_tls = true)
+      : address_file_(dir / ("store" + std::to_string(index) + ".addr")),
+        log_(dir / ("store" + std::to_string(index) + ".log")),
+        child_(test::SpawnOptions{
+            {bin, "store", "--pool", pool, "--listen", "127.0.0.1:0", "--address-file",
+             address_file_.string(), "--token-file", (dir / "store.token").string()},
+            log_,
+            ucx_tls ? std::vector<std::string>{} : std::vector<std::string>{"UCX_TLS"}}) {
     const auto until = std::chrono::steady_clock::now() + 30s;
-    while (std::chrono::steady_clock::now() < until) {
+    while (child_.running() && std::chrono::steady_clock::now() < until) {
       if (std::filesystem::exists(address_file_)) {
         std::ifstream in(address_file_);
         std::getline(in, address_);
         if (!address_.empty()) return;
       }
-      int status = 0;
-      if (waitpid(pid_, &status, WNOHANG) == pid_) {
-        pid_ = -1;
-        break;
-      }
+      if (child_.WaitExit(0ms) >= 0) break;  // exited before it was ready
       std::this_thread::sleep_for(20ms);
     }
     ADD_FAILURE() << "longctx store did not become ready; log: " << Slurp(log_);
   }
-  ~StoreProcess() {
-    if (pid_ <= 0) return;
-    kill(pid_, SIGCONT);
-    kill(pid_, SIGTERM);
-    if (WaitExit(5s) < 0) {
-      kill(pid_, SIGKILL);
-      (void)WaitExit(5s);
-    }
-  }
   const std::string& address() const { return address_; }
-  pid_t pid() const { return pid_; }
-  void Signal(int sig) const { kill(pid_, sig); }
-  // SIGSTOP, then waits (up to 5 s) until the kernel shows the process stopped ("T").
+  pid_t pid() const { return child_.pid(); }
+  void Signal(int sig) const { child_.Signal(sig); }
+  // SIGSTOP, then waits (up to 5 s) until the kernel shows the process stopped.
   bool Stop() const {
-    kill(pid_, SIGSTOP);
-    const auto until = std::chrono::steady_clock::now() + 5s;
-    while (std::chrono::steady_clock::now() < until) {
-      std::ifstream in("/proc/" + std::to_string(pid_) + "/stat");
-      std::string stat((std::istreambuf_iterator<char>(in)), {});
-      const size_t paren = stat.rfind(')');
-      if (paren != std::string::npos && paren + 2 < stat.size() && stat[paren + 2] == 'T') {
-        return true;
-      }
-      std::this_thread::sleep_for(5ms);
-    }
-    return false;
+    child_.Signal(SIGSTOP);
+    return child_.WaitStopped(5s);
   }
   // Waits for the child to exit; its wait status, or -1 at the deadline.
-  int WaitExit(std::chrono::milliseconds limit) {
-    const auto until = std::chrono::steady_clock::now() + limit;
-    while (std::chrono::steady_clock::now() < until) {
-      int status = 0;
-      if (waitpid(pid_, &status, WNOHANG) == pid_) {
-        pid_ = -1;
-        return status;
-      }
-      std::this_thread::sleep_for(10ms);
-    }
-    return -1;
-  }
+  int WaitExit(std::chrono::milliseconds limit) { return child_.WaitExit(limit); }
   const std::filesystem::path& address_file() const { return address_file_; }
 
-  static pid_t Spawn(const std::vector<std::string>& args, const std::filesystem::path& log,
-                     bool ucx_tls = true) {
-    std::vector<char*> env;
-    for (char** e = environ; *e != nullptr; ++e) {
-      if (ucx_tls || std::string(*e).rfind("UCX_TLS=", 0) != 0) env.push_back(*e);
-    }
-    env.push_back(nullptr);
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC,
-                                     0644);
-    posix_spawn_file_actions_adddup2(&actions, 1, 2);
-    std::vector<char*> argv;
-    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    pid_t pid = -1;
-    const int rc = posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), env.data());
-    posix_spawn_file_actions_destroy(&actions);
-    EXPECT_EQ(rc, 0) << "posix_spawn " << args[0];
-    return rc == 0 ? pid : -1;
-  }
   static std::string Slurp(const std::filesystem::path& p) {
     std::ifstream in(p);
     return std::string(std::istreambuf_iterator<char>(in), {});
   }
 
  private:
-  pid_t pid_ = -1;
   std::filesystem::path address_file_, log_;
+  test::ChildProcess child_;
   std::string address_;
 };
 
@@ -568,13 +516,10 @@ class StoreProcessTest : public ::testing::Test {
       GTEST_SKIP() << "LONGCTX_BIN (the longctx binary) is not set: process tests skipped";
     }
     bin_ = bin;
-    char tmpl[] = "/tmp/longctx_ucx_XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
+    ASSERT_FALSE(dir_.empty()) << "no temporary directory";
   }
   void TearDown() override {
-    stores_.clear();  // SIGTERM + reap every child before the directory goes
-    if (!dir_.empty()) std::filesystem::remove_all(dir_);
+    stores_.clear();  // SIGTERM + reap every child before the directory goes (tmp_)
   }
   void StartStores(int n) {
     for (int i = 0; i < n; ++i) {
@@ -592,25 +537,18 @@ class StoreProcessTest : public ::testing::Test {
     o.timeout = timeout;
     return StoreClient::Connect(ctx_, o);
   }
-  // Runs `longctx ARGS`; returns its exit status and stderr.
+  // Runs `longctx ARGS` (20 s deadline); returns its wait status and its output.
   std::pair<int, std::string> RunCli(std::vector<std::string> args) {
     args.insert(args.begin(), bin_);
     const auto log = dir_ / "cli.log";
-    const pid_t pid = StoreProcess::Spawn(args, log);
-    int status = -1;
-    const auto until = std::chrono::steady_clock::now() + 20s;
-    while (std::chrono::steady_clock::now() < until) {
-      if (waitpid(pid, &status, WNOHANG) == pid) return {status, StoreProcess::Slurp(log)};
-      std::this_thread::sleep_for(10ms);
-    }
-    kill(pid, SIGKILL);
-    waitpid(pid, &status, 0);
-    ADD_FAILURE() << "longctx did not exit within 20 s";
-    return {-1, ""};
+    const int status = test::RunWithDeadline({args, log, {}}, 20s);
+    if (status < 0) return {-1, ""};
+    return {status, StoreProcess::Slurp(log)};
   }
 
   std::string bin_;
-  std::filesystem::path dir_;
+  test::TempDir tmp_{"longctx_ucx"};
+  const std::filesystem::path dir_ = tmp_.path();
   std::shared_ptr<ucx::Context> ctx_;
   std::vector<std::unique_ptr<StoreProcess>> stores_;
 };
@@ -623,7 +561,7 @@ std::vector<std::pair<BlockKey, std::vector<std::byte>>> PutBlocks(StoreClient& 
     const BlockKey key{sequence, static_cast<uint32_t>(b % 3), static_cast<uint64_t>(b)};
     blocks.emplace_back(key, Encode(key, RandomSource(uint32_t(b) + 100, 32, 2, 64), codecs[b % 4]));
     const Status st = client.Put(key, blocks.back().second);
-    EXPECT_TRUE(st.ok()) << st.ToString();
+    EXPECT_OK(st);
   }
   return blocks;
 }
@@ -631,18 +569,18 @@ std::vector<std::pair<BlockKey, std::vector<std::byte>>> PutBlocks(StoreClient& 
 TEST_F(StoreProcessTest, TwoReplicasSurviveAKilledStore) {
   StartStores(3);
   auto client = Connect(2, 20s);
-  ASSERT_TRUE(client.ok()) << client.status().ToString();
+  ASSERT_OK(client);
   const auto blocks = PutBlocks(**client, 24, 11);
   stores_[0]->Signal(SIGKILL);  // mid-test, as an OOM kill would
   ASSERT_GE(stores_[0]->WaitExit(5s), 0);
   const auto start = std::chrono::steady_clock::now();
   for (const auto& [key, bytes] : blocks) {
     auto got = (*client)->Get(key);
-    ASSERT_TRUE(got.ok()) << got.status().ToString();
+    ASSERT_OK(got);
     ASSERT_EQ(*got, bytes) << key.ToString();
     BlockShape shape;
     std::vector<float> k, v;
-    ASSERT_TRUE(DecodeBlock(*got, key, &shape, &k, &v).ok());
+    ASSERT_OK(DecodeBlock(*got, key, &shape, &k, &v));
   }
   EXPECT_LT(std::chrono::steady_clock::now() - start, 10s);
   EXPECT_GT((*client)->Stats().replica_fallbacks, 0u);  // some primaries were on the dead store
@@ -654,7 +592,7 @@ TEST_F(StoreProcessTest, TwoReplicasSurviveAKilledStore) {
 TEST_F(StoreProcessTest, OneReplicaFailsWithinSecondsNamingTheLostBlock) {
   StartStores(2);
   auto client = Connect(1, 60s);  // a long deadline: the failure must come from detection
-  ASSERT_TRUE(client.ok()) << client.status().ToString();
+  ASSERT_OK(client);
   const auto blocks = PutBlocks(**client, 12, 21);
   const std::string dead = stores_[1]->address();
   stores_[1]->Signal(SIGKILL);
@@ -672,7 +610,7 @@ TEST_F(StoreProcessTest, OneReplicaFailsWithinSecondsNamingTheLostBlock) {
           << got.status().message();
       EXPECT_NE(got.status().message().find(dead), std::string::npos) << got.status().message();
     } else {
-      ASSERT_TRUE(got.ok()) << got.status().ToString();
+      ASSERT_OK(got);
       EXPECT_EQ(*got, bytes);
     }
   }
@@ -682,7 +620,7 @@ TEST_F(StoreProcessTest, OneReplicaFailsWithinSecondsNamingTheLostBlock) {
 TEST_F(StoreProcessTest, AStoppedStoreNeverHangsACaller) {
   StartStores(1);
   auto client = Connect(1, 2s);
-  ASSERT_TRUE(client.ok()) << client.status().ToString();
+  ASSERT_OK(client);
   const auto blocks = PutBlocks(**client, 2, 31);
   ASSERT_TRUE(stores_[0]->Stop());  // alive (its socket stays open) but never progresses
   const BlockKey key{31, 9, 9};
@@ -730,7 +668,7 @@ std::vector<uint32_t> ListeningAddresses(pid_t pid) {
 TEST_F(StoreProcessTest, UcxListensOnlyOnTheListenInterface) {
   StartStores(1);
   auto client = Connect(1, 10s);  // the store's UCX is up and reachable
-  ASSERT_TRUE(client.ok()) << client.status().ToString();
+  ASSERT_OK(client);
   const std::vector<uint32_t> listening = ListeningAddresses(stores_[0]->pid());
   ASSERT_GE(listening.size(), 1u);
   for (uint32_t a : listening) {
@@ -753,7 +691,7 @@ TEST_F(StoreProcessTest, ALoopbackStoreOpensNoUcxTcpPortByDefault) {
     GTEST_SKIP() << "this process's UCX_TLS=" << tls << " shares no transport with the store";
   }
   auto client = Connect(1, 10s);
-  ASSERT_TRUE(client.ok()) << client.status().ToString();
+  ASSERT_OK(client);
   const auto blocks = PutBlocks(**client, 4, 41);
   for (const auto& [key, bytes] : blocks) EXPECT_EQ(*(*client)->Get(key), bytes);
 }

@@ -23,7 +23,9 @@
 #include "longctx/cache/store.h"
 #include "longctx/comm/ucx/socket.h"
 #include "longctx/comm/ucx/ucx.h"
+#include "longctx/test/temp_dir.h"
 #include "store_wire.h"
+#include "longctx/test/status_matchers.h"
 
 namespace longctx::cache {
 namespace {
@@ -58,7 +60,7 @@ using Nonce = std::array<uint8_t, wire::kNonceBytes>;
 Nonce ReadChallenge(int fd) {
   Nonce nonce{};
   auto frame = ucx::RecvFrame(fd, 1024, comm::DeadlineIn(5s));
-  EXPECT_TRUE(frame.ok()) << frame.status().ToString();
+  EXPECT_OK(frame);
   if (!frame.ok()) return nonce;
   auto c = wire::Read<wire::Challenge>(*frame, "challenge");
   EXPECT_TRUE(c.ok() && c->magic == wire::kChallengeMagic);
@@ -121,7 +123,7 @@ class RawClient {
  public:
   explicit RawClient(std::shared_ptr<ucx::Context> ctx) {
     auto worker = ucx::Worker::Create(ctx);
-    EXPECT_TRUE(worker.ok());
+    EXPECT_OK(worker);
     worker_ = std::move(*worker);
     EXPECT_TRUE(worker_->SetAmHandler(wire::kAmReply, [this](const ucx::AmMessage& m) {
       auto r = wire::Read<wire::Reply>(m.header, "reply");
@@ -195,7 +197,7 @@ class StoreSecurityTest : public ::testing::Test {
  protected:
   void SetUp() override {
     auto ctx = ucx::Context::Create();
-    ASSERT_TRUE(ctx.ok()) << ctx.status().ToString();
+    ASSERT_OK(ctx);
     ctx_ = *ctx;
     token_ = *NewStoreToken();
   }
@@ -207,7 +209,7 @@ class StoreSecurityTest : public ::testing::Test {
     so.quota_per_session = quota;
     so.hello_timeout = hello_timeout;
     auto server = PoolServer::Start(ctx_, so);
-    ASSERT_TRUE(server.ok()) << server.status().ToString();
+    ASSERT_OK(server);
     server_ = std::move(*server);
   }
   Result<std::shared_ptr<StoreClient>> Connect(std::optional<StoreToken> token) {
@@ -219,10 +221,10 @@ class StoreSecurityTest : public ::testing::Test {
   // An honest client stores and reads back a block.
   void ExpectServing() {
     auto client = Connect(token_);
-    ASSERT_TRUE(client.ok()) << client.status().ToString();
+    ASSERT_OK(client);
     const BlockKey key{77, 0, 1};
     const auto block = Block(key, 1);
-    ASSERT_TRUE((*client)->Put(key, block).ok());
+    ASSERT_OK((*client)->Put(key, block));
     EXPECT_EQ(*(*client)->Get(key), block);
   }
 
@@ -241,7 +243,7 @@ TEST_F(StoreSecurityTest, WrongOrMissingTokenIsRefusedBeforeAnyAddressOrKey) {
   for (const StoreToken* token : offered) {
     RawClient raw(ctx_);
     auto a = raw.Hello(server_->address(), token);
-    ASSERT_TRUE(a.ok()) << a.status().ToString();
+    ASSERT_OK(a);
     EXPECT_TRUE(a->refused);
     EXPECT_EQ(a->text, "wrong or missing store token");
     // Nothing else follows: the pool closed the connection after the one line.
@@ -251,13 +253,12 @@ TEST_F(StoreSecurityTest, WrongOrMissingTokenIsRefusedBeforeAnyAddressOrKey) {
   // gets the token refusal (not an abort, not an address complaint).
   {
     auto fd = ucx::TcpConnect(server_->address(), comm::DeadlineIn(5s));
-    ASSERT_TRUE(fd.ok());
+    ASSERT_OK(fd);
     const std::vector<std::byte> garbage(64, std::byte{0xFF});
     const Nonce nonce = ReadChallenge(fd->get());
-    ASSERT_TRUE(
-        ucx::SendFrame(fd->get(), HelloFrame(&wrong, nonce, garbage), comm::DeadlineIn(5s)).ok());
+    ASSERT_OK(ucx::SendFrame(fd->get(), HelloFrame(&wrong, nonce, garbage), comm::DeadlineIn(5s)));
     auto a = ReadAnswer(fd->get());
-    ASSERT_TRUE(a.ok());
+    ASSERT_OK(a);
     EXPECT_TRUE(a->refused);
     EXPECT_EQ(a->text, "wrong or missing store token");
   }
@@ -281,12 +282,12 @@ TEST_F(StoreSecurityTest, WrongOrMissingTokenIsRefusedBeforeAnyAddressOrKey) {
 TEST_F(StoreSecurityTest, AnotherProtocolVersionIsRefused) {
   StartPool(1 << 20);
   auto fd = ucx::TcpConnect(server_->address(), comm::DeadlineIn(5s));
-  ASSERT_TRUE(fd.ok());
+  ASSERT_OK(fd);
   const Nonce nonce = ReadChallenge(fd->get());
   ASSERT_TRUE(ucx::SendFrame(fd->get(), HelloFrame(&token_, nonce, std::vector<std::byte>(80), 1),
                              comm::DeadlineIn(5s)).ok());
   auto a = ReadAnswer(fd->get());
-  ASSERT_TRUE(a.ok());
+  ASSERT_OK(a);
   EXPECT_TRUE(a->refused);
   EXPECT_NE(a->text.find("protocol version 1"), std::string::npos) << a->text;
 }
@@ -299,7 +300,7 @@ TEST_F(StoreSecurityTest, ACapturedHelloCannotBeReplayed) {
   auto a = first.Hello(server_->address(), &token_);
   ASSERT_TRUE(a.ok() && !a->refused);
   auto fd = ucx::TcpConnect(server_->address(), comm::DeadlineIn(5s));
-  ASSERT_TRUE(fd.ok());
+  ASSERT_OK(fd);
   const Nonce mine = ReadChallenge(fd->get());
   Nonce other = mine;
   other[0] ^= 1;  // the proof of another connection's nonce
@@ -308,9 +309,9 @@ TEST_F(StoreSecurityTest, ACapturedHelloCannotBeReplayed) {
   const auto* t = reinterpret_cast<const std::byte*>(token_.bytes.data());
   EXPECT_EQ(std::search(replayed.begin(), replayed.end(), t, t + token_.bytes.size()),
             replayed.end());
-  ASSERT_TRUE(ucx::SendFrame(fd->get(), replayed, comm::DeadlineIn(5s)).ok());
+  ASSERT_OK(ucx::SendFrame(fd->get(), replayed, comm::DeadlineIn(5s)));
   auto answer = ReadAnswer(fd->get());
-  ASSERT_TRUE(answer.ok());
+  ASSERT_OK(answer);
   EXPECT_TRUE(answer->refused);
   EXPECT_EQ(answer->text, "wrong or missing store token");
 }
@@ -324,20 +325,20 @@ TEST_F(StoreSecurityTest, AnUnauthenticatedPoolListensOnLoopbackOnly) {
   EXPECT_EQ(refused.status().code(), StatusCode::kInvalidArgument);
   so.listen = "127.0.0.1:0";
   auto insecure = PoolServer::Start(ctx_, so);
-  ASSERT_TRUE(insecure.ok()) << insecure.status().ToString();
+  ASSERT_OK(insecure);
   StoreClientOptions o;
   o.pools = {{(*insecure)->address().ToString(), std::nullopt}};
-  EXPECT_TRUE(StoreClient::Connect(ctx_, o).ok());
+  EXPECT_OK(StoreClient::Connect(ctx_, o));
 }
 
 TEST(StoreToken, CreatedOnceWithMode600AndReadBack) {
-  char tmpl[] = "/tmp/longctx_token_XXXXXX";
-  ASSERT_NE(mkdtemp(tmpl), nullptr);
-  const std::filesystem::path dir = tmpl;
+  const test::TempDir tmp("longctx_token");
+  const std::filesystem::path& dir = tmp.path();
+  ASSERT_FALSE(dir.empty());
   const std::string path = (dir / "t").string();
   bool created = false;
   auto a = LoadOrCreateStoreToken(path, &created);
-  ASSERT_TRUE(a.ok()) << a.status().ToString();
+  ASSERT_OK(a);
   EXPECT_TRUE(created);
   struct stat st;
   ASSERT_EQ(stat(path.c_str(), &st), 0);
@@ -347,7 +348,7 @@ TEST(StoreToken, CreatedOnceWithMode600AndReadBack) {
   std::getline(in, text);
   EXPECT_EQ(text.size(), 64u);
   auto b = LoadOrCreateStoreToken(path, &created);
-  ASSERT_TRUE(b.ok());
+  ASSERT_OK(b);
   EXPECT_FALSE(created);
   EXPECT_TRUE(SameToken(*a, *b));
   auto c = NewStoreToken();
@@ -358,7 +359,6 @@ TEST(StoreToken, CreatedOnceWithMode600AndReadBack) {
   std::ofstream(path) << "abc\n";
   EXPECT_EQ(ReadStoreToken(path).status().code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(ReadStoreToken((dir / "none").string()).status().code(), StatusCode::kNotFound);
-  std::filesystem::remove_all(dir);
 }
 
 // What confines a pool's UCX listening sockets to the --listen / --kv-bind device.
@@ -371,7 +371,7 @@ TEST(UcxNetDevice, TheDeviceOfAListenAddress) {
   EXPECT_EQ(ucx::NetDeviceOf("198.51.100.77"), "");  // on no local device (TEST-NET-2)
   EXPECT_EQ(ucx::NetDeviceOf("no-such-host.invalid"), "");
   // A context confined to it works (store and client on loopback were tested above).
-  EXPECT_TRUE(ucx::Context::Create(lo).ok());
+  EXPECT_OK(ucx::Context::Create(lo));
 }
 
 // ---- 2. a session is its connection; quotas ---------------------------------------------------
@@ -379,12 +379,12 @@ TEST(UcxNetDevice, TheDeviceOfAListenAddress) {
 TEST_F(StoreSecurityTest, ASessionCannotFreeAnotherSessionsBlocks) {
   StartPool(1 << 20);
   auto victim = Connect(token_);
-  ASSERT_TRUE(victim.ok());
+  ASSERT_OK(victim);
   std::vector<std::pair<BlockKey, std::vector<std::byte>>> blocks;
   for (uint64_t b = 0; b < 4; ++b) {
     const BlockKey key{1, 0, b};
     blocks.emplace_back(key, Block(key, static_cast<uint32_t>(b)));
-    ASSERT_TRUE((*victim)->Put(key, blocks.back().second).ok());
+    ASSERT_OK((*victim)->Put(key, blocks.back().second));
   }
   const uint64_t used = server_->Stats().used_bytes;
   ASSERT_GT(used, 0u);
@@ -409,7 +409,7 @@ TEST_F(StoreSecurityTest, ASessionCannotFreeAnotherSessionsBlocks) {
   EXPECT_EQ(server_->Stats().used_bytes, used);
   for (const auto& [key, block] : blocks) {
     auto got = (*victim)->Get(key);
-    ASSERT_TRUE(got.ok()) << got.status().ToString();
+    ASSERT_OK(got);
     EXPECT_EQ(*got, block);
   }
   // Its own allocation it can free.
@@ -441,9 +441,9 @@ TEST_F(StoreSecurityTest, QuotaPerSessionIsEnforced) {
   EXPECT_EQ(server_->Stats().used_bytes, 64u << 10);
   // Another session has its own quota; the client API reports the refusal as exhaustion.
   auto other = Connect(token_);
-  ASSERT_TRUE(other.ok());
+  ASSERT_OK(other);
   const BlockKey key{5, 0, 0};
-  ASSERT_TRUE((*other)->Put(key, Block(key, 5)).ok());
+  ASSERT_OK((*other)->Put(key, Block(key, 5)));
   std::vector<std::byte> big(100 << 10, std::byte{1});
   const Status st = (*other)->Put(BlockKey{5, 0, 1}, big);
   EXPECT_EQ(st.code(), StatusCode::kResourceExhausted) << st.ToString();
@@ -460,12 +460,11 @@ TEST_F(StoreSecurityTest, AGarbageUcxAddressIsRefusedAndTheStoreKeepsServing) {
   };
   for (const auto& address : garbage) {
     auto fd = ucx::TcpConnect(server_->address(), comm::DeadlineIn(5s));
-    ASSERT_TRUE(fd.ok());
+    ASSERT_OK(fd);
     const Nonce nonce = ReadChallenge(fd->get());
-    ASSERT_TRUE(
-        ucx::SendFrame(fd->get(), HelloFrame(&token_, nonce, address), comm::DeadlineIn(5s)).ok());
+    ASSERT_OK(ucx::SendFrame(fd->get(), HelloFrame(&token_, nonce, address), comm::DeadlineIn(5s)));
     auto a = ReadAnswer(fd->get());
-    ASSERT_TRUE(a.ok()) << a.status().ToString();
+    ASSERT_OK(a);
     EXPECT_TRUE(a->refused) << address.size();
     EXPECT_NE(a->text.find("address"), std::string::npos) << a->text;
   }
@@ -483,16 +482,16 @@ TEST_F(StoreSecurityTest, AForgedBlockWithAValidChecksumIsDetected) {
   const auto forged = Block(key, 2);
   ASSERT_EQ(real.size(), forged.size());
   ASSERT_NE(real, forged);
-  ASSERT_TRUE(VerifyBlock(forged, key).ok());
+  ASSERT_OK(VerifyBlock(forged, key));
   for (bool mac : {true, false}) {
     StoreClientOptions o;
     o.pools = {{server_->address().ToString(), token_}};
     o.timeout = 5s;
     o.verify_mac = mac;
     auto client = StoreClient::Connect(ctx_, o);
-    ASSERT_TRUE(client.ok());
-    ASSERT_TRUE((*client)->Put(key, real).ok());
-    ASSERT_TRUE((*client)->OverwriteForTest(key, 0, forged).ok());
+    ASSERT_OK(client);
+    ASSERT_OK((*client)->Put(key, real));
+    ASSERT_OK((*client)->OverwriteForTest(key, 0, forged));
     auto got = (*client)->Get(key);
     std::vector<std::byte> into(real.size());
     const std::span<std::byte> out[] = {into};
@@ -506,9 +505,9 @@ TEST_F(StoreSecurityTest, AForgedBlockWithAValidChecksumIsDetected) {
       EXPECT_EQ(batch.code(), StatusCode::kDataLoss) << batch.ToString();
     } else {
       // Without the MAC the forgery goes through: what the MAC is for.
-      ASSERT_TRUE(got.ok());
+      ASSERT_OK(got);
       EXPECT_EQ(*got, forged);
-      EXPECT_TRUE(batch.ok());
+      EXPECT_OK(batch);
     }
   }
 }
@@ -520,7 +519,7 @@ TEST_F(StoreSecurityTest, SilentClientsDoNotDelayOthersAndAreDropped) {
   std::vector<UniqueFd> silent;
   for (int i = 0; i < 5; ++i) {
     auto fd = ucx::TcpConnect(server_->address(), comm::DeadlineIn(5s));
-    ASSERT_TRUE(fd.ok());
+    ASSERT_OK(fd);
     (void)ReadChallenge(fd->get());  // (so that PeerClosed below sees the close, not this frame)
     silent.push_back(std::move(*fd));
   }
@@ -565,14 +564,14 @@ TEST_F(StoreSecurityTest, ADeadClientsAllocationsAreFreed) {
   StartPool(1 << 20);
   {
     auto client = Connect(token_);
-    ASSERT_TRUE(client.ok());
+    ASSERT_OK(client);
     for (uint64_t b = 0; b < 8; ++b) {
       const BlockKey key{3, 0, b};
-      ASSERT_TRUE((*client)->Put(key, Block(key, 3)).ok());
+      ASSERT_OK((*client)->Put(key, Block(key, 3)));
     }
     EXPECT_GT(server_->Stats().used_bytes, 0u);
     RawClient raw(ctx_);
-    ASSERT_TRUE(raw.Hello(server_->address(), &token_).ok());
+    ASSERT_OK(raw.Hello(server_->address(), &token_));
     ASSERT_TRUE(raw.Own(wire::Op::kAlloc, 8192).has_value());
     EXPECT_EQ(server_->Stats().clients, 2u);
     raw.CloseSocket();  // the raw client goes away without a word
@@ -589,7 +588,7 @@ TEST_F(StoreSecurityTest, SessionsPerHostAreBounded) {
   so.token = token_;
   so.max_sessions_per_host = 2;
   auto server = PoolServer::Start(ctx_, so);
-  ASSERT_TRUE(server.ok());
+  ASSERT_OK(server);
   server_ = std::move(*server);
   auto a = Connect(token_);
   auto b = Connect(token_);
@@ -600,7 +599,7 @@ TEST_F(StoreSecurityTest, SessionsPerHostAreBounded) {
       << c.status().message();
   a->reset();
   EXPECT_TRUE(Eventually([&] { return server_->Stats().clients == 1; }));
-  EXPECT_TRUE(Connect(token_).ok());
+  EXPECT_OK(Connect(token_));
 }
 
 }  // namespace

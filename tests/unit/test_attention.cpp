@@ -4,14 +4,17 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <set>
+#include <string>
 #include <vector>
 
 #include "longctx/attention/hybrid_attention.h"
 #include "longctx/attention/lse_merge.h"
 #include "longctx/attention/reference.h"
+#include "longctx/test/status_matchers.h"
 
 namespace longctx::attention {
 namespace {
@@ -102,7 +105,7 @@ void CheckCase(const Case& c, uint64_t seed, double tol = 1e-5) {
   spec.fusion = c.fusion;
   spec.alpha = 0.7f;
   std::vector<float> ref(size_t(c.n * c.H * c.d)), ref_lse(size_t(c.n * c.H));
-  ASSERT_TRUE(ReferenceAttention(in.qv, in.kv, in.vv, c.globals, spec, ref.data(), ref_lse.data()).ok());
+  ASSERT_OK(ReferenceAttention(in.qv, in.kv, in.vv, c.globals, spec, ref.data(), ref_lse.data()));
   for (Isa isa : Isas()) {
     for (int threads : {1, 3}) {
       SCOPED_TRACE(testing::Message() << "isa=" << IsaName(isa) << " threads=" << threads);
@@ -110,7 +113,7 @@ void CheckCase(const Case& c, uint64_t seed, double tol = 1e-5) {
       std::vector<float> out(ref.size(), NAN), lse(ref_lse.size(), NAN);
       const Status st = HybridAttention(in.qv, in.kv, in.vv, c.globals, spec, out.data(), lse.data(),
                                         ExecOptions{&pool, isa});
-      ASSERT_TRUE(st.ok()) << st.ToString();
+      ASSERT_OK(st);
       EXPECT_LE(RowRelError(out, ref, c.d), tol);
       EXPECT_LE(LseError(lse, ref_lse), tol);
     }
@@ -267,8 +270,8 @@ TEST(HybridAttention, DeterministicAcrossThreadCounts) {
   spec.window = c.W;
   std::vector<float> a(size_t(c.n * c.H * c.d)), b(a.size()), la(size_t(c.n * c.H)), lb(la.size());
   ThreadPool p1(1), p3(3);
-  ASSERT_TRUE(HybridAttention(in.qv, in.kv, in.vv, c.globals, spec, a.data(), la.data(), {&p1}).ok());
-  ASSERT_TRUE(HybridAttention(in.qv, in.kv, in.vv, c.globals, spec, b.data(), lb.data(), {&p3}).ok());
+  ASSERT_OK(HybridAttention(in.qv, in.kv, in.vv, c.globals, spec, a.data(), la.data(), {&p1}));
+  ASSERT_OK(HybridAttention(in.qv, in.kv, in.vv, c.globals, spec, b.data(), lb.data(), {&p3}));
   EXPECT_EQ(a, b) << "bitwise identical for any thread count";
   EXPECT_EQ(la, lb);
 }
@@ -328,7 +331,7 @@ TEST(HybridAttention, InChunksEqualsWholeSequenceBitwise) {
             CollectingSink sink(n, H, d, std::min(chunk, n));
             const Status st =
                 HybridAttentionInChunks(in.qv, in.kv, in.vv, globals, spec, chunk, sink, exec);
-            ASSERT_TRUE(st.ok()) << st.ToString();
+            ASSERT_OK(st);
             EXPECT_EQ(sink.next_row_, n);
             EXPECT_EQ(0, std::memcmp(sink.out_.data(), whole.data(), whole.size() * 4));
             EXPECT_EQ(0, std::memcmp(sink.lse_.data(), whole_lse.data(), whole_lse.size() * 4));
@@ -367,7 +370,7 @@ TEST(HybridAttention, ShardedBuildingBlocksEqualWholeSequence) {
       spec.causal = causal;
       spec.fusion = f;
       std::vector<float> whole(size_t(n * H * d)), whole_lse(size_t(n * H));
-      ASSERT_TRUE(HybridAttention(in.qv, in.kv, in.vv, c.globals, spec, whole.data(), whole_lse.data()).ok());
+      ASSERT_OK(HybridAttention(in.qv, in.kv, in.vv, c.globals, spec, whole.data(), whole_lse.data()));
       const int64_t g = int64_t(c.globals.size());
       std::vector<float> gk, gv;
       for (int64_t p : c.globals) {
@@ -392,7 +395,7 @@ TEST(HybridAttention, ShardedBuildingBlocksEqualWholeSequence) {
         a.global_pos = c.globals;
         a.out = out.data() + s0 * H * d;
         a.lse = lse.data() + s0 * H;
-        ASSERT_TRUE(WindowGlobalPass(a, spec).ok());
+        ASSERT_OK(WindowGlobalPass(a, spec));
       }
       // Global queries: partials over each shard's own keys, merged in shard order.
       std::vector<float> gq;
@@ -409,7 +412,7 @@ TEST(HybridAttention, ShardedBuildingBlocksEqualWholeSequence) {
         a.kv_pos0 = s0;
         a.out = s == 0 ? o_all.data() : po.data();
         a.lse = s == 0 ? l_all.data() : pl.data();
-        ASSERT_TRUE(DensePartialPass(a, spec).ok());
+        ASSERT_OK(DensePartialPass(a, spec));
         if (s > 0) MergeStates(o_all.data(), l_all.data(), po.data(), pl.data(), g * H, d);
       }
       std::vector<float> ow(o_all.size()), lw(l_all.size());
@@ -448,8 +451,39 @@ TEST(HybridAttention, RejectsBadInputs) {
   EXPECT_FALSE(ParseFusion("weighted:1.5", &s2).ok());
   EXPECT_FALSE(ParseFusion("weighted:", &s2).ok());
   EXPECT_FALSE(ParseFusion("mean", &s2).ok());
-  EXPECT_TRUE(ParseFusion("weighted:0.3", &s2).ok());
+  EXPECT_OK(ParseFusion("weighted:0.3", &s2));
   EXPECT_FLOAT_EQ(s2.alpha, 0.3f);
+}
+
+// LONGCTX_ISA picks the kernel variant; a value it cannot honour is an error, not a fallback.
+TEST(HybridAttention, LongctxIsaMustBeKnownAndSupported) {
+  const char* saved = std::getenv("LONGCTX_ISA");
+  const std::string saved_value = saved ? saved : "";
+  std::vector<float> x(size_t(10 * 2 * 32), 0.5f), out(x.size()), lse(20);
+  const TokenView q = TokenView::Dense(x.data(), DType::kF32, 10, 2, 32);
+  const AttentionSpec spec;
+  setenv("LONGCTX_ISA", "avx9000", 1);
+  const Result<Isa> bad = IsaFromEnvironment();
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("LONGCTX_ISA"), std::string::npos) << bad.status().message();
+  const Status run = HybridAttention(q, q, q, {}, spec, out.data(), lse.data());
+  EXPECT_EQ(run.code(), StatusCode::kInvalidArgument) << run.ToString();
+  // An explicit ISA does not read the variable.
+  EXPECT_OK(HybridAttention(q, q, q, {}, spec, out.data(), lse.data(), {nullptr, Isa::kGeneric}));
+  for (Isa isa : {Isa::kAvx512, Isa::kAvx2}) {
+    setenv("LONGCTX_ISA", std::string(IsaName(isa)).c_str(), 1);
+    EXPECT_EQ(IsaFromEnvironment().ok(), IsaSupported(isa)) << IsaName(isa);
+    EXPECT_EQ(HybridAttention(q, q, q, {}, spec, out.data(), lse.data()).ok(), IsaSupported(isa));
+  }
+  setenv("LONGCTX_ISA", "generic", 1);
+  ASSERT_OK(IsaFromEnvironment());
+  EXPECT_EQ(*IsaFromEnvironment(), Isa::kGeneric);
+  EXPECT_EQ(BestIsa(), Isa::kGeneric);
+  EXPECT_OK(HybridAttention(q, q, q, {}, spec, out.data(), lse.data()));
+  unsetenv("LONGCTX_ISA");
+  EXPECT_EQ(*IsaFromEnvironment(), Isa::kAuto);
+  if (saved) setenv("LONGCTX_ISA", saved_value.c_str(), 1);
 }
 
 TEST(HybridAttention, AllowedPairsCountsTheMask) {

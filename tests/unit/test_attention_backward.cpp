@@ -14,6 +14,7 @@
 #include "longctx/attention/attention_backward.h"
 #include "longctx/attention/hybrid_attention.h"
 #include "longctx/attention/reference.h"
+#include "longctx/test/status_matchers.h"
 
 namespace longctx::attention {
 namespace {
@@ -82,19 +83,19 @@ Grads Reference(const Case& c, const Data& x) {
   const Status st =
       ReferenceAttentionBackward(x.qv, x.kv, x.vv, c.globals, x.spec, x.dout.data(), g.dq.data(),
                                  g.dk.data(), g.dv.data(), c.entropy ? x.coef.data() : nullptr);
-  EXPECT_TRUE(st.ok()) << st.ToString();
+  EXPECT_OK(st);
   return g;
 }
 
 Grads Optimized(const Case& c, const Data& x, const ExecOptions& exec) {
   std::vector<float> out(size_t(c.n * c.H * c.d)), lse(size_t(c.n * c.H));
   Status st = HybridAttention(x.qv, x.kv, x.vv, c.globals, x.spec, out.data(), lse.data(), exec);
-  EXPECT_TRUE(st.ok()) << st.ToString();
+  EXPECT_OK(st);
   Grads g = ZeroGrads(c);
   st = HybridAttentionBackward(x.qv, x.kv, x.vv, c.globals, x.spec, out.data(), lse.data(),
                                x.dout.data(), g.dq.data(), g.dk.data(), g.dv.data(), exec,
                                c.entropy ? x.coef.data() : nullptr);
-  EXPECT_TRUE(st.ok()) << st.ToString();
+  EXPECT_OK(st);
   return g;
 }
 
@@ -360,8 +361,7 @@ void CheckComposition(const Case& c, const std::vector<int64_t>& bounds, uint64_
   ThreadPool pool(2);
   const ExecOptions exec{&pool, Isa::kAuto};
   std::vector<float> out(size_t(n * H * d)), lse(size_t(n * H));
-  ASSERT_TRUE(
-      HybridAttention(x.qv, x.kv, x.vv, c.globals, x.spec, out.data(), lse.data(), exec).ok());
+  ASSERT_OK(HybridAttention(x.qv, x.kv, x.vv, c.globals, x.spec, out.data(), lse.data(), exec));
   const Grads whole = Optimized(c, x, exec);
 
   Grads sum = ZeroGrads(c);
@@ -398,7 +398,7 @@ void CheckComposition(const Case& c, const std::vector<int64_t>& bounds, uint64_
     a.dgv = dgv.data();
     a.window_dot = wd.data();
     const Status st = WindowGlobalBackward(a, x.spec, exec);
-    ASSERT_TRUE(st.ok()) << st.ToString();
+    ASSERT_OK(st);
     for (size_t i = 0; i < dq.size(); ++i) sum.dq[size_t(s * H * d) + i] += dq[i];
     for (size_t i = 0; i < dk.size(); ++i) {
       sum.dk[size_t(lo * Hkv * d) + i] += dk[i];
@@ -443,7 +443,7 @@ void CheckComposition(const Case& c, const std::vector<int64_t>& bounds, uint64_
         m.q_pos = c.globals;
         m.kv_pos0 = s;
         std::vector<float> part(size_t(g * H));
-        ASSERT_TRUE(DensePartialScoreMoment(m, lse_g.data(), part.data(), x.spec, exec).ok());
+        ASSERT_OK(DensePartialScoreMoment(m, lse_g.data(), part.data(), x.spec, exec));
         for (size_t i = 0; i < part.size(); ++i) psum[i] += part[i];
       }
       for (size_t i = 0; i < ent.size(); ++i) ent[i] = lse_g[i] - psum[i];
@@ -470,7 +470,7 @@ void CheckComposition(const Case& c, const std::vector<int64_t>& bounds, uint64_
       p.dk = sum.dk.data() + s * Hkv * d;
       p.dv = sum.dv.data() + s * Hkv * d;
       const Status st = DensePartialBackward(p, x.spec, exec);
-      ASSERT_TRUE(st.ok()) << st.ToString();
+      ASSERT_OK(st);
       for (size_t i = 0; i < dq_g.size(); ++i) dq_g[i] += dq_part[i];
     }
     for (int64_t r = 0; r < g; ++r) {
@@ -511,7 +511,7 @@ TEST(AttentionBackward, RejectsBadArguments) {
   Case c{10, 2, 1, 16, 4, true, Fusion::kUnion, 0.7f, {0}};
   Data x = MakeData(c, 1);
   std::vector<float> out(size_t(c.n * c.H * c.d)), lse(size_t(c.n * c.H));
-  ASSERT_TRUE(HybridAttention(x.qv, x.kv, x.vv, c.globals, x.spec, out.data(), lse.data()).ok());
+  ASSERT_OK(HybridAttention(x.qv, x.kv, x.vv, c.globals, x.spec, out.data(), lse.data()));
   Grads g = ZeroGrads(c);
   // f16 inputs are not supported by the backward yet.
   std::vector<uint16_t> q16(x.q.size());

@@ -6,9 +6,11 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <random>
+#include <string>
 #include <vector>
 
 namespace longctx::cache::internal {
@@ -108,6 +110,27 @@ TEST(CodecKernels, QuantizeRoundsHalfToEvenAndClamps) {
   std::vector<int8_t> q(x.size());
   g.quantize_one(x.data(), 1.0f, q.data(), x.size());
   EXPECT_EQ(q, (std::vector<int8_t>{0, 2, 2, 0, -2, 126, 127, 127, -127}));
+}
+
+// LONGCTX_ISA picks the codec loops too; a value they cannot honour is an error, not a fallback.
+TEST(CodecKernels, LongctxIsaMustBeKnownAndSupported) {
+  const char* saved = std::getenv("LONGCTX_ISA");
+  const std::string saved_value = saved ? saved : "";
+  setenv("LONGCTX_ISA", "avx9000", 1);
+  const Result<const CodecKernels*> bad = BestCodecKernels();
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("LONGCTX_ISA"), std::string::npos);
+  setenv("LONGCTX_ISA", "generic", 1);
+  ASSERT_TRUE(BestCodecKernels().ok());
+  EXPECT_EQ(*BestCodecKernels(), &GenericCodecKernels());
+  setenv("LONGCTX_ISA", "avx2", 1);
+  EXPECT_EQ(BestCodecKernels().ok(), Avx2CodecKernels() != nullptr);
+  unsetenv("LONGCTX_ISA");
+  ASSERT_TRUE(BestCodecKernels().ok());
+  EXPECT_EQ(*BestCodecKernels(),
+            Avx2CodecKernels() != nullptr ? Avx2CodecKernels() : &GenericCodecKernels());
+  if (saved) setenv("LONGCTX_ISA", saved_value.c_str(), 1);
 }
 
 }  // namespace

@@ -2,6 +2,7 @@
 // one (the cache is restored after every Answer), and an answer equals one forward pass over
 // document + question + answer (the greedy tokens of the whole sequence).
 #include "longctx/worker/engine.h"
+#include "longctx/test/status_matchers.h"
 
 #include <gtest/gtest.h>
 
@@ -27,7 +28,7 @@ struct Fixture {
                std::vector<float>* hidden = nullptr) {
     const std::vector<int32_t> ids = Bytes(text);
     const auto classes = attention::ClassifyBytes(text);
-    ASSERT_TRUE(engine->Prefill(id, ids, classes, {}, info, hidden).ok());
+    ASSERT_OK(engine->Prefill(id, ids, classes, {}, info, hidden));
   }
 };
 
@@ -39,14 +40,14 @@ TEST(Engine, QuestionsOnAKeptDocumentAreIndependent) {
   Fixture f;
   f.Prefill("doc", kDoc);
   AnswerResult a, b, c;
-  ASSERT_TRUE(f.engine->Answer("doc", "Who pays? ", 12, {}, &a).ok());
-  ASSERT_TRUE(f.engine->Answer("doc", "Is it sealed? ", 5, {}, &b).ok());
-  ASSERT_TRUE(f.engine->Answer("doc", "Who pays? ", 12, {}, &c).ok());
+  ASSERT_OK(f.engine->Answer("doc", "Who pays? ", 12, {}, &a));
+  ASSERT_OK(f.engine->Answer("doc", "Is it sealed? ", 5, {}, &b));
+  ASSERT_OK(f.engine->Answer("doc", "Who pays? ", 12, {}, &c));
   EXPECT_EQ(a.generated, c.generated);
   EXPECT_EQ(a.appended_hidden, c.appended_hidden) << "the second question must not see the first";
   EXPECT_EQ(a.generated.size(), 12u);
   EXPECT_GE(a.first_token_seconds, 0.0);
-  ASSERT_TRUE(f.engine->CacheStats("doc").ok());
+  ASSERT_OK(f.engine->CacheStats("doc"));
 }
 
 TEST(Engine, TokensStreamAsTheyAreGenerated) {
@@ -82,8 +83,8 @@ TEST(Engine, SpilledCacheAnswersBitwiseTheSame) {
   same_blocks.Prefill("doc", text);
   spilled.Prefill("doc", text);
   AnswerResult a, b;
-  ASSERT_TRUE(same_blocks.engine->Answer("doc", "Who pays? ", 6, {}, &a).ok());
-  ASSERT_TRUE(spilled.engine->Answer("doc", "Who pays? ", 6, {}, &b).ok());
+  ASSERT_OK(same_blocks.engine->Answer("doc", "Who pays? ", 6, {}, &a));
+  ASSERT_OK(spilled.engine->Answer("doc", "Who pays? ", 6, {}, &b));
   EXPECT_EQ(a.generated, b.generated);
   EXPECT_EQ(a.appended_hidden, b.appended_hidden);
   const cache::KvCacheStats st = spilled.engine->CacheStats("doc").value();
@@ -100,7 +101,7 @@ TEST(Engine, ErrorsAreClear) {
   EXPECT_NE(st.message().find("nope"), std::string::npos);
   f.Prefill("doc", kDoc);
   EXPECT_EQ(f.engine->Answer("doc", "Q?", -1, {}, &a).code(), StatusCode::kInvalidArgument);
-  EXPECT_TRUE(f.engine->Drop("doc").ok());
+  EXPECT_OK(f.engine->Drop("doc"));
   EXPECT_EQ(f.engine->Drop("doc").code(), StatusCode::kNotFound);
   const std::vector<int32_t> bad = {1, 2, 999};
   const std::vector<attention::TokenClass> cls(3, attention::TokenClass::kOther);

@@ -1,5 +1,6 @@
 // Global token selection, one rule at a time (DESIGN.md §1).
 #include "longctx/attention/global_selection.h"
+#include "longctx/test/status_matchers.h"
 
 #include <gtest/gtest.h>
 
@@ -13,7 +14,7 @@ std::vector<int64_t> Select(const std::string& text, SelectionConfig cfg = {},
                             std::vector<int64_t> marked = {}) {
   const auto cls = ClassifyBytes(text);
   auto r = SelectGlobals(cls, cfg, marked);
-  EXPECT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_OK(r);
   return r.ok() ? *r : std::vector<int64_t>{};
 }
 

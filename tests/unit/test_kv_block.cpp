@@ -2,6 +2,7 @@
 // quantization step per element (keys per channel, values per token), and every kind of damage
 // — a flipped byte, truncation, another block's bytes — caught as kDataLoss naming the block.
 #include "longctx/cache/kv_block.h"
+#include "longctx/test/status_matchers.h"
 
 #include <gtest/gtest.h>
 
@@ -37,11 +38,11 @@ TEST(KvBlock, RoundTripsEveryCodec) {
   for (Codec c : {Codec::kF32, Codec::kF16, Codec::kBF16, Codec::kInt8}) {
     SCOPED_TRACE(std::string(CodecName(c)));
     auto enc = EncodeBlock(key, d.shape, c, d.k, d.v);
-    ASSERT_TRUE(enc.ok()) << enc.status().ToString();
+    ASSERT_OK(enc);
     EXPECT_EQ(enc->size(), EncodedBytes(d.shape, c));
     std::vector<float> k, v;
     BlockShape s;
-    ASSERT_TRUE(DecodeBlock(*enc, key, &s, &k, &v).ok());
+    ASSERT_OK(DecodeBlock(*enc, key, &s, &k, &v));
     EXPECT_EQ(s.tokens, d.shape.tokens);
     const int64_t row = d.shape.row(), hd = d.shape.head_dim;
     for (size_t i = 0; i < d.k.size(); ++i) {
@@ -67,7 +68,7 @@ TEST(KvBlock, DamageIsDataLossNamingTheBlock) {
   const Data d = MakeData(2);
   const BlockKey key{9, 4, 2};
   auto enc = EncodeBlock(key, d.shape, Codec::kInt8, d.k, d.v);
-  ASSERT_TRUE(enc.ok());
+  ASSERT_OK(enc);
   std::vector<float> k, v;
   for (size_t at : {size_t(0), size_t(45), enc->size() / 2, enc->size() - 1}) {
     auto bad = *enc;
@@ -90,16 +91,16 @@ TEST(KvBlock, RefusesBadInput) {
   d.v[7] = NAN;
   EXPECT_FALSE(EncodeBlock({}, d.shape, Codec::kInt8, d.k, d.v).ok());
   EXPECT_FALSE(EncodeBlock({}, BlockShape{4, 0, 8}, Codec::kF32, {}, {}).ok());
-  EXPECT_TRUE(ParseCodec("int8").ok());
+  EXPECT_OK(ParseCodec("int8"));
   EXPECT_FALSE(ParseCodec("int4").ok());
   // An all-zero block quantizes to zeros (scale 0), not NaN.
   Data z;
   z.k.assign(size_t(z.shape.tokens) * size_t(z.shape.row()), 0.0f);
   z.v = z.k;
   auto enc = EncodeBlock({}, z.shape, Codec::kInt8, z.k, z.v);
-  ASSERT_TRUE(enc.ok());
+  ASSERT_OK(enc);
   std::vector<float> k, v;
-  ASSERT_TRUE(DecodeBlock(*enc, {}, nullptr, &k, &v).ok());
+  ASSERT_OK(DecodeBlock(*enc, {}, nullptr, &k, &v));
   for (float x : k) ASSERT_EQ(x, 0.0f);
 }
 

@@ -17,6 +17,8 @@
 #include "longctx/model/config.h"
 #include "longctx/model/llama_names.h"
 #include "longctx/model/safetensors.h"
+#include "longctx/test/temp_dir.h"
+#include "longctx/test/status_matchers.h"
 
 namespace longctx::model {
 namespace {
@@ -25,17 +27,10 @@ namespace fs = std::filesystem;
 
 class MkModel : public ::testing::Test {
  protected:
-  void SetUp() override {
-    std::string tmpl = (fs::path(::testing::TempDir()) / "mkmodel_test_XXXXXX").string();
-    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr) << std::strerror(errno);
-    dir_ = tmpl;
-  }
-  void TearDown() override {
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
+  void SetUp() override { ASSERT_FALSE(dir_.empty()) << "no temporary directory"; }
   std::string Path(std::string_view name) const { return (dir_ / name).string(); }
-  fs::path dir_;
+  test::TempDir tmp_{"mkmodel_test"};
+  const fs::path dir_ = tmp_.path();
 };
 
 bool SameBytes(const TensorRef& a, const TensorRef& b) {
@@ -91,7 +86,7 @@ TEST(Builtin, DeterministicPerSeedAndScaled) {
   ASSERT_TRUE(a.ok() && b.ok() && c.ok()) << a.status().ToString();
   EXPECT_EQ(a->config.hidden_size, 64);
   EXPECT_EQ(a->weights.source(), "builtin:tiny");
-  EXPECT_TRUE(CheckWeights(a->config, a->weights).ok());
+  EXPECT_OK(CheckWeights(a->config, a->weights));
   for (const std::string& name : a->weights.Names()) {
     EXPECT_TRUE(SameBytes(*a->weights.Get(name), *b->weights.Get(name))) << name;
   }
@@ -142,9 +137,9 @@ TEST(Builtin, DeterministicPerSeedAndScaled) {
   EXPECT_EQ(bf->config.torch_dtype, "bfloat16");
 
   auto small = BuiltinWeights("builtin:small", 0);
-  ASSERT_TRUE(small.ok());
+  ASSERT_OK(small);
   EXPECT_EQ(small->config.hybrid.window, (std::vector<int64_t>{64, 256, 64, 256}));
-  EXPECT_TRUE(CheckWeights(small->config, small->weights).ok());
+  EXPECT_OK(CheckWeights(small->config, small->weights));
 
   EXPECT_EQ(BuiltinWeights("builtin:huge", 0).status().message(),
             "builtin:huge: unknown preset \"huge\" (tiny, small, hybrid-tiny, llama3, qwen2, qwen3, "
@@ -157,42 +152,42 @@ TEST_F(MkModel, WriteModelDirRoundTripsForEveryDType) {
   for (DType dtype : {DType::kF32, DType::kF16, DType::kBF16}) {
     SCOPED_TRACE(std::string(DTypeName(dtype)));
     const std::string dir = Path(std::string("tiny-") + std::string(DTypeName(dtype)));
-    ASSERT_TRUE(WriteModelDir(dir, TinyConfig(), 42, dtype).ok());
+    ASSERT_OK(WriteModelDir(dir, TinyConfig(), 42, dtype));
     std::vector<std::string> files;
     for (const auto& e : fs::directory_iterator(dir)) files.push_back(e.path().filename());
     std::sort(files.begin(), files.end());
     EXPECT_EQ(files, (std::vector<std::string>{"config.json", "model.safetensors"}));
 
     auto config = LoadModelConfig(dir);
-    ASSERT_TRUE(config.ok()) << config.status().ToString();
+    ASSERT_OK(config);
     ModelConfig want = TinyConfig();
     want.torch_dtype = dtype == DType::kF32 ? "float32" : dtype == DType::kF16 ? "float16"
                                                                               : "bfloat16";
     EXPECT_EQ(*config, want);
     auto weights = ModelWeights::OpenDir(dir);
-    ASSERT_TRUE(weights.ok()) << weights.status().ToString();
-    ASSERT_TRUE(CheckWeights(*config, *weights).ok());
+    ASSERT_OK(weights);
+    ASSERT_OK(CheckWeights(*config, *weights));
 
     // Same bytes as the in-memory builtin for the same seed and dtype.
     auto builtin = BuiltinWeights("builtin:tiny", 42, dtype);
-    ASSERT_TRUE(builtin.ok());
+    ASSERT_OK(builtin);
     EXPECT_EQ(weights->Names(), builtin->weights.Names());
     for (const std::string& name : builtin->weights.Names()) {
       EXPECT_TRUE(SameBytes(*weights->Get(name), *builtin->weights.Get(name))) << name;
     }
     // transformers refuses safetensors files without format metadata.
     auto file = SafetensorsFile::Open(dir + "/model.safetensors");
-    ASSERT_TRUE(file.ok());
+    ASSERT_OK(file);
     EXPECT_EQ(file->metadata().at("format"), "pt");
 
     // OpenModel takes either form.
     auto opened = OpenModel(dir);
-    ASSERT_TRUE(opened.ok()) << opened.status().ToString();
+    ASSERT_OK(opened);
     EXPECT_EQ(opened->config, *config);
   }
   // Overwriting in place works; a sharded directory is refused.
   const std::string dir = Path("tiny-f32");
-  EXPECT_TRUE(WriteModelDir(dir, TinyConfig(), 1, DType::kF32).ok());
+  EXPECT_OK(WriteModelDir(dir, TinyConfig(), 1, DType::kF32));
   std::ofstream(dir + "/model.safetensors.index.json") << "{}";
   const Status st = WriteModelDir(dir, TinyConfig(), 1, DType::kF32);
   EXPECT_EQ(st.code(), StatusCode::kFailedPrecondition);
@@ -201,9 +196,9 @@ TEST_F(MkModel, WriteModelDirRoundTripsForEveryDType) {
 
 TEST_F(MkModel, SmallPresetWithPerLayerWindows) {
   const std::string dir = Path("small");
-  ASSERT_TRUE(WriteModelDir(dir, SmallConfig(), 3, DType::kBF16).ok());
+  ASSERT_OK(WriteModelDir(dir, SmallConfig(), 3, DType::kBF16));
   auto model = OpenModel(dir);
-  ASSERT_TRUE(model.ok()) << model.status().ToString();
+  ASSERT_OK(model);
   EXPECT_EQ(model->config.hybrid.window, (std::vector<int64_t>{64, 256, 64, 256}));
   EXPECT_EQ(model->config.num_hidden_layers, 4);
 }
@@ -213,7 +208,7 @@ TEST_F(MkModel, SmallPresetWithPerLayerWindows) {
 TEST_F(MkModel, CheckWeightsReportsTheFirstProblem) {
   const ModelConfig config = TinyConfig();
   auto builtin = BuiltinWeights("builtin:tiny", 0);
-  ASSERT_TRUE(builtin.ok());
+  ASSERT_OK(builtin);
   // Rewrite the tensors with one changed, as a wrong checkpoint would have it.
   auto write_with = [&](const std::string& name, const OwnedTensor* replacement) {
     std::vector<TensorRef> refs;
@@ -224,13 +219,13 @@ TEST_F(MkModel, CheckWeightsReportsTheFirstProblem) {
         refs.push_back(*builtin->weights.Get(n));
       }
     }
-    EXPECT_TRUE(WriteSafetensors(Path("model.safetensors"), refs).ok());
+    EXPECT_OK(WriteSafetensors(Path("model.safetensors"), refs));
     return ModelWeights::OpenFile(Path("model.safetensors"));
   };
   const std::string file = Path("model.safetensors");
 
   auto missing = write_with("model.layers.1.mlp.up_proj.weight", nullptr);
-  ASSERT_TRUE(missing.ok());
+  ASSERT_OK(missing);
   Status st = CheckWeights(config, *missing);
   EXPECT_EQ(st.code(), StatusCode::kNotFound);
   EXPECT_EQ(st.message(), file + ": missing tensor model.layers.1.mlp.up_proj.weight");
@@ -238,7 +233,7 @@ TEST_F(MkModel, CheckWeightsReportsTheFirstProblem) {
   OwnedTensor wrong_shape{"model.layers.0.self_attn.k_proj.weight", DType::kF32, {64, 64}, {}};
   wrong_shape.data.resize(64 * 64 * 4);
   auto shaped = write_with(wrong_shape.name, &wrong_shape);
-  ASSERT_TRUE(shaped.ok());
+  ASSERT_OK(shaped);
   st = CheckWeights(config, *shaped);
   EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(st.message(), file + ": tensor model.layers.0.self_attn.k_proj.weight has shape "
@@ -248,7 +243,7 @@ TEST_F(MkModel, CheckWeightsReportsTheFirstProblem) {
   OwnedTensor wrong_dtype{"model.norm.weight", DType::kI32, {64}, {}};
   wrong_dtype.data.resize(64 * 4);
   auto typed = write_with(wrong_dtype.name, &wrong_dtype);
-  ASSERT_TRUE(typed.ok());
+  ASSERT_OK(typed);
   st = CheckWeights(config, *typed);
   EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(st.message(),
@@ -258,11 +253,11 @@ TEST_F(MkModel, CheckWeightsReportsTheFirstProblem) {
   ModelConfig tied = config;
   tied.tie_word_embeddings = true;
   auto no_head = write_with("lm_head.weight", nullptr);
-  ASSERT_TRUE(no_head.ok());
-  EXPECT_TRUE(CheckWeights(tied, *no_head).ok());
+  ASSERT_OK(no_head);
+  EXPECT_OK(CheckWeights(tied, *no_head));
   EXPECT_FALSE(CheckWeights(config, *no_head).ok());
   auto with_head = write_with("", nullptr);
-  ASSERT_TRUE(with_head.ok());
+  ASSERT_OK(with_head);
   st = CheckWeights(tied, *with_head);
   EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(st.message(), file + ": tensor lm_head.weight differs from model.embed_tokens.weight "
@@ -274,18 +269,18 @@ TEST_F(MkModel, CheckWeightsReportsTheFirstProblem) {
 // llama, biases without qwen2); derived buffers and a tied head equal to the embedding are not.
 TEST_F(MkModel, CheckWeightsRefusesTensorsTheArchitectureWouldNotRead) {
   auto qwen3 = PresetConfig("qwen3");
-  ASSERT_TRUE(qwen3.ok());
+  ASSERT_OK(qwen3);
   auto tensors = GenerateWeights(*qwen3, 1, DType::kF32);
-  ASSERT_TRUE(tensors.ok());
+  ASSERT_OK(tensors);
   std::vector<TensorRef> refs;
   for (const OwnedTensor& t : *tensors) refs.push_back(t.ref());
   OwnedTensor inv_freq{"model.layers.0.self_attn.rotary_emb.inv_freq", DType::kF32, {16}, {}};
   inv_freq.data.resize(16 * 4);
   refs.push_back(inv_freq.ref());
-  ASSERT_TRUE(WriteSafetensors(Path("model.safetensors"), refs).ok());
+  ASSERT_OK(WriteSafetensors(Path("model.safetensors"), refs));
   auto w = ModelWeights::OpenFile(Path("model.safetensors"));
-  ASSERT_TRUE(w.ok());
-  EXPECT_TRUE(CheckWeights(*qwen3, *w).ok()) << CheckWeights(*qwen3, *w).ToString();
+  ASSERT_OK(w);
+  EXPECT_OK(CheckWeights(*qwen3, *w));
   ModelConfig as_llama = *qwen3;  // relabelled: its q/k norms would be ignored
   as_llama.model_type = "llama";
   as_llama.qk_norm = false;
@@ -297,9 +292,9 @@ TEST_F(MkModel, CheckWeightsRefusesTensorsTheArchitectureWouldNotRead) {
 
   // qwen2: biases expected; a tied model whose checkpoint repeats the embedding as lm_head.
   auto qwen2 = PresetConfig("qwen2");
-  ASSERT_TRUE(qwen2.ok());
+  ASSERT_OK(qwen2);
   auto t2 = GenerateWeights(*qwen2, 1, DType::kBF16);
-  ASSERT_TRUE(t2.ok());
+  ASSERT_OK(t2);
   refs.clear();
   for (const OwnedTensor& t : *t2) {
     refs.push_back(t.ref());
@@ -309,10 +304,10 @@ TEST_F(MkModel, CheckWeightsRefusesTensorsTheArchitectureWouldNotRead) {
       refs.push_back(head);
     }
   }
-  ASSERT_TRUE(WriteSafetensors(Path("model.safetensors"), refs).ok());
+  ASSERT_OK(WriteSafetensors(Path("model.safetensors"), refs));
   auto w2 = ModelWeights::OpenFile(Path("model.safetensors"));
-  ASSERT_TRUE(w2.ok());
-  EXPECT_TRUE(CheckWeights(*qwen2, *w2).ok()) << CheckWeights(*qwen2, *w2).ToString();
+  ASSERT_OK(w2);
+  EXPECT_OK(CheckWeights(*qwen2, *w2));
   ModelConfig no_bias = *qwen2;
   no_bias.model_type = "llama";
   no_bias.qkv_bias = false;
@@ -330,7 +325,7 @@ TEST_F(MkModel, OpenModelErrorsNameTheDirectory) {
   EXPECT_EQ(none.status().message().rfind(Path("nowhere/config.json"), 0), 0u)
       << none.status().message();
   // config.json but no weights.
-  ASSERT_TRUE(WriteModelConfig(Path("config.json"), TinyConfig()).ok());
+  ASSERT_OK(WriteModelConfig(Path("config.json"), TinyConfig()));
   auto no_weights = OpenModel(dir_.string());
   EXPECT_EQ(no_weights.status().code(), StatusCode::kNotFound);
 }

@@ -18,6 +18,8 @@
 
 #include "longctx/model/builtin.h"
 #include "longctx/model/rope.h"
+#include "longctx/test/temp_dir.h"
+#include "longctx/test/status_matchers.h"
 
 namespace longctx::model {
 namespace {
@@ -40,7 +42,7 @@ std::string Llama(std::string_view extra = "") {
 
 ModelConfig ParseOk(const std::string& text) {
   auto r = ParseModelConfig(text, kSrc);
-  EXPECT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_OK(r);
   return r.ok() ? *r : ModelConfig{};
 }
 
@@ -307,9 +309,9 @@ TEST(ModelConfig, ToJsonRoundTrips) {
 
 TEST(ModelConfig, PresetsAreValidAndRoundTrip) {
   for (const ModelConfig& c : {TinyConfig(), SmallConfig(), HybridTinyConfig()}) {
-    EXPECT_TRUE(ValidateModelConfig(c, "preset").ok());
+    EXPECT_OK(ValidateModelConfig(c, "preset"));
     auto back = ParseModelConfig(ToJson(c), "preset");
-    ASSERT_TRUE(back.ok()) << back.status().ToString();
+    ASSERT_OK(back);
     EXPECT_EQ(*back, c);
   }
   EXPECT_EQ(SmallConfig().hybrid.window, (std::vector<int64_t>{64, 256, 64, 256}));
@@ -320,7 +322,7 @@ TEST(ModelConfig, PresetsAreValidAndRoundTrip) {
     ASSERT_TRUE(c.ok()) << family;
     EXPECT_TRUE(ValidateModelConfig(*c, "preset").ok()) << family;
     auto back = ParseModelConfig(ToJson(*c), "preset");
-    ASSERT_TRUE(back.ok()) << back.status().ToString();
+    ASSERT_OK(back);
     EXPECT_EQ(*back, *c) << family;
   }
 }
@@ -337,7 +339,7 @@ TEST(ModelConfig, QueryGlobals) {
   ModelConfig c = ParseOk(Llama());
   HybridOverrides o;
   o.query_globals = false;
-  ASSERT_TRUE(ApplyOverrides(o, &c).ok());
+  ASSERT_OK(ApplyOverrides(o, &c));
   EXPECT_FALSE(c.hybrid.query_globals);
 }
 
@@ -360,7 +362,7 @@ TEST(ModelConfig, LognBase) {
   EXPECT_EQ(st.message(), "--logn-base: 1 is not 0 (off) or >= 2");
   EXPECT_EQ(c.hybrid.logn_base, 0);
   o.logn_base = 64;
-  ASSERT_TRUE(ApplyOverrides(o, &c).ok());
+  ASSERT_OK(ApplyOverrides(o, &c));
   EXPECT_EQ(c.hybrid.logn_base, 64);
 }
 
@@ -372,7 +374,7 @@ TEST(ModelConfig, OverridesReplaceTheBlock) {
   o.global_max = 10;
   o.sinks = 0;
   o.fusion = "weighted:0.25";
-  ASSERT_TRUE(ApplyOverrides(o, &c).ok());
+  ASSERT_OK(ApplyOverrides(o, &c));
   EXPECT_EQ(c.hybrid.window, std::vector<int64_t>(4, 32));
   EXPECT_EQ(c.hybrid.window_source, WindowSource::kOverride);
   EXPECT_DOUBLE_EQ(c.hybrid.global_ratio, 0.5);
@@ -380,13 +382,13 @@ TEST(ModelConfig, OverridesReplaceTheBlock) {
   EXPECT_EQ(c.hybrid.sinks, 0);
   EXPECT_TRUE(c.hybrid.fusion_weighted);
   EXPECT_DOUBLE_EQ(c.hybrid.fusion_alpha, 0.25);
-  EXPECT_TRUE(ValidateModelConfig(c, "x").ok());
+  EXPECT_OK(ValidateModelConfig(c, "x"));
   // Overridden windows are written to the block, so they survive a round trip.
   EXPECT_EQ(ParseOk(ToJson(c)).hybrid.window, std::vector<int64_t>(4, 32));
 
   HybridOverrides per_layer;
   per_layer.window = std::vector<int64_t>{1, 2, 3, 4};
-  ASSERT_TRUE(ApplyOverrides(per_layer, &c).ok());
+  ASSERT_OK(ApplyOverrides(per_layer, &c));
   EXPECT_EQ(c.hybrid.window, (std::vector<int64_t>{1, 2, 3, 4}));
 
   // A bad override leaves the config unchanged.
@@ -420,16 +422,9 @@ TEST(ModelConfig, OverridesReplaceTheBlock) {
 
 class ModelConfigFile : public ::testing::Test {
  protected:
-  void SetUp() override {
-    std::string tmpl = (fs::path(::testing::TempDir()) / "config_test_XXXXXX").string();
-    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr) << std::strerror(errno);
-    dir_ = tmpl;
-  }
-  void TearDown() override {
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
-  fs::path dir_;
+  void SetUp() override { ASSERT_FALSE(dir_.empty()) << "no temporary directory"; }
+  test::TempDir tmp_{"config_test"};
+  const fs::path dir_ = tmp_.path();
 };
 
 TEST_F(ModelConfigFile, LoadsFromDirectoryAndNamesThePath) {
@@ -438,9 +433,9 @@ TEST_F(ModelConfigFile, LoadsFromDirectoryAndNamesThePath) {
   EXPECT_EQ(missing.status().code(), StatusCode::kNotFound);
   EXPECT_NE(missing.status().message().find((dir_ / "config.json").string()), std::string::npos);
 
-  ASSERT_TRUE(WriteModelConfig((dir_ / "config.json").string(), TinyConfig()).ok());
+  ASSERT_OK(WriteModelConfig((dir_ / "config.json").string(), TinyConfig()));
   auto loaded = LoadModelConfig(dir_.string());
-  ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
+  ASSERT_OK(loaded);
   EXPECT_EQ(*loaded, TinyConfig());
   // No temporary file is left behind.
   int files = 0;

@@ -17,6 +17,9 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
+#include "longctx/test/temp_dir.h"
+#include "longctx/test/status_matchers.h"
+
 namespace longctx {
 namespace {
 
@@ -79,15 +82,7 @@ std::string Bytes(const std::vector<T>& v) {
 
 class NpyTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    std::string tmpl = (fs::path(::testing::TempDir()) / "npy_test_XXXXXX").string();
-    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr) << std::strerror(errno);
-    dir_ = tmpl;
-  }
-  void TearDown() override {
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
+  void SetUp() override { ASSERT_FALSE(dir_.empty()) << "no temporary directory"; }
 
   std::string Path(std::string_view name) const { return (dir_ / name).string(); }
 
@@ -125,7 +120,8 @@ class NpyTest : public ::testing::Test {
     }
   }
 
-  fs::path dir_;
+  test::TempDir tmp_{"npy_test"};
+  const fs::path dir_ = tmp_.path();
 };
 
 // ---- round trips --------------------------------------------------------------------------------
@@ -144,10 +140,10 @@ TEST_F(NpyTest, RoundTripEveryDtypeAndShape) {
       for (size_t i = 0; i < in.data.size(); ++i) in.data[i] = std::byte((i * 37 + 11) & 0xff);
 
       const std::string path = Path(fmt::format("a{}.npy", file_index++));
-      ASSERT_TRUE(WriteNpy(path, in).ok());
+      ASSERT_OK(WriteNpy(path, in));
 
       Result<NpyHeader> header = ReadNpyHeader(path);
-      ASSERT_TRUE(header.ok()) << header.status().ToString();
+      ASSERT_OK(header);
       EXPECT_EQ(header->dtype, dtype);
       EXPECT_EQ(header->shape, shape);
       EXPECT_EQ(header->numel(), in.numel());
@@ -156,7 +152,7 @@ TEST_F(NpyTest, RoundTripEveryDtypeAndShape) {
                 128 + in.numel() * static_cast<int64_t>(DTypeSize(dtype)));
 
       Result<NpyArray> out = ReadNpy(path);
-      ASSERT_TRUE(out.ok()) << out.status().ToString();
+      ASSERT_OK(out);
       EXPECT_EQ(out->dtype, dtype);
       EXPECT_EQ(out->shape, shape);
       EXPECT_EQ(out->data, in.data);
@@ -167,23 +163,23 @@ TEST_F(NpyTest, RoundTripEveryDtypeAndShape) {
 TEST_F(NpyTest, TypedRoundTripThroughPointerOverload) {
   const std::vector<float> f32 = {1.f, -2.5f, 3.25f, 0.f, -0.f, 1e30f};
   const std::string path = Path("f.npy");
-  ASSERT_TRUE(WriteNpy(path, DType::kF32, {3, 2}, f32.data()).ok());
+  ASSERT_OK(WriteNpy(path, DType::kF32, {3, 2}, f32.data()));
   Result<NpyArray> a = ReadNpy(path);
-  ASSERT_TRUE(a.ok());
+  ASSERT_OK(a);
   EXPECT_EQ(a->numel(), 6);
   EXPECT_EQ(std::vector<float>(a->as<float>(), a->as<float>() + 6), f32);
 
   const std::vector<uint16_t> f16 = {FloatToHalf(1.5f), FloatToHalf(-65504.f)};
-  ASSERT_TRUE(WriteNpy(path, DType::kF16, {2}, f16.data()).ok());
+  ASSERT_OK(WriteNpy(path, DType::kF16, {2}, f16.data()));
   a = ReadNpy(path);
-  ASSERT_TRUE(a.ok());
+  ASSERT_OK(a);
   EXPECT_EQ(HalfToFloat(a->as<uint16_t>()[0]), 1.5f);
   EXPECT_EQ(HalfToFloat(a->as<uint16_t>()[1]), -65504.f);
 
   // A zero-element array may be written from a null pointer.
-  ASSERT_TRUE(WriteNpy(path, DType::kI64, {4, 0}, nullptr).ok());
+  ASSERT_OK(WriteNpy(path, DType::kI64, {4, 0}, nullptr));
   a = ReadNpy(path);
-  ASSERT_TRUE(a.ok());
+  ASSERT_OK(a);
   EXPECT_EQ(a->shape, (std::vector<int64_t>{4, 0}));
   EXPECT_TRUE(a->data.empty());
 }
@@ -196,52 +192,52 @@ TEST_F(NpyTest, ReadsNumpyWrittenFilesAndWritesIdenticalBytes) {
     ASSERT_EQ(bytes.size(), 152u);
     const std::string path = WriteFile("np_f32.npy", bytes);
     Result<NpyArray> a = ReadNpy(path);
-    ASSERT_TRUE(a.ok()) << a.status().ToString();
+    ASSERT_OK(a);
     EXPECT_EQ(a->dtype, DType::kF32);
     EXPECT_EQ(a->shape, (std::vector<int64_t>{2, 3}));
     const std::vector<float> want = {-1.f, -0.5f, 0.f, 0.5f, 1.f, 1.5f};
     EXPECT_EQ(std::vector<float>(a->as<float>(), a->as<float>() + 6), want);
     const std::string mine = Path("mine_f32.npy");
-    ASSERT_TRUE(WriteNpy(mine, DType::kF32, {2, 3}, want.data()).ok());
+    ASSERT_OK(WriteNpy(mine, DType::kF32, {2, 3}, want.data()));
     EXPECT_EQ(ReadFile(mine), bytes);
   }
   {
     const std::string bytes = FromHex(kNumpyI64x3Hex);
     const std::string path = WriteFile("np_i64.npy", bytes);
     Result<NpyArray> a = ReadNpy(path);
-    ASSERT_TRUE(a.ok()) << a.status().ToString();
+    ASSERT_OK(a);
     EXPECT_EQ(a->dtype, DType::kI64);
     EXPECT_EQ(a->shape, (std::vector<int64_t>{3}));
     const std::vector<int64_t> want = {1, -2, 3};
     EXPECT_EQ(std::vector<int64_t>(a->as<int64_t>(), a->as<int64_t>() + 3), want);
     const std::string mine = Path("mine_i64.npy");
-    ASSERT_TRUE(WriteNpy(mine, DType::kI64, {3}, want.data()).ok());
+    ASSERT_OK(WriteNpy(mine, DType::kI64, {3}, want.data()));
     EXPECT_EQ(ReadFile(mine), bytes);
   }
   {
     const std::string bytes = FromHex(kNumpyF16ScalarHex);
     const std::string path = WriteFile("np_f16.npy", bytes);
     Result<NpyArray> a = ReadNpy(path);
-    ASSERT_TRUE(a.ok()) << a.status().ToString();
+    ASSERT_OK(a);
     EXPECT_EQ(a->dtype, DType::kF16);
     EXPECT_TRUE(a->shape.empty());
     EXPECT_EQ(a->numel(), 1);
     EXPECT_EQ(HalfToFloat(a->as<uint16_t>()[0]), 1.5f);
     const std::string mine = Path("mine_f16.npy");
     const uint16_t h = FloatToHalf(1.5f);
-    ASSERT_TRUE(WriteNpy(mine, DType::kF16, {}, &h).ok());
+    ASSERT_OK(WriteNpy(mine, DType::kF16, {}, &h));
     EXPECT_EQ(ReadFile(mine), bytes);
   }
   {
     const std::string bytes = FromHex(kNumpyI32x0x4Hex);
     const std::string path = WriteFile("np_i32.npy", bytes);
     Result<NpyArray> a = ReadNpy(path);
-    ASSERT_TRUE(a.ok()) << a.status().ToString();
+    ASSERT_OK(a);
     EXPECT_EQ(a->dtype, DType::kI32);
     EXPECT_EQ(a->shape, (std::vector<int64_t>{0, 4}));
     EXPECT_TRUE(a->data.empty());
     const std::string mine = Path("mine_i32.npy");
-    ASSERT_TRUE(WriteNpy(mine, DType::kI32, {0, 4}, nullptr).ok());
+    ASSERT_OK(WriteNpy(mine, DType::kI32, {0, 4}, nullptr));
     EXPECT_EQ(ReadFile(mine), bytes);
   }
 }
@@ -253,10 +249,10 @@ TEST_F(NpyTest, ReadsFormatVersions2And3) {
     const std::string path =
         WriteFile(fmt::format("v{}.npy", major), MakeNpy(F32Dict("(2, 3)"), Bytes(data), major));
     Result<NpyHeader> h = ReadNpyHeader(path);
-    ASSERT_TRUE(h.ok()) << h.status().ToString();
+    ASSERT_OK(h);
     EXPECT_EQ(h->data_offset, 12 + static_cast<int64_t>(F32Dict("(2, 3)").size()));
     Result<NpyArray> a = ReadNpy(path);
-    ASSERT_TRUE(a.ok()) << a.status().ToString();
+    ASSERT_OK(a);
     EXPECT_EQ(a->shape, (std::vector<int64_t>{2, 3}));
     EXPECT_EQ(std::vector<float>(a->as<float>(), a->as<float>() + 6), data);
   }
@@ -267,21 +263,21 @@ TEST_F(NpyTest, WritesVersion2WhenTheHeaderNeedsIt) {
   const std::vector<int64_t> shape(22000, 1);
   const int32_t value = 42;
   const std::string path = Path("v2.npy");
-  ASSERT_TRUE(WriteNpy(path, DType::kI32, shape, &value).ok());
+  ASSERT_OK(WriteNpy(path, DType::kI32, shape, &value));
   const std::string bytes = ReadFile(path);
   ASSERT_GT(bytes.size(), 12u);
   EXPECT_EQ(bytes.substr(0, 8), std::string("\x93NUMPY\x02\x00", 8));
   Result<NpyHeader> h = ReadNpyHeader(path);
-  ASSERT_TRUE(h.ok()) << h.status().ToString();
+  ASSERT_OK(h);
   EXPECT_GT(h->data_offset, 65535);
   EXPECT_EQ(h->data_offset % 64, 0);
   EXPECT_EQ(h->shape, shape);
   Result<NpyArray> a = ReadNpy(path);
-  ASSERT_TRUE(a.ok());
+  ASSERT_OK(a);
   EXPECT_EQ(a->as<int32_t>()[0], 42);
 
   // Small headers stay at format 1.0.
-  ASSERT_TRUE(WriteNpy(path, DType::kI32, {1}, &value).ok());
+  ASSERT_OK(WriteNpy(path, DType::kI32, {1}, &value));
   EXPECT_EQ(ReadFile(path).substr(0, 8), std::string("\x93NUMPY\x01\x00", 8));
 }
 
@@ -304,7 +300,7 @@ TEST_F(NpyTest, ParsesHeaderDictVariants) {
     const std::string path =
         WriteFile(fmt::format("d{}.npy", i), MakeNpy(cases[i].dict, Bytes(data)));
     Result<NpyArray> a = ReadNpy(path);
-    ASSERT_TRUE(a.ok()) << a.status().ToString();
+    ASSERT_OK(a);
     EXPECT_EQ(a->shape, cases[i].shape);
     EXPECT_EQ(std::vector<float>(a->as<float>(), a->as<float>() + 6), data);
   }
@@ -313,7 +309,7 @@ TEST_F(NpyTest, ParsesHeaderDictVariants) {
   const std::string path =
       WriteFile("s.npy", MakeNpy(F32Dict("()"), Bytes(std::vector<float>{one})));
   Result<NpyArray> a = ReadNpy(path);
-  ASSERT_TRUE(a.ok()) << a.status().ToString();
+  ASSERT_OK(a);
   EXPECT_TRUE(a->shape.empty());
   EXPECT_EQ(a->as<float>()[0], 1.f);
 }
@@ -324,14 +320,14 @@ TEST_F(NpyTest, ReadNpyRowsSlicesAxis0) {
   std::vector<int32_t> data(5 * 2 * 3);
   std::iota(data.begin(), data.end(), 0);
   const std::string path = Path("rows.npy");
-  ASSERT_TRUE(WriteNpy(path, DType::kI32, {5, 2, 3}, data.data()).ok());
+  ASSERT_OK(WriteNpy(path, DType::kI32, {5, 2, 3}, data.data()));
   struct Slice {
     int64_t begin, end;
   };
   for (const Slice s : {Slice{0, 5}, Slice{1, 3}, Slice{4, 5}, Slice{2, 2}, Slice{5, 5}}) {
     SCOPED_TRACE(fmt::format("[{}, {})", s.begin, s.end));
     Result<NpyArray> a = ReadNpyRows(path, s.begin, s.end);
-    ASSERT_TRUE(a.ok()) << a.status().ToString();
+    ASSERT_OK(a);
     EXPECT_EQ(a->dtype, DType::kI32);
     EXPECT_EQ(a->shape, (std::vector<int64_t>{s.end - s.begin, 2, 3}));
     const std::vector<int32_t> want(data.begin() + s.begin * 6, data.begin() + s.end * 6);
@@ -347,23 +343,23 @@ TEST_F(NpyTest, ReadNpyRowsSlicesAxis0) {
   // 1-D, and rows of zero-sized elements.
   const std::string path1 = Path("rows1.npy");
   const std::vector<int64_t> v = {10, 20, 30, 40};
-  ASSERT_TRUE(WriteNpy(path1, DType::kI64, {4}, v.data()).ok());
+  ASSERT_OK(WriteNpy(path1, DType::kI64, {4}, v.data()));
   Result<NpyArray> b = ReadNpyRows(path1, 1, 3);
-  ASSERT_TRUE(b.ok());
+  ASSERT_OK(b);
   EXPECT_EQ(b->shape, (std::vector<int64_t>{2}));
   EXPECT_EQ(b->as<int64_t>()[0], 20);
   EXPECT_EQ(b->as<int64_t>()[1], 30);
   const std::string path0 = Path("rows0.npy");
-  ASSERT_TRUE(WriteNpy(path0, DType::kF32, {3, 0}, nullptr).ok());
+  ASSERT_OK(WriteNpy(path0, DType::kF32, {3, 0}, nullptr));
   b = ReadNpyRows(path0, 1, 3);
-  ASSERT_TRUE(b.ok());
+  ASSERT_OK(b);
   EXPECT_EQ(b->shape, (std::vector<int64_t>{2, 0}));
   EXPECT_TRUE(b->data.empty());
 
   // A scalar has no rows.
   const std::string scalar = Path("scalar.npy");
   const float f = 3.f;
-  ASSERT_TRUE(WriteNpy(scalar, DType::kF32, {}, &f).ok());
+  ASSERT_OK(WriteNpy(scalar, DType::kF32, {}, &f));
   const Status st = ReadNpyRows(scalar, 0, 0).status();
   EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
   EXPECT_TRUE(st.message().starts_with(scalar + ": ")) << st.message();
@@ -562,13 +558,13 @@ TEST_F(NpyTest, AtomicWriteLeavesNoTmpFile) {
   const std::string path = Path("out.npy");
   const std::vector<float> a = {1, 2, 3};
   const std::vector<float> b = {4, 5};
-  ASSERT_TRUE(WriteNpy(path, DType::kF32, {3}, a.data()).ok());
+  ASSERT_OK(WriteNpy(path, DType::kF32, {3}, a.data()));
   EXPECT_EQ(DirEntries(), (std::vector<std::string>{"out.npy"}));
   // Overwrite in place.
-  ASSERT_TRUE(WriteNpy(path, DType::kF32, {2}, b.data()).ok());
+  ASSERT_OK(WriteNpy(path, DType::kF32, {2}, b.data()));
   EXPECT_EQ(DirEntries(), (std::vector<std::string>{"out.npy"}));
   Result<NpyArray> r = ReadNpy(path);
-  ASSERT_TRUE(r.ok());
+  ASSERT_OK(r);
   EXPECT_EQ(r->shape, (std::vector<int64_t>{2}));
   EXPECT_EQ(r->as<float>()[1], 5.f);
 }
@@ -576,7 +572,7 @@ TEST_F(NpyTest, AtomicWriteLeavesNoTmpFile) {
 TEST_F(NpyTest, RefusedWriteLeavesExistingFileUntouched) {
   const std::string path = Path("keep.npy");
   const std::vector<float> a = {1, 2, 3};
-  ASSERT_TRUE(WriteNpy(path, DType::kF32, {3}, a.data()).ok());
+  ASSERT_OK(WriteNpy(path, DType::kF32, {3}, a.data()));
   const std::string before = ReadFile(path);
 
   const uint16_t bf16[2] = {0x3f80, 0x4000};
@@ -627,10 +623,10 @@ TEST_F(NpyTest, WriteRejectsBadArguments) {
 TEST_F(NpyTest, MappedNpyReadsInPlaceWithReadNpysErrors) {
   std::vector<float> x(6 * 5);
   for (size_t i = 0; i < x.size(); ++i) x[i] = float(i) * 0.5f;
-  ASSERT_TRUE(WriteNpy(Path("a.npy"), DType::kF32, {6, 5}, x.data()).ok());
+  ASSERT_OK(WriteNpy(Path("a.npy"), DType::kF32, {6, 5}, x.data()));
   for (bool populate : {true, false}) {
     Result<MappedNpy> m = MappedNpy::Open(Path("a.npy"), populate);
-    ASSERT_TRUE(m.ok()) << m.status().ToString();
+    ASSERT_OK(m);
     EXPECT_EQ(m->header().shape, (std::vector<int64_t>{6, 5}));
     EXPECT_EQ(m->data_bytes(), int64_t(x.size() * 4));
     EXPECT_EQ(0, std::memcmp(m->data(), x.data(), x.size() * 4));
@@ -648,15 +644,15 @@ TEST_F(NpyTest, MappedNpyReadsInPlaceWithReadNpysErrors) {
 TEST_F(NpyTest, RowStreamWritesWhatWriteNpyWrites) {
   std::vector<float> x(10 * 3 * 4);
   for (size_t i = 0; i < x.size(); ++i) x[i] = float(i) - 7.25f;
-  ASSERT_TRUE(WriteNpy(Path("whole.npy"), DType::kF32, {10, 3, 4}, x.data()).ok());
+  ASSERT_OK(WriteNpy(Path("whole.npy"), DType::kF32, {10, 3, 4}, x.data()));
   Result<NpyRowStream> s = NpyRowStream::Create(Path("rows.npy"), DType::kF32, {10, 3, 4});
-  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  ASSERT_OK(s);
   EXPECT_EQ(s->row_bytes(), 3 * 4 * 4);
-  ASSERT_TRUE(s->Append(x.data(), 4).ok());
-  ASSERT_TRUE(s->Append(x.data() + 4 * 12, 0).ok());
-  ASSERT_TRUE(s->Append(x.data() + 4 * 12, 6).ok());
+  ASSERT_OK(s->Append(x.data(), 4));
+  ASSERT_OK(s->Append(x.data() + 4 * 12, 0));
+  ASSERT_OK(s->Append(x.data() + 4 * 12, 6));
   EXPECT_FALSE(fs::exists(Path("rows.npy"))) << "nothing at the path before Commit";
-  ASSERT_TRUE(s->Commit().ok());
+  ASSERT_OK(s->Commit());
   std::ifstream a(Path("whole.npy"), std::ios::binary), b(Path("rows.npy"), std::ios::binary);
   const std::string wa((std::istreambuf_iterator<char>(a)), {}), wb((std::istreambuf_iterator<char>(b)), {});
   EXPECT_EQ(wa, wb) << "byte-identical to WriteNpy (and so to np.save)";
@@ -667,8 +663,8 @@ TEST_F(NpyTest, RowStreamRefusesTooManyOrTooFewRowsAndLeavesNothing) {
   std::vector<float> x(8 * 2);
   {
     Result<NpyRowStream> s = NpyRowStream::Create(Path("p.npy"), DType::kF32, {8, 2});
-    ASSERT_TRUE(s.ok());
-    ASSERT_TRUE(s->Append(x.data(), 5).ok());
+    ASSERT_OK(s);
+    ASSERT_OK(s->Append(x.data(), 5));
     EXPECT_EQ(s->Append(x.data(), 4).code(), StatusCode::kOutOfRange);
     EXPECT_EQ(s->Commit().code(), StatusCode::kFailedPrecondition);
   }  // destroyed uncommitted: the temporary file goes

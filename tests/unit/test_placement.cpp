@@ -1,6 +1,7 @@
 // Launcher detection and device choice under simulated environments (mpirun, srun --mpi=pmix,
 // mpirun inside sbatch; GPUs bound per task, shared, MIG), without a cluster or a GPU.
 #include "longctx/comm/placement.h"
+#include "longctx/test/status_matchers.h"
 
 #include <gtest/gtest.h>
 
@@ -26,7 +27,7 @@ TEST(Placement, OneDeviceBoundPerTask) {
   // srun --gpus-per-task=1: each task sees exactly its own device, whatever its ordinal on the node.
   for (int local = 0; local < 4; ++local) {
     auto d = ChooseDevice({{"CUDA_VISIBLE_DEVICES", std::to_string(3 - local)}}, local, 1);
-    ASSERT_TRUE(d.ok());
+    ASSERT_OK(d);
     EXPECT_TRUE(d->has_device);
     EXPECT_EQ(d->ordinal, 0);
     EXPECT_EQ(d->name, std::to_string(3 - local));
@@ -35,10 +36,10 @@ TEST(Placement, OneDeviceBoundPerTask) {
 
 TEST(Placement, SharedDevicesGoByLocalRank) {
   auto d = ChooseDevice({}, 5, 4);  // unset: the runtime's 4 devices
-  ASSERT_TRUE(d.ok());
+  ASSERT_OK(d);
   EXPECT_EQ(d->ordinal, 1);
   d = ChooseDevice({{"CUDA_VISIBLE_DEVICES", "0,1,2,3,4,5,6,7"}}, 6, 8);
-  ASSERT_TRUE(d.ok());
+  ASSERT_OK(d);
   EXPECT_EQ(d->ordinal, 6);
   EXPECT_EQ(d->name, "6");
 }
@@ -46,7 +47,7 @@ TEST(Placement, SharedDevicesGoByLocalRank) {
 TEST(Placement, MigInstancesByUuid) {
   const Environment env = {{"CUDA_VISIBLE_DEVICES", "MIG-aaaa-1,MIG-bbbb-2,MIG-cccc-3"}};
   auto d = ChooseDevice(env, 4, 3);
-  ASSERT_TRUE(d.ok());
+  ASSERT_OK(d);
   EXPECT_EQ(d->ordinal, 1);
   EXPECT_EQ(d->name, "MIG-bbbb-2");
   const std::string line = DescribePlacement(4, 8, "node1", 4, 6, Launcher::kSrun, *d);
@@ -56,10 +57,10 @@ TEST(Placement, MigInstancesByUuid) {
 
 TEST(Placement, NoDeviceAndBadEntries) {
   auto d = ChooseDevice({}, 0, 0);
-  ASSERT_TRUE(d.ok());
+  ASSERT_OK(d);
   EXPECT_FALSE(d->has_device);
   d = ChooseDevice({{"CUDA_VISIBLE_DEVICES", ""}}, 0, 8);
-  ASSERT_TRUE(d.ok());
+  ASSERT_OK(d);
   EXPECT_FALSE(d->has_device);
   EXPECT_FALSE(ChooseDevice({{"CUDA_VISIBLE_DEVICES", "0,gpu7"}}, 0, 2).ok());
   EXPECT_FALSE(ChooseDevice({}, -1, 2).ok());

@@ -17,6 +17,9 @@
 
 #include <gtest/gtest.h>
 
+#include "longctx/test/temp_dir.h"
+#include "longctx/test/status_matchers.h"
+
 namespace longctx::model {
 namespace {
 
@@ -43,15 +46,7 @@ std::string Floats(std::initializer_list<float> v) {
 
 class Safetensors : public ::testing::Test {
  protected:
-  void SetUp() override {
-    std::string tmpl = (fs::path(::testing::TempDir()) / "safetensors_test_XXXXXX").string();
-    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr) << std::strerror(errno);
-    dir_ = tmpl;
-  }
-  void TearDown() override {
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
+  void SetUp() override { ASSERT_FALSE(dir_.empty()) << "no temporary directory"; }
 
   std::string Path(std::string_view name) const { return (dir_ / name).string(); }
 
@@ -84,7 +79,8 @@ class Safetensors : public ::testing::Test {
     return n;
   }
 
-  fs::path dir_;
+  test::TempDir tmp_{"safetensors_test"};
+  const fs::path dir_ = tmp_.path();
 };
 
 OwnedTensor MakeTensor(std::string name, DType dtype, std::vector<int64_t> shape,
@@ -115,17 +111,17 @@ TEST_F(Safetensors, RoundTripsEveryDType) {
     std::vector<TensorRef> refs;
     for (const auto& t : tensors) refs.push_back(t.ref());
     const std::string path = Path("rt.safetensors");
-    ASSERT_TRUE(WriteSafetensors(path, refs, {{"format", "pt"}}).ok());
+    ASSERT_OK(WriteSafetensors(path, refs, {{"format", "pt"}}));
     EXPECT_EQ(FileCount(), 1);  // no .tmp left behind
 
     auto file = SafetensorsFile::Open(path);
-    ASSERT_TRUE(file.ok()) << file.status().ToString();
+    ASSERT_OK(file);
     EXPECT_EQ(file->metadata().at("format"), "pt");
     EXPECT_EQ(file->Names(), (std::vector<std::string>{"empty", "model.layers.0.mlp.up_proj.weight",
                                                        "model.norm.weight", "scalar"}));
     for (const OwnedTensor& want : tensors) {
       auto got = file->Get(want.name);
-      ASSERT_TRUE(got.ok()) << got.status().ToString();
+      ASSERT_OK(got);
       EXPECT_EQ(got->name, want.name);
       EXPECT_EQ(got->dtype, dtype);
       EXPECT_EQ(got->shape, want.shape);
@@ -148,7 +144,7 @@ TEST_F(Safetensors, RoundTripsEveryDType) {
     // The same through ModelWeights::OpenDir on a single-file directory.
     fs::rename(path, Path("model.safetensors"));
     auto weights = ModelWeights::OpenDir(dir_.string());
-    ASSERT_TRUE(weights.ok()) << weights.status().ToString();
+    ASSERT_OK(weights);
     EXPECT_EQ(weights->source(), Path("model.safetensors"));
     EXPECT_TRUE(weights->Contains("scalar"));
     EXPECT_EQ(ToFloat32(*weights->Get("scalar")), std::vector<float>{7.0f});
@@ -170,15 +166,15 @@ TEST_F(Safetensors, ReadsSpecLayoutAndWritesTheSameBytes) {
   const std::string path = WriteFile("spec.safetensors", bytes);
 
   auto file = SafetensorsFile::Open(path);
-  ASSERT_TRUE(file.ok()) << file.status().ToString();
+  ASSERT_OK(file);
   EXPECT_EQ(file->file_bytes(), bytes.size());
   auto a = file->Get("a");
-  ASSERT_TRUE(a.ok());
+  ASSERT_OK(a);
   EXPECT_EQ(a->dtype, DType::kF32);
   EXPECT_EQ(a->shape, std::vector<int64_t>{2});
   EXPECT_EQ(ToFloat32(*a), (std::vector<float>{1.0f, 2.0f}));
   auto b = file->Get("b");
-  ASSERT_TRUE(b.ok());
+  ASSERT_OK(b);
   EXPECT_EQ(b->dtype, DType::kBF16);
   EXPECT_EQ(b->shape, (std::vector<int64_t>{1, 2}));
   EXPECT_EQ(ToFloat32(*b), (std::vector<float>{0.5f, -1.0f}));
@@ -188,7 +184,7 @@ TEST_F(Safetensors, ReadsSpecLayoutAndWritesTheSameBytes) {
       R"({"x":{"dtype":"F16","shape":[1],"data_offsets":[0,2]}})", std::string("\x00\x3c", 2),
       false);
   auto x = SafetensorsFile::Open(WriteFile("unpadded.safetensors", unpadded));
-  ASSERT_TRUE(x.ok()) << x.status().ToString();
+  ASSERT_OK(x);
   EXPECT_EQ(ToFloat32(*x->Get("x")), std::vector<float>{1.0f});
 
   // Our writer produces exactly the same bytes (key order, compact JSON, space padding, the
@@ -198,7 +194,7 @@ TEST_F(Safetensors, ReadsSpecLayoutAndWritesTheSameBytes) {
       MakeTensor("a", DType::kF32, {2}, {1.0f, 2.0f}),
   };
   std::vector<TensorRef> refs = {tensors[0].ref(), tensors[1].ref()};
-  ASSERT_TRUE(WriteSafetensors(Path("ours.safetensors"), refs, {{"format", "pt"}}).ok());
+  ASSERT_OK(WriteSafetensors(Path("ours.safetensors"), refs, {{"format", "pt"}}));
   EXPECT_EQ(ReadFile("ours.safetensors"), bytes);
 }
 
@@ -223,19 +219,19 @@ TEST_F(Safetensors, MatchesTheReferenceLibraryTestVectors) {
   for (const Case& c : cases) {
     TensorRef t{c.name, DType::kF32, c.shape,
                 reinterpret_cast<const std::byte*>(six_floats.data()), six_floats.size()};
-    ASSERT_TRUE(WriteSafetensors(Path("v.safetensors"), std::span<const TensorRef>(&t, 1)).ok());
+    ASSERT_OK(WriteSafetensors(Path("v.safetensors"), std::span<const TensorRef>(&t, 1)));
     EXPECT_EQ(ReadFile("v.safetensors"), c.expected) << c.name;
     auto file = SafetensorsFile::Open(Path("v.safetensors"));
-    ASSERT_TRUE(file.ok()) << file.status().ToString();
+    ASSERT_OK(file);
     EXPECT_EQ(ToFloat32(*file->Get(c.name)), (std::vector<float>{0, 1, 2, 3, 4, 5}));
   }
-  ASSERT_TRUE(WriteSafetensors(Path("empty.safetensors"), {}).ok());
+  ASSERT_OK(WriteSafetensors(Path("empty.safetensors"), {}));
   EXPECT_EQ(ReadFile("empty.safetensors"), LE64(8) + "{}      ");
-  ASSERT_TRUE(WriteSafetensors(Path("empty.safetensors"), {}, {{"framework", "pt"}}).ok());
+  ASSERT_OK(WriteSafetensors(Path("empty.safetensors"), {}, {{"framework", "pt"}}));
   EXPECT_EQ(ReadFile("empty.safetensors"),
             LE64(40) + R"({"__metadata__":{"framework":"pt"}})" + std::string(5, ' '));
   auto empty = SafetensorsFile::Open(Path("empty.safetensors"));
-  ASSERT_TRUE(empty.ok()) << empty.status().ToString();
+  ASSERT_OK(empty);
   EXPECT_TRUE(empty->Names().empty());
   EXPECT_EQ(empty->metadata().at("framework"), "pt");
 }
@@ -246,8 +242,8 @@ TEST_F(Safetensors, ShardedIndex) {
   const OwnedTensor c = MakeTensor("lm_head.weight", DType::kF16, {2, 2}, {5, 6, 7, 8});
   std::vector<TensorRef> shard1 = {a.ref(), b.ref()};
   std::vector<TensorRef> shard2 = {c.ref()};
-  ASSERT_TRUE(WriteSafetensors(Path("model-00001-of-00002.safetensors"), shard1).ok());
-  ASSERT_TRUE(WriteSafetensors(Path("model-00002-of-00002.safetensors"), shard2).ok());
+  ASSERT_OK(WriteSafetensors(Path("model-00001-of-00002.safetensors"), shard1));
+  ASSERT_OK(WriteSafetensors(Path("model-00002-of-00002.safetensors"), shard2));
   const std::string index_path = Path("model.safetensors.index.json");
   auto write_index = [&](std::string_view weight_map) {
     WriteFile("model.safetensors.index.json",
@@ -259,7 +255,7 @@ TEST_F(Safetensors, ShardedIndex) {
                   "lm_head.weight": "model-00002-of-00002.safetensors"})");
 
   auto w = ModelWeights::OpenDir(dir_.string());
-  ASSERT_TRUE(w.ok()) << w.status().ToString();
+  ASSERT_OK(w);
   EXPECT_EQ(w->source(), index_path);
   EXPECT_EQ(w->Names(), (std::vector<std::string>{"lm_head.weight", "model.embed_tokens.weight",
                                                   "model.norm.weight"}));
@@ -267,7 +263,7 @@ TEST_F(Safetensors, ShardedIndex) {
   EXPECT_EQ(ToFloat32(*w->Get("lm_head.weight")), (std::vector<float>{5, 6, 7, 8}));
   EXPECT_EQ(w->Get("model.norm.weight")->dtype, DType::kBF16);
   const std::vector<std::string> need = {"model.embed_tokens.weight", "lm_head.weight"};
-  EXPECT_TRUE(w->Require(need).ok());
+  EXPECT_OK(w->Require(need));
 
   // A tensor the index does not list is not visible, even when a shard holds it.
   auto missing = w->Get("model.layers.0.mlp.up_proj.weight");
@@ -430,8 +426,8 @@ TEST_F(Safetensors, UnsupportedDTypeOpensButGetNamesTheTensor) {
       std::string(15, '\0'));
   const std::string path = WriteFile("mixed.safetensors", bytes);
   auto file = SafetensorsFile::Open(path);
-  ASSERT_TRUE(file.ok()) << file.status().ToString();
-  EXPECT_TRUE(file->Get("a").ok());
+  ASSERT_OK(file);
+  EXPECT_OK(file->Get("a"));
   auto i64 = file->Get("model.rotary_emb.inv_freq");
   ASSERT_FALSE(i64.ok());
   EXPECT_EQ(i64.status().code(), StatusCode::kInvalidArgument);
@@ -447,15 +443,15 @@ TEST_F(Safetensors, UnsupportedDTypeOpensButGetNamesTheTensor) {
 TEST_F(Safetensors, RequireNamesTheFirstMissingTensor) {
   const OwnedTensor a = MakeTensor("model.embed_tokens.weight", DType::kF32, {1}, {1});
   std::vector<TensorRef> refs = {a.ref()};
-  ASSERT_TRUE(WriteSafetensors(Path("model.safetensors"), refs).ok());
+  ASSERT_OK(WriteSafetensors(Path("model.safetensors"), refs));
   auto w = ModelWeights::OpenFile(Path("model.safetensors"));
-  ASSERT_TRUE(w.ok());
+  ASSERT_OK(w);
   const std::vector<std::string> names = {"model.embed_tokens.weight", "model.norm.weight",
                                           "lm_head.weight"};
   const Status st = w->Require(names);
   EXPECT_EQ(st.code(), StatusCode::kNotFound);
   EXPECT_EQ(st.message(), Path("model.safetensors") + ": missing tensor model.norm.weight");
-  EXPECT_TRUE(w->Require(std::vector<std::string>{"model.embed_tokens.weight"}).ok());
+  EXPECT_OK(w->Require(std::vector<std::string>{"model.embed_tokens.weight"}));
 }
 
 TEST_F(Safetensors, WriterRefusesBadInputAndLeavesNothing) {

@@ -8,6 +8,7 @@
 #include <numeric>
 
 #include "longctx/attention/hybrid_attention.h"
+#include "longctx/test/status_matchers.h"
 
 namespace longctx::attention {
 namespace {
@@ -28,7 +29,7 @@ TEST(ShardPlan, CoversAndBalancesUniformWork) {
   AttentionSpec spec;
   spec.window = 64;
   auto p = MakeShardPlan(100000, {}, spec, 4);
-  ASSERT_TRUE(p.ok());
+  ASSERT_OK(p);
   ExpectWellFormed(*p, 100000, 4);
   for (int r = 0; r < 4; ++r) EXPECT_NEAR(double(p->rows(r)), 25000.0, 100.0);
 }
@@ -41,7 +42,7 @@ TEST(ShardPlan, CostModelMatchesAllowedPairsAndBalancesGlobals) {
   std::vector<int64_t> g;
   for (int64_t i = 9000; i < 10000; i += 10) g.push_back(i);
   auto p = MakeShardPlan(10000, g, spec, 3);
-  ASSERT_TRUE(p.ok());
+  ASSERT_OK(p);
   ExpectWellFormed(*p, 10000, 3);
   const int64_t total = std::accumulate(p->cost.begin(), p->cost.end(), int64_t(0));
   for (int r = 0; r < 3; ++r) EXPECT_NEAR(double(p->cost[r]), double(total) / 3, double(total) * 0.01);
@@ -54,7 +55,7 @@ TEST(ShardPlan, FewerTokensThanRanksGivesEmptyShards) {
   AttentionSpec spec;
   for (int64_t n : {0, 1, 2, 3}) {
     auto p = MakeShardPlan(n, {}, spec, 4);
-    ASSERT_TRUE(p.ok());
+    ASSERT_OK(p);
     ExpectWellFormed(*p, n, 4);
     int empty = 0;
     for (int r = 0; r < 4; ++r) empty += p->rows(r) == 0;
@@ -71,14 +72,14 @@ TEST(ShardPlan, KeyRangeSpansSeveralShardsWhenShardsAreShort) {
   AttentionSpec spec;
   spec.window = 100;
   auto p = MakeShardPlan(120, {}, spec, 4);  // ~30 rows per shard < W
-  ASSERT_TRUE(p.ok());
+  ASSERT_OK(p);
   const auto [lo, hi] = p->KeyRange(3);
   EXPECT_EQ(lo, std::max<int64_t>(0, p->begin(3) - 99));
   EXPECT_EQ(hi, 120);
   EXPECT_LT(lo, p->begin(2)) << "the halo of rank 3 reaches past rank 2";
   spec.causal = false;
   auto b = MakeShardPlan(120, {}, spec, 4);
-  ASSERT_TRUE(b.ok());
+  ASSERT_OK(b);
   EXPECT_EQ(b->KeyRange(0).second, std::min<int64_t>(120, b->end(0) + 99));
 }
 
@@ -88,9 +89,9 @@ TEST(ShardPlan, SerializeRoundTripAndBadText) {
   spec.causal = false;
   const std::vector<int64_t> g = {0, 5, 700};
   auto p = MakeShardPlan(1000, g, spec, 3);
-  ASSERT_TRUE(p.ok());
+  ASSERT_OK(p);
   auto q = ShardPlan::Parse(p->Serialize());
-  ASSERT_TRUE(q.ok()) << q.status().ToString();
+  ASSERT_OK(q);
   EXPECT_EQ(q->bounds, p->bounds);
   EXPECT_EQ(q->cost, p->cost);
   EXPECT_EQ(q->window, 32);

@@ -1,4 +1,5 @@
 #include "longctx/core/status.h"
+#include "longctx/test/status_matchers.h"
 
 #include <gtest/gtest.h>
 
@@ -18,7 +19,7 @@ Status Chain(int x, int* out) {
 }
 
 TEST(Status, OkAndError) {
-  EXPECT_TRUE(Status::Ok().ok());
+  EXPECT_OK(Status::Ok());
   const Status s = NotFound("tensor {} missing", "lm_head.weight");
   EXPECT_FALSE(s.ok());
   EXPECT_EQ(s.code(), StatusCode::kNotFound);
@@ -29,7 +30,7 @@ TEST(Status, OkAndError) {
 
 TEST(Status, ResultAndMacros) {
   int out = -1;
-  EXPECT_TRUE(Chain(8, &out).ok());
+  EXPECT_OK(Chain(8, &out));
   EXPECT_EQ(out, 2);
   out = -1;
   const Status s = Chain(6, &out);  // 6 -> 3 -> odd

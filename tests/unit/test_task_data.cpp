@@ -22,6 +22,8 @@
 
 #include "longctx/attention/global_selection.h"
 #include "longctx/core/npy.h"
+#include "longctx/test/temp_dir.h"
+#include "longctx/test/status_matchers.h"
 
 namespace longctx::train {
 namespace {
@@ -30,20 +32,7 @@ namespace fs = std::filesystem;
 
 constexpr Task kTasks[] = {Task::kPasskey, Task::kNiah, Task::kMultikey, Task::kVt, Task::kLm};
 
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::path(::testing::TempDir()) / "task_data_XXXXXX").string();
-    if (::mkdtemp(tmpl.data()) == nullptr) ADD_FAILURE() << std::strerror(errno);
-    path_ = tmpl;
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  std::string File(const std::string& name) const { return (fs::path(path_) / name).string(); }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+using test::TempDir;
 
 // A small prose corpus written by the test (so these tests do not need the Debian package):
 // 120 distinct paragraphs of 4-6 ordinary sentences, one with multi-byte characters, one with a
@@ -152,7 +141,7 @@ void CheckLayout(const TaskDocument& d, int64_t tokens) {
 TEST(TaskData, ParsesTaskAndSplitNames) {
   for (Task t : kTasks) {
     auto r = ParseTask(TaskName(t));
-    ASSERT_TRUE(r.ok());
+    ASSERT_OK(r);
     EXPECT_EQ(*r, t);
   }
   EXPECT_EQ(ParseTask("needle").status().code(), StatusCode::kInvalidArgument);
@@ -192,7 +181,7 @@ TEST(TaskData, TooFewTokensNamesTheMinimum) {
   EXPECT_FALSE(MakeTaskDocument(Task::kMultikey, 4000, 1, TestCorpus(), {.keys = 0}).ok());
   EXPECT_FALSE(MakeTaskDocument(Task::kVt, 4000, 1, TestCorpus(), {.hops = 0}).ok());
   EXPECT_FALSE(CheckTaskOptions(Task::kPasskey, {.depth = std::nan("")}).ok());
-  EXPECT_TRUE(CheckTaskOptions(Task::kPasskey, {.depth = -1}).ok());
+  EXPECT_OK(CheckTaskOptions(Task::kPasskey, {.depth = -1}));
   EXPECT_FALSE(CheckTaskOptions(Task::kMultikey, {.keys = 100000}).ok());
   EXPECT_GT(MinTokens(Task::kMultikey, {.keys = 100000}), MinTokens(Task::kMultikey));  // clamped
 }
@@ -409,7 +398,7 @@ TEST(TaskData, HeldOutSplitIsDisjointFromTrain) {
   const std::string dir = (fs::path(::testing::TempDir()) / "task_data_corpus").string();
   const std::vector<std::string> swapped = {dir + "/b.txt", dir + "/a.txt"};
   auto r = FillerCorpus::Load(swapped);
-  ASSERT_TRUE(r.ok());
+  ASSERT_OK(r);
   const auto eval2 = r->Paragraphs(Split::kEval);
   EXPECT_EQ(std::set<std::string_view>(eval2.begin(), eval2.end()),
             std::set<std::string_view>(eval.begin(), eval.end()));
@@ -443,7 +432,7 @@ TEST(TaskData, HtmlKeepsProseParagraphsOnly) {
   std::ofstream(dir.File("page.html")) << html;
   const std::vector<std::string> files = {dir.File("page.html")};
   auto r = FillerCorpus::Load(files);
-  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ASSERT_OK(r);
   EXPECT_EQ(r->paragraphs(Split::kTrain) + r->paragraphs(Split::kEval), 60);
   for (Split s : {Split::kTrain, Split::kEval}) {
     for (std::string_view p : r->Paragraphs(s)) {
@@ -457,13 +446,13 @@ TEST(TaskData, HtmlKeepsProseParagraphsOnly) {
 TEST(TaskData, WritesTheFilesOfADocument) {
   TempDir dir;
   const TaskDocument d = Make(Task::kNiah, 1500, 9);
-  ASSERT_TRUE(WriteTaskDocumentFiles(dir.path(), 3, d).ok());
+  ASSERT_OK(WriteTaskDocumentFiles(dir.path().string(), 3, d));
   std::ifstream txt(dir.File("doc-3.txt"), std::ios::binary);
   const std::string context((std::istreambuf_iterator<char>(txt)),
                             std::istreambuf_iterator<char>());
   EXPECT_EQ(context, d.context);
   auto ids = ReadNpy(dir.File("doc-3.ids.npy"));
-  ASSERT_TRUE(ids.ok()) << ids.status().ToString();
+  ASSERT_OK(ids);
   EXPECT_EQ(ids->dtype, DType::kI32);
   EXPECT_EQ(std::vector<int32_t>(ids->as<int32_t>(), ids->as<int32_t>() + ids->numel()), d.ids);
   // The mask: numpy's uint8 format 1.0, data 64-byte aligned.
@@ -492,18 +481,18 @@ TEST(TaskData, LoadsTokenFiles) {
   TempDir dir;
   std::ofstream(dir.File("a.txt"), std::ios::binary) << "hi\xff";
   auto t = LoadTokenFile(dir.File("a.txt"));
-  ASSERT_TRUE(t.ok());
+  ASSERT_OK(t);
   EXPECT_EQ(*t, (std::vector<int32_t>{'h', 'i', 255}));
   const std::vector<int64_t> big = {1, 70000, 3};
-  ASSERT_TRUE(WriteNpy(dir.File("b.npy"), DType::kI64, {3}, big.data()).ok());
+  ASSERT_OK(WriteNpy(dir.File("b.npy"), DType::kI64, {3}, big.data()));
   auto b = LoadTokenFile(dir.File("b.npy"));
-  ASSERT_TRUE(b.ok()) << b.status().ToString();
+  ASSERT_OK(b);
   EXPECT_EQ(*b, (std::vector<int32_t>{1, 70000, 3}));
   const std::vector<int32_t> neg = {1, -1};
-  ASSERT_TRUE(WriteNpy(dir.File("n.npy"), DType::kI32, {2}, neg.data()).ok());
+  ASSERT_OK(WriteNpy(dir.File("n.npy"), DType::kI32, {2}, neg.data()));
   EXPECT_EQ(LoadTokenFile(dir.File("n.npy")).status().code(), StatusCode::kOutOfRange);
   const std::vector<int32_t> m = {1, 2, 3, 4};
-  ASSERT_TRUE(WriteNpy(dir.File("m.npy"), DType::kI32, {2, 2}, m.data()).ok());
+  ASSERT_OK(WriteNpy(dir.File("m.npy"), DType::kI32, {2, 2}, m.data()));
   EXPECT_EQ(LoadTokenFile(dir.File("m.npy")).status().code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(LoadTokenFile(dir.File("none.txt")).status().code(), StatusCode::kNotFound);
 }

@@ -20,6 +20,7 @@
 #include <thread>
 
 #include "longctx/attention/reference.h"
+#include "longctx/test/status_matchers.h"
 
 namespace longctx::cache {
 namespace {
@@ -145,7 +146,7 @@ void CheckScan(TieredKvCache* cache, Codec codec, const Geometry& g, const Refer
     calls->emplace_back(first, count);
     return Status::Ok();
   });
-  ASSERT_TRUE(s.ok()) << s.ToString();
+  ASSERT_OK(s);
   EXPECT_EQ(next, end);
 }
 
@@ -159,7 +160,7 @@ void CheckGather(TieredKvCache* cache, Codec codec, const Geometry& g, const Ref
   }
   std::vector<float> k(rows.size() * size_t(g.row())), v(k.size());
   Status s = cache->Gather(layer, rows, k.data(), v.data());
-  ASSERT_TRUE(s.ok()) << s.ToString();
+  ASSERT_OK(s);
   for (size_t i = 0; i < rows.size(); ++i) {
     ExpectRow(codec, g, ref, layer, rows[i], k.data() + i * size_t(g.row()),
               v.data() + i * size_t(g.row()), n);
@@ -219,12 +220,12 @@ TEST(TieredKvCache, ScanAndGatherReturnTheAppendedRowsForEveryCodecAndBudget) {
       SCOPED_TRACE(fmt::format("codec {} budgets {} remote {}", CodecName(codec), b.name, b.remote));
       auto remote = b.remote ? std::make_shared<MemoryRemoteTier>(uint64_t{1} << 30) : nullptr;
       auto cache = TieredKvCache::Create(b.options, g.layers, g.kv_heads, g.head_dim, 42, remote);
-      ASSERT_TRUE(cache.ok()) << cache.status().ToString();
+      ASSERT_OK(cache);
       TieredKvCache* c = cache->get();
-      ASSERT_TRUE(c->SetPersistent(kPersistent, kWindow).ok());
+      ASSERT_OK(c->SetPersistent(kPersistent, kWindow));
       Status s = AppendRange(c, g, ref, 0, g.rows);
-      ASSERT_TRUE(s.ok()) << s.ToString();
-      ASSERT_TRUE(c->Flush().ok());
+      ASSERT_OK(s);
+      ASSERT_OK(c->Flush());
       Calls calls;
       for (int32_t l = 0; l < g.layers; ++l) {
         EXPECT_EQ(c->rows(l), g.rows);
@@ -235,7 +236,7 @@ TEST(TieredKvCache, ScanAndGatherReturnTheAppendedRowsForEveryCodecAndBudget) {
       }
       // Scan in reverse layer order too (an access order LRU handles worst).
       for (int32_t l = g.layers - 1; l >= 0; --l) CheckScan(c, codec, g, ref, l, 0, g.rows, &calls);
-      ASSERT_TRUE(c->Flush().ok());
+      ASSERT_OK(c->Flush());
       const KvCacheStats st = c->Stats();
       ExpectWithinBudgets(st, b.options);
       if (std::string(b.name) == "unlimited") {
@@ -270,9 +271,9 @@ TEST(TieredKvCache, NoTierAboveItsBudgetWhileSampled) {
   o.remote_budget = 600 * g.encoded_block_bytes(o.codec);
   auto remote = std::make_shared<MemoryRemoteTier>(uint64_t{1} << 30);
   auto cache = TieredKvCache::Create(o, g.layers, g.kv_heads, g.head_dim, 5, remote);
-  ASSERT_TRUE(cache.ok()) << cache.status().ToString();
+  ASSERT_OK(cache);
   TieredKvCache* c = cache->get();
-  ASSERT_TRUE(c->SetPersistent(kPersistent, kWindow).ok());
+  ASSERT_OK(c->SetPersistent(kPersistent, kWindow));
 
   std::atomic<bool> done{false};
   std::atomic<int64_t> samples{0}, violations{0};
@@ -294,8 +295,8 @@ TEST(TieredKvCache, NoTierAboveItsBudgetWhileSampled) {
   }
   done = true;
   sampler.join();
-  ASSERT_TRUE(s.ok()) << s.ToString();
-  ASSERT_TRUE(c->Flush().ok());
+  ASSERT_OK(s);
+  ASSERT_OK(c->Flush());
   EXPECT_EQ(violations.load(), 0) << "of " << samples.load() << " samples";
   EXPECT_GT(samples.load(), 100);
   const KvCacheStats st = c->Stats();
@@ -311,14 +312,14 @@ TEST(TieredKvCache, PersistentBlocksAndTheLastWindowStayResident) {
   o.block_tokens = g.block_tokens;
   o.device_budget = TinyDeviceBudget(g);
   auto cache = TieredKvCache::Create(o, g.layers, g.kv_heads, g.head_dim, 1, nullptr);
-  ASSERT_TRUE(cache.ok());
+  ASSERT_OK(cache);
   TieredKvCache* c = cache->get();
-  ASSERT_TRUE(c->SetPersistent(kPersistent, kWindow).ok());
-  ASSERT_TRUE(AppendRange(c, g, ref, 0, g.rows).ok());
+  ASSERT_OK(c->SetPersistent(kPersistent, kWindow));
+  ASSERT_OK(AppendRange(c, g, ref, 0, g.rows));
   Calls calls;
   // Stream every layer through the tiny budget, then read only the persistent set.
   for (int32_t l = 0; l < g.layers; ++l) CheckScan(c, o.codec, g, ref, l, 0, g.rows, &calls);
-  ASSERT_TRUE(c->Flush().ok());
+  ASSERT_OK(c->Flush());
   const KvCacheStats before = c->Stats();
   EXPECT_GT(before.loads, 0u);
   for (int32_t l = 0; l < g.layers; ++l) {
@@ -331,9 +332,9 @@ TEST(TieredKvCache, PersistentBlocksAndTheLastWindowStayResident) {
 
   // A row pinned later brings its block back and keeps it.
   c->Pin(40);
-  ASSERT_TRUE(c->Flush().ok());
+  ASSERT_OK(c->Flush());
   for (int32_t l = 0; l < g.layers; ++l) CheckScan(c, o.codec, g, ref, l, 1, g.rows - 1, &calls);
-  ASSERT_TRUE(c->Flush().ok());
+  ASSERT_OK(c->Flush());
   const KvCacheStats mid = c->Stats();
   for (int32_t l = 0; l < g.layers; ++l) CheckScan(c, o.codec, g, ref, l, 40, 41, &calls);
   EXPECT_EQ(c->Stats().loads, mid.loads);
@@ -353,16 +354,16 @@ TEST(TieredKvCache, PrefetchThenScanHitsAndScanWithoutPrefetchMisses) {
     if (remote_tier) o.host_budget = 4 * g.encoded_block_bytes(o.codec);
     auto remote = remote_tier ? std::make_shared<MemoryRemoteTier>(uint64_t{1} << 30) : nullptr;
     auto cache = TieredKvCache::Create(o, g.layers, g.kv_heads, g.head_dim, 2, remote);
-    ASSERT_TRUE(cache.ok());
+    ASSERT_OK(cache);
     TieredKvCache* c = cache->get();
-    ASSERT_TRUE(c->SetPersistent(kPersistent, kWindow).ok());
-    ASSERT_TRUE(AppendRange(c, g, ref, 0, g.rows).ok());
-    ASSERT_TRUE(c->Flush().ok());
+    ASSERT_OK(c->SetPersistent(kPersistent, kWindow));
+    ASSERT_OK(AppendRange(c, g, ref, 0, g.rows));
+    ASSERT_OK(c->Flush());
     const KvCacheStats s0 = c->Stats();
     EXPECT_GT(s0.demotions, 0u);
 
     c->Prefetch(0, 0, g.rows);  // layer 0 was appended first: the most demoted
-    ASSERT_TRUE(c->Flush().ok());
+    ASSERT_OK(c->Flush());
     const KvCacheStats s1 = c->Stats();
     EXPECT_GT(s1.loads, s0.loads);
     Calls calls;
@@ -397,13 +398,13 @@ TEST(TieredKvCache, TruncateThenAppend) {
       o.host_budget = 3 * g.encoded_block_bytes(codec);
       auto remote = std::make_shared<MemoryRemoteTier>(uint64_t{1} << 30);
       auto cache = TieredKvCache::Create(o, g.layers, g.kv_heads, g.head_dim, 4, remote);
-      ASSERT_TRUE(cache.ok());
+      ASSERT_OK(cache);
       TieredKvCache* c = cache->get();
-      ASSERT_TRUE(c->SetPersistent(kPersistent, kWindow).ok());
-      ASSERT_TRUE(AppendRange(c, g, ref, 0, g.rows).ok());
-      ASSERT_TRUE(c->Flush().ok());
-      ASSERT_TRUE(c->Truncate(cut).ok());
-      ASSERT_TRUE(c->Truncate(g.rows + 5).ok());  // beyond the end: nothing to drop
+      ASSERT_OK(c->SetPersistent(kPersistent, kWindow));
+      ASSERT_OK(AppendRange(c, g, ref, 0, g.rows));
+      ASSERT_OK(c->Flush());
+      ASSERT_OK(c->Truncate(cut));
+      ASSERT_OK(c->Truncate(g.rows + 5));  // beyond the end: nothing to drop
       // The expected content: ref's rows below the cut, then other's rows.
       Reference want = ref;
       for (int32_t l = 0; l < g.layers; ++l) {
@@ -412,15 +413,15 @@ TEST(TieredKvCache, TruncateThenAppend) {
         std::copy(other.k[size_t(l)].begin() + off, other.k[size_t(l)].end(), want.k[size_t(l)].begin() + off);
         std::copy(other.v[size_t(l)].begin() + off, other.v[size_t(l)].end(), want.v[size_t(l)].begin() + off);
       }
-      ASSERT_TRUE(AppendRange(c, g, other, cut, g.rows).ok());
-      ASSERT_TRUE(c->Flush().ok());
+      ASSERT_OK(AppendRange(c, g, other, cut, g.rows));
+      ASSERT_OK(c->Flush());
       Calls calls;
       for (int32_t l = 0; l < g.layers; ++l) {
         EXPECT_EQ(c->rows(l), g.rows);
         CheckScan(c, codec, g, want, l, 0, g.rows, &calls);
         CheckGather(c, codec, g, want, l, 99);
       }
-      ASSERT_TRUE(c->Flush().ok());
+      ASSERT_OK(c->Flush());
       const KvCacheStats st = c->Stats();
       ExpectWithinBudgets(st, o);
       // The remote tier holds exactly the blocks the cache thinks it placed there.
@@ -440,11 +441,11 @@ TEST(TieredKvCache, CorruptRemoteBlockIsDataLossNamingTheBlock) {
   o.host_budget = 2 * g.encoded_block_bytes(o.codec);
   auto remote = std::make_shared<MemoryRemoteTier>(uint64_t{1} << 30);
   auto cache = TieredKvCache::Create(o, g.layers, g.kv_heads, g.head_dim, 77, remote);
-  ASSERT_TRUE(cache.ok());
+  ASSERT_OK(cache);
   TieredKvCache* c = cache->get();
-  ASSERT_TRUE(c->SetPersistent(kPersistent, kWindow).ok());
-  ASSERT_TRUE(AppendRange(c, g, ref, 0, g.rows).ok());
-  ASSERT_TRUE(c->Flush().ok());
+  ASSERT_OK(c->SetPersistent(kPersistent, kWindow));
+  ASSERT_OK(AppendRange(c, g, ref, 0, g.rows));
+  ASSERT_OK(c->Flush());
   // The first block of layer 0 that sits in the remote tier.
   BlockKey bad{77, 0, 0};
   bool found = false;
@@ -489,9 +490,9 @@ TEST(TieredKvCache, RandomOperationsMatchTheReference) {
     if (with_remote) o.host_budget = (2 + seed % 5) * g.encoded_block_bytes(codec);
     auto remote = with_remote ? std::make_shared<MemoryRemoteTier>(uint64_t{1} << 30) : nullptr;
     auto cache = TieredKvCache::Create(o, g.layers, g.kv_heads, g.head_dim, seed, remote);
-    ASSERT_TRUE(cache.ok()) << cache.status().ToString();
+    ASSERT_OK(cache);
     TieredKvCache* c = cache->get();
-    ASSERT_TRUE(c->SetPersistent(kPersistent, kWindow).ok());
+    ASSERT_OK(c->SetPersistent(kPersistent, kWindow));
     // want: what each layer must hold (its rows come from src at a rotating offset, so a
     // re-append after a truncate brings different values than the first time).
     Reference want;
@@ -509,7 +510,7 @@ TEST(TieredKvCache, RandomOperationsMatchTheReference) {
           const float* k = src.k[size_t(l)].data() + from * g.row();
           const float* v = src.v[size_t(l)].data() + from * g.row();
           Status s = c->Append(l, k, v, n);
-          ASSERT_TRUE(s.ok()) << s.ToString();
+          ASSERT_OK(s);
           want.k[size_t(l)].insert(want.k[size_t(l)].end(), k, k + n * g.row());
           want.v[size_t(l)].insert(want.v[size_t(l)].end(), v, v + n * g.row());
           break;
@@ -517,7 +518,7 @@ TEST(TieredKvCache, RandomOperationsMatchTheReference) {
         case 2: {  // truncate every layer
           if (rng() % 3 != 0) break;
           const int64_t to = int64_t(rng() % uint64_t(g.rows));
-          ASSERT_TRUE(c->Truncate(to).ok());
+          ASSERT_OK(c->Truncate(to));
           for (int32_t m = 0; m < g.layers; ++m) {
             const size_t keep = std::min(want.k[size_t(m)].size(), size_t(to * g.row()));
             want.k[size_t(m)].resize(keep);
@@ -549,14 +550,14 @@ TEST(TieredKvCache, RandomOperationsMatchTheReference) {
           if (rng() % 2) {
             CheckGather(c, codec, g, want, l, rng());
           } else {
-            ASSERT_TRUE(c->Flush().ok());
+            ASSERT_OK(c->Flush());
             ExpectWithinBudgets(c->Stats(), o);
           }
           break;
       }
       if (HasFatalFailure() || HasFailure()) return;
     }
-    ASSERT_TRUE(c->Flush().ok());
+    ASSERT_OK(c->Flush());
     ExpectWithinBudgets(c->Stats(), o);
     if (remote) {
       EXPECT_EQ(remote->Stats().used_bytes, c->Stats().remote.bytes);
@@ -606,9 +607,9 @@ TEST(TieredKvCache, LostRemoteTierIsAnErrorNamingTheBlockNeverAHang) {
   o.host_budget = 2 * g.encoded_block_bytes(o.codec);
   auto remote = std::make_shared<DyingRemoteTier>(5);
   auto cache = TieredKvCache::Create(o, g.layers, g.kv_heads, g.head_dim, 3, remote);
-  ASSERT_TRUE(cache.ok());
+  ASSERT_OK(cache);
   TieredKvCache* c = cache->get();
-  ASSERT_TRUE(c->SetPersistent(kPersistent, kWindow).ok());
+  ASSERT_OK(c->SetPersistent(kPersistent, kWindow));
   const auto t0 = Clock::now();
   Status s = AppendRange(c, g, ref, 0, g.rows);
   EXPECT_EQ(s.code(), StatusCode::kUnavailable) << s.ToString();
@@ -630,7 +631,7 @@ void ExpectExhausted(const KvCacheOptions& o, std::shared_ptr<RemoteTier> remote
   Status s = cache.status();
   if (cache.ok()) {
     TieredKvCache* c = cache->get();
-    EXPECT_TRUE(c->SetPersistent(kPersistent, window).ok());
+    EXPECT_OK(c->SetPersistent(kPersistent, window));
     s = AppendRange(c, g, ref, 0, g.rows);
     if (s.ok()) {
       Calls calls;
@@ -693,7 +694,7 @@ TEST(TieredKvCache, BadArgumentsAreErrors) {
   o.block_tokens = 16;
   EXPECT_EQ(TieredKvCache::Create(o, 0, 1, 1, 0, nullptr).status().code(), StatusCode::kInvalidArgument);
   auto cache = TieredKvCache::Create(o, 2, g.kv_heads, g.head_dim, 0, nullptr);
-  ASSERT_TRUE(cache.ok());
+  ASSERT_OK(cache);
   TieredKvCache* c = cache->get();
   std::vector<float> k(size_t(g.row()) * 4, 1.0f), v(k);
   EXPECT_EQ(c->Append(2, k.data(), v.data(), 4).code(), StatusCode::kOutOfRange);
@@ -701,7 +702,7 @@ TEST(TieredKvCache, BadArgumentsAreErrors) {
   k[5] = std::nanf("");
   EXPECT_EQ(c->Append(0, k.data(), v.data(), 4).code(), StatusCode::kInvalidArgument);
   k[5] = 1.0f;
-  ASSERT_TRUE(c->Append(0, k.data(), v.data(), 4).ok());
+  ASSERT_OK(c->Append(0, k.data(), v.data(), 4));
   auto noop = [](int64_t, int64_t, const float*, const float*) { return Status::Ok(); };
   EXPECT_EQ(c->Scan(0, 0, 5, noop).code(), StatusCode::kOutOfRange);
   EXPECT_EQ(c->Scan(0, 3, 2, noop).code(), StatusCode::kOutOfRange);
@@ -717,7 +718,7 @@ TEST(TieredKvCache, BadArgumentsAreErrors) {
               return NotFound("stop");
             }).code(), StatusCode::kNotFound);
   c->Prefetch(7, 0, 100);  // out of range: ignored
-  EXPECT_TRUE(c->Flush().ok());
+  EXPECT_OK(c->Flush());
 }
 
 TEST(TieredKvCache, DestructionWithWorkInFlightIsCleanAndErasesRemoteBlocks) {
@@ -732,10 +733,10 @@ TEST(TieredKvCache, DestructionWithWorkInFlightIsCleanAndErasesRemoteBlocks) {
     o.device_budget = TinyDeviceBudget(g) + uint64_t(round) * g.device_block_bytes();
     o.host_budget = 2 * g.encoded_block_bytes(o.codec);
     auto cache = TieredKvCache::Create(o, g.layers, g.kv_heads, g.head_dim, uint64_t(round), remote);
-    ASSERT_TRUE(cache.ok());
+    ASSERT_OK(cache);
     TieredKvCache* c = cache->get();
-    ASSERT_TRUE(c->SetPersistent(kPersistent, kWindow).ok());
-    ASSERT_TRUE(AppendRange(c, g, ref, 0, g.rows).ok());
+    ASSERT_OK(c->SetPersistent(kPersistent, kWindow));
+    ASSERT_OK(AppendRange(c, g, ref, 0, g.rows));
     for (int32_t l = 0; l < g.layers; ++l) c->Prefetch(l, 0, g.rows);
     // Destroyed with demotions and prefetches still queued or running.
     cache->reset();
@@ -772,12 +773,12 @@ double Int8AttentionError(bool outlier_channels) {
   o.codec = Codec::kInt8;
   o.device_budget = 4 * g.device_block_bytes();  // nearly every block goes through int8
   auto cache = TieredKvCache::Create(o, 1, g.kv_heads, g.head_dim, 0, nullptr);
-  EXPECT_TRUE(cache.ok());
+  EXPECT_OK(cache);
   if (!cache.ok()) return 1.0;
   TieredKvCache* c = cache->get();
-  EXPECT_TRUE(c->SetPersistent({}, 0).ok());
-  EXPECT_TRUE(c->Append(0, k.data(), v.data(), g.rows).ok());
-  EXPECT_TRUE(c->Flush().ok());
+  EXPECT_OK(c->SetPersistent({}, 0));
+  EXPECT_OK(c->Append(0, k.data(), v.data(), g.rows));
+  EXPECT_OK(c->Flush());
   std::vector<float> k8, v8;
   EXPECT_TRUE(c->Scan(0, 0, g.rows, [&](int64_t, int64_t n, const float* kk, const float* vv) {
                  k8.insert(k8.end(), kk, kk + n * g.row());
@@ -798,7 +799,7 @@ double Int8AttentionError(bool outlier_channels) {
         attention::TokenView::Dense(kk.data(), DType::kF32, g.rows, g.kv_heads, g.head_dim),
         attention::TokenView::Dense(vv.data(), DType::kF32, g.rows, g.kv_heads, g.head_dim), globals,
         spec, out.data(), nullptr);
-    EXPECT_TRUE(s.ok()) << s.ToString();
+    EXPECT_OK(s);
     return out;
   };
   const std::vector<float> o32 = attend(k, v), o8 = attend(k8, v8);
@@ -845,15 +846,15 @@ TEST(TieredKvCacheThroughput, DemotionBlocksPerSecond) {
       o.codec = codec;
       o.device_budget = 8 * g.device_block_bytes();
       auto cache = TieredKvCache::Create(o, 1, g.kv_heads, g.head_dim, 0, nullptr);
-      ASSERT_TRUE(cache.ok());
+      ASSERT_OK(cache);
       TieredKvCache* c = cache->get();
-      ASSERT_TRUE(c->SetPersistent({}, 64).ok());
+      ASSERT_OK(c->SetPersistent({}, 64));
       const auto t0 = Clock::now();
       for (int64_t r = 0; r < g.rows; r += 64) {
         const int64_t off = r % pool * g.row();
-        ASSERT_TRUE(c->Append(0, k.data() + off, v.data() + off, 64).ok());
+        ASSERT_OK(c->Append(0, k.data() + off, v.data() + off, 64));
       }
-      ASSERT_TRUE(c->Flush().ok());
+      ASSERT_OK(c->Flush());
       const double s = std::chrono::duration<double>(Clock::now() - t0).count();
       const KvCacheStats st = c->Stats();
       EXPECT_GE(st.demotions, 2000u - 10u);

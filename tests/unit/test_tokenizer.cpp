@@ -12,6 +12,8 @@
 #include <gtest/gtest.h>
 
 #include "longctx/attention/global_selection.h"
+#include "longctx/test/temp_dir.h"
+#include "longctx/test/status_matchers.h"
 
 namespace longctx::model {
 namespace {
@@ -27,19 +29,19 @@ std::string TinyPath(const std::string& name) {
 
 std::unique_ptr<HfTokenizer> Tiny(const std::string& name) {
   auto t = LoadHfTokenizer(TinyPath(name));
-  EXPECT_TRUE(t.ok()) << t.status().message();
+  EXPECT_OK(t);
   return t.ok() ? std::move(*t) : nullptr;
 }
 
 Ids Enc(const Tokenizer& t, std::string_view s, bool special = false) {
   auto r = t.Encode(s, special);
-  EXPECT_TRUE(r.ok()) << r.status().message();
+  EXPECT_OK(r);
   return r.ok() ? *r : Ids{};
 }
 
 std::string Dec(const Tokenizer& t, const Ids& ids, bool skip = false) {
   auto r = t.Decode(ids, skip);
-  EXPECT_TRUE(r.ok()) << r.status().message();
+  EXPECT_OK(r);
   return r.ok() ? *r : std::string();
 }
 
@@ -157,13 +159,14 @@ TEST(HfTokenizer, DecodeRejectsIdsOutsideTheVocabulary) {
 }
 
 TEST(HfTokenizer, LoadsFromADirectory) {
-  const auto dir = std::filesystem::temp_directory_path() / "longctx_tok_dir_test";
+  const test::TempDir tmp("longctx_tok_dir_test");
+  const auto dir = tmp.path() / "tokenizer";
   std::filesystem::create_directories(dir);
   std::filesystem::copy_file(TinyPath("t2.json"), dir / "tokenizer.json",
                              std::filesystem::copy_options::overwrite_existing);
   std::ofstream(dir / "tokenizer_config.json") << R"({"bos_token": "<s>", "eos_token": {"content": "</s>"}})";
   auto t = LoadHfTokenizer(dir.string());
-  ASSERT_TRUE(t.ok()) << t.status().message();
+  ASSERT_OK(t);
   EXPECT_EQ((*t)->bos_id(), 1);
   EXPECT_EQ((*t)->eos_ids(), (Ids{2}));
   std::filesystem::remove_all(dir);

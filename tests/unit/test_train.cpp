@@ -10,6 +10,7 @@
 
 #include "longctx/comm/communicator.h"
 #include "longctx/model/builtin.h"
+#include "longctx/test/temp_dir.h"
 #include "longctx/train/checkpoint.h"
 #include "longctx/train/optimizer.h"
 #include "longctx/train/sample_step.h"
@@ -188,8 +189,8 @@ TEST(AdamW, ClipsByTheGlobalNorm) {
 }
 
 TEST(Checkpoint, RoundTripsAndReplacesWhole) {
-  const fs::path dir = fs::temp_directory_path() / ("longctx_ckpt_" + std::to_string(::getpid()));
-  fs::remove_all(dir);
+  const test::TempDir tmp("longctx_ckpt");
+  const fs::path dir = tmp.path() / "checkpoints";  // made by SaveCheckpoint
   auto p = TinyParams(true);
   ASSERT_TRUE(p.ok());
   AdamW opt(p->size());
@@ -237,7 +238,6 @@ TEST(Checkpoint, RoundTripsAndReplacesWhole) {
   fs::remove((dir / "step-7" / "optimizer.safetensors"));
   Status missing = LoadOptimizerState((dir / "step-7").string(), *q, &back, &st2);
   EXPECT_FALSE(missing.ok());
-  fs::remove_all(dir);
 }
 
 // Central differences of the whole model's loss (float32 forward: steps of 1e-2 on chosen

@@ -22,7 +22,11 @@ namespace longctx::attention {
 enum class Isa : uint8_t { kAuto, kAvx512, kAvx2, kGeneric };
 std::string_view IsaName(Isa isa);
 bool IsaSupported(Isa isa);  // compiled in and supported by this CPU
-Isa BestIsa();               // honours LONGCTX_ISA=avx512|avx2|generic when supported
+Isa BestIsa();               // LONGCTX_ISA when set and valid, else the best this CPU supports
+// LONGCTX_ISA=auto|avx512|avx2|generic (kAuto when unset or empty). An unknown name, or one this
+// CPU/build lacks, is an InvalidArgument naming the variable, never a silent fallback; every
+// kernel entry point (through exec.isa == kAuto) returns it.
+Result<Isa> IsaFromEnvironment();
 Result<Isa> ParseIsa(std::string_view name);
 
 struct ExecOptions {
