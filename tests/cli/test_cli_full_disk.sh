@@ -81,5 +81,4 @@ done
 [[ $mid -gt 0 ]] && ok "$mid runs failed after writing some of their files" \
   || bad "no run failed part-way (the sweep did not reach the middle of a run)"
 
-echo "$passed passed, $failed failed"
-[[ $failed -eq 0 && $passed -gt 0 ]]
+finish
