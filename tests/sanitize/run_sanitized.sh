@@ -5,6 +5,7 @@
 # halts on its first error. Opt-in, because the sanitized build is a second full build (see
 # docs/security.md, "Fuzzing and sanitizers", for its cost): skipped (exit 77) unless
 # LONGCTX_CI_SANITIZE=1. Usage: run_sanitized.sh SOURCE_DIR BUILD_DIR [extra ctest args...]
+# (e.g. -R to run a subset; SANITIZE_TARGETS="t1 t2" builds only those targets).
 set -uo pipefail
 src=${1:?usage: run_sanitized.sh SOURCE_DIR BUILD_DIR [ctest args...]}
 build=${2:?usage: run_sanitized.sh SOURCE_DIR BUILD_DIR [ctest args...]}
@@ -20,7 +21,10 @@ cmake -S "$src" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DLONGCTX_SANITIZE=address,undefined -DLONGCTX_CUDA=OFF -DLONGCTX_PYTHON=OFF \
   "${launcher[@]}" >"$build.configure.log" 2>&1 || {
   tail -n 20 "$build.configure.log"; echo "run_sanitized: FAIL: configure"; exit 1; }
-timeout 5400 cmake --build "$build" -j "${JOBS:-$(nproc)}" >"$build.build.log" 2>&1 || {
+# SANITIZE_TARGETS: build only these (e.g. the gtest executables) instead of everything.
+read -ra targets <<<"${SANITIZE_TARGETS:-all}"
+timeout 5400 cmake --build "$build" -j "${JOBS:-$(nproc)}" --target "${targets[@]}" \
+  >"$build.build.log" 2>&1 || {
   tail -n 30 "$build.build.log"; echo "run_sanitized: FAIL: build"; exit 1; }
 echo "run_sanitized: built in $(($(date +%s) - start)) s"
 # detect_leaks: LeakSanitizer at exit. halt_on_error: a UBSan report aborts the test.
