@@ -26,7 +26,7 @@ if [[ "${1:-all}" != "run" ]]; then
   PACKAGES+=(git libgtest-dev libgmock-dev python3 python3-numpy python3-torch)
   # A real single-node Slurm cluster for the `slurm` tests (started and stopped by the test).
   PACKAGES+=(slurmctld slurmd slurm-client munge libpmix-dev)
-  # clang's libFuzzer for the coordinator's frame/message parser fuzz target.
+  # clang and its libFuzzer runtime for the fuzz targets (fuzz/, tests/fuzz/run_fuzzers.sh).
   PACKAGES+=(clang libclang-rt-14-dev)
   # The `bench kvstore` Redis peer (a private redis-server on loopback).
   PACKAGES+=(redis-server)

@@ -2,6 +2,7 @@
 # The whole test suite from a fresh Debian 12 machine: install what is missing, build (Release,
 # warnings as errors), run every CTest test. Usage: tests/run.sh [extra ctest args...]
 # Environment: BUILD_DIR (default build), JOBS (default: number of cores).
+# LONGCTX_CI_SANITIZE=1 also runs `sanitize_unit` (a second, ASan+UBSan build; skipped otherwise).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD_DIR="${BUILD_DIR:-$ROOT/build}"

@@ -201,8 +201,8 @@ Status StoreClientImpl::Init() {
   }
   ASSIGN_OR_RETURN(worker_, Worker::Create(ctx_));
   RETURN_IF_ERROR(worker_->SetAmHandler(wire::kAmReply, [this](const AmMessage& m) {
-    Result<wire::Reply> reply = wire::Read<wire::Reply>(m.header, "store reply");
-    if (!reply.ok() || reply->magic != wire::kAmMagic || reply->version != wire::kVersion) {
+    const std::optional<wire::Reply> reply = wire::ReadAmHeader<wire::Reply>(m.header);
+    if (!reply) {
       LONGCTX_LOG_WARN("store client: dropped a malformed reply");
       return;
     }
@@ -271,25 +271,9 @@ Status StoreClientImpl::ConnectPool(const PoolTarget& target, Deadline deadline)
     }
     return fail(answer.status());
   }
-  if (Result<wire::Refusal> r = wire::Read<wire::Refusal>(*answer, "refusal");
-      r.ok() && r->magic == wire::kRefusalMagic) {
-    const size_t n = std::min<size_t>(r->text_len, answer->size() - sizeof(wire::Refusal));
-    std::string why(reinterpret_cast<const char*>(answer->data()) + sizeof(wire::Refusal), n);
-    for (char& c : why) {
-      if (c == '\n' || c == '\r') c = ' ';
-    }
-    return fail(FailedPrecondition("refused: {}", why));
-  }
-  Result<wire::PoolHello> h = wire::Read<wire::PoolHello>(*answer, "pool hello");
-  if (!h.ok()) return fail(h.status());
-  if (h->magic != wire::kHelloMagic) return fail(DataLoss("not a longctx store (bad magic)"));
-  if (h->version != wire::kVersion) {
-    return fail(FailedPrecondition("protocol version {} (this build speaks {})", h->version,
-                                   wire::kVersion));
-  }
-  if (answer->size() != sizeof(wire::PoolHello) + size_t{h->addr_len} + h->rkey_len) {
-    return fail(DataLoss("a malformed hello ({} bytes)", answer->size()));
-  }
+  Result<wire::PoolAnswer> parsed = wire::ReadPoolAnswer(*answer);
+  if (!parsed.ok()) return fail(parsed.status());
+  const wire::PoolHello* h = &parsed->hello;
   if (h->pool_id == options_.exclude_pool_id) {
     LONGCTX_LOG_INFO("store client: {} is this process's own pool; not used", name);
     return Status::Ok();
@@ -300,8 +284,6 @@ Status StoreClientImpl::ConnectPool(const PoolTarget& target, Deadline deadline)
       return Status::Ok();
     }
   }
-  const std::span<const std::byte> rest = std::span<const std::byte>(*answer).subspan(
-      sizeof(wire::PoolHello));
   auto pool = std::make_unique<PoolConn>();
   pool->address = address;
   pool->name = name;
@@ -313,12 +295,12 @@ Status StoreClientImpl::ConnectPool(const PoolTarget& target, Deadline deadline)
   pool->capacity = h->pool_bytes;
   pool->quota = pool->free_bytes = std::min(h->quota_bytes, h->pool_bytes);
   Result<std::unique_ptr<Endpoint>> ep =
-      Endpoint::Connect(*worker_, rest.subspan(0, h->addr_len), name,
+      Endpoint::Connect(*worker_, parsed->address, name,
                         wire::SameHost(h->host, host_) && (h->flags & wire::kFlagSharedMemory));
   if (!ep.ok()) return fail(ep.status());
   pool->ep = std::move(*ep);
   Result<std::unique_ptr<RemoteKey>> rkey =
-      pool->ep->UnpackRkey(rest.subspan(h->addr_len, h->rkey_len), h->pool_base, h->pool_bytes);
+      pool->ep->UnpackRkey(parsed->rkey, h->pool_base, h->pool_bytes);
   if (!rkey.ok()) return fail(rkey.status());
   pool->rkey = std::move(*rkey);
   // One stats round trip proves both directions of the control path before any block moves.

@@ -234,8 +234,8 @@ void PoolServerImpl::UpdateStats() {
 }
 
 void PoolServerImpl::OnRequest(const AmMessage& message) {
-  Result<wire::Request> parsed = wire::Read<wire::Request>(message.header, "store request");
-  if (!parsed.ok() || parsed->magic != wire::kAmMagic || parsed->version != wire::kVersion) {
+  const std::optional<wire::Request> parsed = wire::ReadAmHeader<wire::Request>(message.header);
+  if (!parsed) {
     if (++dropped_ <= 10) {
       LONGCTX_LOG_WARN("store: dropped a malformed request ({} header bytes)",
                        message.header.size());
@@ -478,27 +478,21 @@ void PoolServerImpl::ReadHellos() {
 }
 
 void PoolServerImpl::HandleHello(PendingHello& p, std::span<const std::byte> payload) {
-  const wire::ClientHello h = *wire::Read<wire::ClientHello>(payload, "client hello");
-  if (h.magic != wire::kHelloMagic) return Refuse(p, "not a longctx store hello");
-  if (h.version != wire::kVersion) {
-    return Refuse(p, fmt::format("protocol version {} (this store speaks {})", h.version,
-                                 wire::kVersion));
-  }
   // The token first: nothing of the client's is interpreted, and nothing of the pool's is
   // revealed, before it is proven (an HMAC of this connection's nonce, compared in constant time).
-  if (options_.token) {
+  auto prove = [&](const wire::ClientHello& hello) -> std::string {
+    if (!options_.token) return "";
     const std::array<uint8_t, wire::kProofBytes> expected =
         wire::HelloProof(*options_.token, p.nonce);
-    if (CRYPTO_memcmp(expected.data(), h.proof, expected.size()) != 0) {
-      return Refuse(p, "wrong or missing store token");
+    if (CRYPTO_memcmp(expected.data(), hello.proof, expected.size()) != 0) {
+      return "wrong or missing store token";
     }
-  }
-  if (payload.size() != sizeof(wire::ClientHello) + size_t{h.addr_len}) {
-    return Refuse(p, fmt::format("malformed hello ({} bytes for a {}-byte address)",
-                                 payload.size(), h.addr_len));
-  }
-  const std::span<const std::byte> client_address = payload.subspan(sizeof(wire::ClientHello));
-  if (std::string bad = wire::CheckWorkerAddress(client_address, worker_->address());
+    return "";
+  };
+  wire::ClientHello h{};
+  std::span<const std::byte> client_address;
+  if (std::string bad =
+          wire::ReadClientHello(payload, worker_->address(), prove, &h, &client_address);
       !bad.empty()) {
     return Refuse(p, bad);
   }

@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <span>
 #include <string>
 #include <type_traits>
@@ -179,6 +180,74 @@ Result<T> Read(std::span<const std::byte> bytes, const char* what) {
   T value;
   std::memcpy(&value, bytes.data(), sizeof(T));
   return value;
+}
+
+// The pool's reading of a client hello: `payload` is the frame after its 4-byte length prefix
+// (which the pool bounds to [sizeof(ClientHello), kMaxHelloBytes] first). In order: magic,
+// version, then `prove(hello)` (the token: nothing else of the client's is interpreted before it
+// passes; it returns "" or the reason), then exactly addr_len address bytes past the header and
+// CheckWorkerAddress against `own`. Returns the refusal's reason, or "" with *hello and *address
+// (a view into `payload`) set. Pure: fuzzed by fuzz/fuzz_store_hello.cpp.
+template <typename Prove>
+std::string ReadClientHello(std::span<const std::byte> payload, std::span<const std::byte> own,
+                            Prove&& prove, ClientHello* hello,
+                            std::span<const std::byte>* address) {
+  Result<ClientHello> h = Read<ClientHello>(payload, "client hello");
+  if (!h.ok()) return "malformed hello (" + std::to_string(payload.size()) + " bytes)";
+  if (h->magic != kHelloMagic) return "not a longctx store hello";
+  if (h->version != kVersion) {
+    return "protocol version " + std::to_string(h->version) + " (this store speaks " +
+           std::to_string(kVersion) + ")";
+  }
+  if (std::string why = prove(*h); !why.empty()) return why;
+  if (payload.size() != sizeof(ClientHello) + size_t{h->addr_len}) {
+    return "malformed hello (" + std::to_string(payload.size()) + " bytes for a " +
+           std::to_string(h->addr_len) + "-byte address)";
+  }
+  const std::span<const std::byte> peer = payload.subspan(sizeof(ClientHello));
+  if (std::string bad = CheckWorkerAddress(peer, own); !bad.empty()) return bad;
+  *hello = *h;
+  *address = peer;
+  return "";
+}
+
+// The client's reading of the pool's answer to its hello: a Refusal (kFailedPrecondition
+// "refused: <reason>", the reason on one line) or a PoolHello followed by exactly addr_len bytes
+// of worker address and rkey_len bytes of packed rkey (views into `answer`). Another magic or a
+// wrong size is kDataLoss, another version kFailedPrecondition. Pure: fuzzed as above.
+struct PoolAnswer {
+  PoolHello hello;
+  std::span<const std::byte> address;
+  std::span<const std::byte> rkey;
+};
+inline Result<PoolAnswer> ReadPoolAnswer(std::span<const std::byte> answer) {
+  if (Result<Refusal> r = Read<Refusal>(answer, "refusal"); r.ok() && r->magic == kRefusalMagic) {
+    const size_t n = std::min<size_t>(r->text_len, answer.size() - sizeof(Refusal));
+    std::string why(reinterpret_cast<const char*>(answer.data()) + sizeof(Refusal), n);
+    for (char& c : why) {
+      if (c == '\n' || c == '\r') c = ' ';
+    }
+    return FailedPrecondition("refused: {}", why);
+  }
+  ASSIGN_OR_RETURN(PoolHello h, Read<PoolHello>(answer, "pool hello"));
+  if (h.magic != kHelloMagic) return DataLoss("not a longctx store (bad magic)");
+  if (h.version != kVersion) {
+    return FailedPrecondition("protocol version {} (this build speaks {})", h.version, kVersion);
+  }
+  if (answer.size() != sizeof(PoolHello) + size_t{h.addr_len} + h.rkey_len) {
+    return DataLoss("a malformed hello ({} bytes)", answer.size());
+  }
+  const std::span<const std::byte> rest = answer.subspan(sizeof(PoolHello));
+  return PoolAnswer{h, rest.subspan(0, h.addr_len), rest.subspan(h.addr_len, h.rkey_len)};
+}
+
+// An active message's header of type T (Request or Reply) with this protocol's magic and
+// version, or std::nullopt (the caller drops it).
+template <typename T>
+std::optional<T> ReadAmHeader(std::span<const std::byte> header) {
+  Result<T> m = Read<T>(header, "store message");
+  if (!m.ok() || m->magic != kAmMagic || m->version != kVersion) return std::nullopt;
+  return *m;
 }
 
 inline void Append(std::vector<std::byte>* out, std::span<const std::byte> bytes) {

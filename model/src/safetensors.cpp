@@ -243,8 +243,9 @@ Result<SafetensorsFile> SafetensorsFile::Open(const std::string& path) {
       }
       continue;
     }
-    auto bad = [&](std::string_view what) {
-      return InvalidArgument("{}: tensor {}: {}", path, name, what);
+    // clang 14 cannot capture a structured binding (C++20 allows it; the fuzz build uses clang).
+    auto bad = [&path, &tensor = name](std::string_view what) {
+      return InvalidArgument("{}: tensor {}: {}", path, tensor, what);
     };
     if (!info.is_object()) return bad(fmt::format("entry {} is not an object", Repr(info)));
     const auto dt = info.find("dtype");

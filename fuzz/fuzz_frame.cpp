@@ -1,11 +1,12 @@
 // libFuzzer target for what the coordinator does with untrusted bytes before acting on them:
 // FrameDecoder (fed in pieces whose sizes come from the input), ParseEnvelope, the per-message
-// validation, and a re-encode round trip. Built and run for a bounded time by
-// tests/coordinator/run_fuzz.sh (clang++ -fsanitize=fuzzer,address,undefined).
+// validation, and a re-encode round trip. Built by fuzz/CMakeLists.txt (-DLONGCTX_FUZZ=ON) and run
+// for a bounded time by tests/fuzz/run_fuzzers.sh (clang, ASan + UBSan).
 // Invariants checked (a violation traps, which libFuzzer reports as a crash):
 //  - the decoder never holds more than one frame's limit beyond what it was fed;
 //  - bytes out (frames + headers + partial) never exceed bytes in;
 //  - a parsed envelope re-encodes and parses back to the same bytes.
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <string>
