@@ -202,7 +202,7 @@ std::string Registry::Expose() const {
     out += fmt::format("# TYPE {} {}\n", name, type);
     if (!f.help.empty()) out += fmt::format("# HELP {} {}\n", name, Escape(f.help, false));
     for (const auto& [labels, c] : f.counters) {
-      out += fmt::format("{}_total{} {}\n", name, LabelText(labels), c->value());
+      out += fmt::format("{}_total{} {}\n", name, LabelText(labels), FormatValue(c->value()));
     }
     for (const auto& [labels, g] : f.gauges) {
       out += fmt::format("{}{} {}\n", name, LabelText(labels), FormatValue(g->value()));

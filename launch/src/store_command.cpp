@@ -66,9 +66,9 @@ void AddStoreMetrics(metrics::Registry& r, const cache::PoolServer& server) {
     blocks.Set(double(s.allocations));
     sessions.Set(double(s.clients));
     pending.Set(double(s.pending_hellos));
-    refused.Set(s.refused_hellos);
-    dropped.Set(s.dropped_requests);
-    misbehaving.Set(s.closed_misbehaving);
+    refused.Set(double(s.refused_hellos));
+    dropped.Set(double(s.dropped_requests));
+    misbehaving.Set(double(s.closed_misbehaving));
   });
 }
 

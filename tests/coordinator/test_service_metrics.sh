@@ -27,12 +27,12 @@ t_start=$(date +%s.%N)
 
 head -c 32 /dev/urandom | base64 >"$T/token"
 chmod 600 "$T/token"
-PORT=$(free_port); MC=$(free_port); MS=$(free_port); PP=$(free_port)
+PORT=$(free_port); MC=$(free_port); MS=$(free_port); MW=$(free_port); PP=$(free_port)
 
 # wait_line LOG PATTERN PID SECONDS
 wait_line() {
   for _ in $(seq $(($4 * 10))); do
-    grep -q "$2" "$1" && return 0
+    grep -qs "$2" "$1" && return 0
     kill -0 "$3" 2>/dev/null || break
     sleep 0.1
   done
@@ -64,6 +64,8 @@ scrape_configs:
     static_configs: [{targets: ['127.0.0.1:$MC']}]
   - job_name: store
     static_configs: [{targets: ['127.0.0.1:$MS']}]
+  - job_name: worker
+    static_configs: [{targets: ['127.0.0.1:$MW']}]
 EOF
 "$PROMETHEUS" --config.file "$T/prometheus.yml" --storage.tsdb.path "$T/tsdb" \
   --web.listen-address "127.0.0.1:$PP" --log.level warn >"$T/prometheus.log" 2>&1 &
@@ -106,18 +108,23 @@ check "no worker group yet" 'longctx_worker_groups' 'v == 0'
 # The worker group: every KV block outside the persistent set goes to the store.
 mpirun "${MPIRUN_ARGS[@]}" -np 2 "$BIN" worker --coordinator "127.0.0.1:$PORT" \
   --worker-token-file "$T/worker-token" --threads 1 --kv-device-budget 1M --kv-host-budget 0 \
-  --kv-block-tokens 64 --global-max 32 --kv-store "$(cat "$T/store.addr")" --kv-store-token-file "$T/store.token" \
-  >"$T/workers.log" 2>&1 &
+  --kv-block-tokens 64 --global-max 32 --kv-store "$(cat "$T/store.addr")" \
+  --kv-store-token-file "$T/store.token" --metrics-listen "$MW" >"$T/workers.log" 2>&1 &
 MPIRUN_PID=$!
 pids+=("$MPIRUN_PID")
 wait_workers "$PORT" 1 60 || { bad "worker group registers: $(tail -5 "$T/workers.log")"; exit 1; }
 check "worker group alive" 'longctx_worker_groups' 'v == 1'
+check "Prometheus scrapes the worker group's rank 0" 'up{job="worker"}' 'v == 1' 30
 
 "$HERE/../../launch/make_document.sh" 30000 "$T/doc.txt"
 S=(--coordinator "127.0.0.1:$PORT" --token-file "$T/token" --timeout 300 --progress off)
 "$BIN" submit "${S[@]}" --input "$T/doc.txt" --doc-id doc --query "Who pays? " --generate 6 \
   --out "$T/sub1" >"$T/sub1.log" 2>&1 && ok "job 1 (document + question) done" ||
   bad "job 1: $(tail -3 "$T/sub1.log")"
+# After job 1 alone, rank 0's bytes equal result.json's comm_bytes (rank 0's sent + received).
+bytes1=$(/usr/bin/python3 -c "import json; print(json.load(open('$T/sub1/result.json'))['comm_bytes'])" 2>/dev/null)
+check "worker: bytes sent + received after job 1 = result.json's comm_bytes (${bytes1:-?})" \
+  'sum(longctx_worker_comm_bytes_total)' "v == ${bytes1:--1}"
 "$BIN" submit "${S[@]}" --doc-id doc --query "And when? " --generate 4 --out "$T/sub2" \
   >"$T/sub2.log" 2>&1 && ok "job 2 (question on the held document) done" ||
   bad "job 2: $(tail -3 "$T/sub2.log")"
@@ -148,10 +155,30 @@ check "store bytes in use" 'longctx_store_pool_used_bytes' 'v > 0 and v <= 64 * 
 check "store sessions (one per rank)" 'longctx_store_sessions' 'v == 2'
 check "no refused hello at the store" 'longctx_store_refused_hellos_total' 'v == 0'
 
+# Rank 0 of the worker group, against the two results (result.json: rank 0's figures).
+read -r doc_tokens appended comm_bytes < <(/usr/bin/python3 -c "
+import json; r = [json.load(open(f'$T/sub{i}/result.json')) for i in (1, 2)]
+print(r[0]['document_tokens'], sum(len(x['appended_tokens']) for x in r), sum(x['comm_bytes'] for x in r))" 2>/dev/null)
+check "worker: 2 jobs done" 'longctx_worker_jobs_total{outcome="done"}' 'v == 2'
+check "worker: prefill tokens = the document's ${doc_tokens:-?}" \
+  'longctx_worker_tokens_total{phase="prefill"}' "v == ${doc_tokens:--1}"
+check "worker: decode tokens = appended tokens of both jobs (${appended:-?})" \
+  'longctx_worker_tokens_total{phase="decode"}' "v == ${appended:--1}"
+# (Job 2's comm_bytes also counts the held document's prefill traffic again; the counter does not.)
+check "worker: job 2 moved bytes too, fewer than its comm_bytes claims" \
+  'sum(longctx_worker_comm_bytes_total)' "v > ${bytes1:--1} and v < ${comm_bytes:--1}"
+check "worker: prefill tokens/s" 'longctx_worker_tokens_per_second{phase="prefill"}' 'v > 0'
+check "worker: bytes per layer moved" 'sum(longctx_worker_layer_bytes)' 'v > 0'
+check "worker: KV blocks in the remote tier" 'longctx_worker_kv_blocks{tier="remote"}' 'v > 0'
+check "worker: KV bytes in the remote tier" 'longctx_worker_kv_bytes{tier="remote"}' 'v > 0'
+check "worker: prefetch hidden share in [0, 1]" 'longctx_worker_kv_prefetch_hidden_ratio' \
+  'v >= 0 and v <= 1'
+
 # The worker group stops: its connection closes and the gauge drops.
 # (SIGTERM: mpirun takes its ranks down with it.)
 kill -TERM "$MPIRUN_PID" 2>/dev/null
 check "worker group gone" 'longctx_worker_groups' 'v == 0' 30
+check "its endpoint gone" 'up{job="worker"}' 'v == 0' 30
 # The endpoint itself: 404 elsewhere, the OpenMetrics content type.
 if /usr/bin/python3 - "$MC" <<'PY'
 import sys, urllib.request, urllib.error

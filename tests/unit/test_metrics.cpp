@@ -79,6 +79,11 @@ TEST(Metrics, CounterGaugeExposition) {
   EXPECT_EQ(p.samples.at("longctx_jobs_total{event=\"failed\"}"), "1");
   EXPECT_EQ(p.samples.at("longctx_pool_used_bytes"), "1.25");
   EXPECT_EQ(p.samples.size(), 3u);
+  // Counters count seconds too.
+  Counter& stall = r.MustCounter("longctx_stall_seconds", "");
+  stall.Inc(0.5);
+  stall.Inc(0.25);
+  EXPECT_EQ(Parse(r.Expose()).samples.at("longctx_stall_seconds_total"), "0.75");
 }
 
 TEST(Metrics, LabelValuesAreEscaped) {
@@ -145,7 +150,7 @@ TEST(Metrics, ConcurrentUpdatesLoseNothing) {
   for (auto& th : threads) th.join();
   stop = true;
   scraper.join();
-  EXPECT_EQ(c.value(), uint64_t(kThreads) * kPerThread);
+  EXPECT_EQ(c.value(), double(kThreads) * kPerThread);
   EXPECT_EQ(g.value(), double(kThreads) * kPerThread);
   const std::vector<uint64_t> counts = h.BucketCounts();
   uint64_t total = 0;
@@ -161,7 +166,7 @@ TEST(Metrics, CollectorRunsAtEachScrape) {
   r.AddCollector([&] {
     ++scrapes;
     g.Set(scrapes * 100);
-    c.Set(uint64_t(scrapes));
+    c.Set(scrapes);
   });
   (void)r.Expose();
   const Parsed p = Parse(r.Expose());

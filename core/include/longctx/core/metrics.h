@@ -26,17 +26,18 @@ namespace longctx::metrics {
 // Label name -> value of one series (sorted by name; the exposition writes them in this order).
 using Labels = std::map<std::string, std::string>;
 
-// A monotonically increasing count (events, bytes). Exposed as NAME_total.
+// A monotonically increasing count (events, bytes, seconds). Exposed as NAME_total. A double,
+// as in Prometheus: integers are exact up to 2^53.
 class Counter {
  public:
-  void Inc(uint64_t n = 1) { value_.fetch_add(n, std::memory_order_relaxed); }
+  void Inc(double n = 1) { value_.fetch_add(n, std::memory_order_relaxed); }  // n >= 0
   // For a count kept elsewhere and copied in by a collector (Registry::AddCollector); the source
   // must itself only grow.
-  void Set(uint64_t total) { value_.store(total, std::memory_order_relaxed); }
-  uint64_t value() const { return value_.load(std::memory_order_relaxed); }
+  void Set(double total) { value_.store(total, std::memory_order_relaxed); }
+  double value() const { return value_.load(std::memory_order_relaxed); }
 
  private:
-  std::atomic<uint64_t> value_{0};
+  std::atomic<double> value_{0};
 };
 
 // A value that goes up and down (bytes in use, groups alive, a ratio).
