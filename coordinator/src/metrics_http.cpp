@@ -24,6 +24,9 @@ using boost::system::error_code;
 
 Status ParseMetricsListen(std::string_view text, std::string* host, uint16_t* port) {
   if (!text.empty() && text.find(':') == std::string_view::npos) {
+    if (text.find_first_not_of("0123456789") != std::string_view::npos) {
+      return InvalidArgument("--metrics-listen: '{}' is neither HOST:PORT nor a port", text);
+    }
     return ParseHostPort(fmt::format("127.0.0.1:{}", text), /*allow_zero=*/true, host, port)
         .WithContext("--metrics-listen");
   }

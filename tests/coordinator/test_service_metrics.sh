@@ -54,7 +54,14 @@ wait_line "$T/coord.log" "metrics on http://127.0.0.1:$MC/metrics" "$COORD_PID" 
   { bad "coordinator prints its metrics address: $(cat "$T/coord.log")"; exit 1; }
 ok "coordinator on port $PORT, metrics on port $MC"
 
-# Prometheus: both endpoints every second, a private TSDB in $T.
+# Bad --metrics-listen values: one line on stderr, non-zero exit.
+BADC=(coordinator --listen "127.0.0.1:0" --token-file "$T/token" --worker-token-file "$T/worker-token"
+      --state-dir "$T/state2")
+expect_error "coordinator --metrics-listen abc" "${BADC[@]}" --metrics-listen abc
+expect_error "coordinator --metrics-listen on a port in use" "${BADC[@]}" --metrics-listen "$MC"
+expect_error "store --metrics-listen 70000" store --pool 1M --insecure-no-auth --metrics-listen 70000
+
+# Prometheus: the endpoints every second, a private TSDB in $T.
 cat >"$T/prometheus.yml" <<EOF
 global:
   scrape_interval: 1s
