@@ -78,15 +78,14 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     if (const size_t q = target.find('?'); q != std::string_view::npos) target = target.substr(0, q);
     if (target != "/metrics") {
       Reply(http::status::not_found, "not found: the metrics are at /metrics\n", req.keep_alive());
-    } else if (req.method() != http::verb::get && req.method() != http::verb::head) {
+    } else if (req.method() != http::verb::get) {
       Reply(http::status::method_not_allowed, "only GET\n", req.keep_alive());
     } else {
-      Reply(http::status::ok, registry_.Expose(), req.keep_alive(),
-            req.method() == http::verb::head);
+      Reply(http::status::ok, registry_.Expose(), req.keep_alive());
     }
   }
 
-  void Reply(http::status status, std::string body, bool keep_alive, bool head = false) {
+  void Reply(http::status status, std::string body, bool keep_alive) {
     auto res = std::make_shared<http::response<http::string_body>>(status, 11);
     res->set(http::field::server, "longctx");
     res->set(http::field::content_type, status == http::status::ok
@@ -95,7 +94,6 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     res->keep_alive(keep_alive);
     res->body() = std::move(body);
     res->prepare_payload();
-    if (head) res->body().clear();  // Content-Length stays that of the GET
     stream_.expires_after(options_.write_timeout);
     http::async_write(stream_, *res,
                       [self = shared_from_this(), res, keep_alive](error_code ec, size_t) {
