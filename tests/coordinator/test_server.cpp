@@ -1063,6 +1063,7 @@ TEST_F(ServerTest, PlaintextOnlyOnLoopbackUnlessInsecure) {
   EXPECT_TRUE(s.ok()) << s.status().message();
   if (s.ok()) (*s)->Stop();
   io_->run();
+  if (s.ok()) s->reset();  // the server (its timers) before its io_context (ASan: use after free)
   io_.reset();
   // TLS needs all three files.
   o = options_;
