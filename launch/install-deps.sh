@@ -30,6 +30,8 @@ if [[ "${1:-all}" != "run" ]]; then
   PACKAGES+=(clang libclang-rt-14-dev)
   # The `bench kvstore` Redis peer (a private redis-server on loopback).
   PACKAGES+=(redis-server)
+  # A real Prometheus server that scrapes /metrics in the `prometheus` test (~96 MB installed).
+  PACKAGES+=(prometheus)
 fi
 
 missing=()

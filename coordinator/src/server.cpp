@@ -77,6 +77,38 @@ std::string HeldName(const Job& job) {
   return ScopedDocId(job.record.owner(), job.record.doc_id());
 }
 
+// The service's series (docs/metrics.md). Updated on the io_context thread; a scrape reads them
+// from the metrics endpoint's thread (atomics, metrics.h).
+struct ServiceMetrics {
+  explicit ServiceMetrics(metrics::Registry& r)
+      : submitted(Jobs(r, "submitted")), started(Jobs(r, "started")), done(Jobs(r, "done")),
+        failed(Jobs(r, "failed")), requeued(Jobs(r, "requeued")),
+        queued(r.MustGauge("longctx_jobs_queued", "Jobs waiting for a worker group")),
+        running(r.MustGauge("longctx_jobs_running", "Jobs a worker group is running")),
+        groups(r.MustGauge("longctx_worker_groups",
+                           "Worker groups connected and registered (alive)")),
+        queue_wait(Phase(r, "queue_wait")), run(Phase(r, "run")), total(Phase(r, "total")),
+        prefill(Phase(r, "prefill")), first_token(Phase(r, "first_token")) {}
+
+  static metrics::Counter& Jobs(metrics::Registry& r, const char* event) {
+    return r.MustCounter("longctx_jobs",
+                         "Job transitions: submitted, started (dispatched to a worker group), "
+                         "done, failed, requeued (its worker group was lost)",
+                         {{"event", event}});
+  }
+  static metrics::Histogram& Phase(metrics::Registry& r, const char* phase) {
+    return r.MustHistogram("longctx_job_phase_seconds",
+                           "Job latency by phase, seconds: queue_wait (queued to dispatched, per "
+                           "dispatch), run (dispatched to finished), total (submitted to "
+                           "finished), prefill and first_token (as the worker group measured)",
+                           metrics::LatencyBuckets(), {{"phase", phase}});
+  }
+
+  metrics::Counter &submitted, &started, &done, &failed, &requeued;
+  metrics::Gauge &queued, &running, &groups;
+  metrics::Histogram &queue_wait, &run, &total, &prefill, &first_token;
+};
+
 struct WorkerGroup {
   std::string id;
   std::weak_ptr<Session> session;
@@ -146,6 +178,7 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl> {
   // identity (`owner`; empty: every identity).
   void ExpireJobs(const std::string& owner);
   void Sweep();  // every second: expiry, the address table, dispatch after the reconnect grace
+  void UpdateGauges();  // queued, running, worker groups
 
   asio::io_context& io_;
   ServerOptions options_;
@@ -161,6 +194,9 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl> {
   std::map<std::string, WorkerGroup> groups_;
   uint64_t next_job_id_ = 1;
   uint64_t next_group_ = 1;
+  std::unique_ptr<metrics::Registry> own_registry_ =
+      options_.metrics != nullptr ? nullptr : std::make_unique<metrics::Registry>();
+  ServiceMetrics m_{options_.metrics != nullptr ? *options_.metrics : *own_registry_};
 };
 
 // One TCP connection: a client or a worker group once its Hello is accepted.
@@ -661,6 +697,7 @@ Status Server::Impl::Init() {
                               ec.message()));
   }
   bound_port = acceptor_.local_endpoint(ec).port();
+  UpdateGauges();
   LONGCTX_LOG_INFO("coordinator: {} job records loaded from {} ({} queued again)", jobs_.size(),
                    store_.dir(), requeued);
   Sweep();
@@ -831,6 +868,14 @@ void Server::Impl::SessionClosed(Session* s) {
   }
 }
 
+void Server::Impl::UpdateGauges() {
+  size_t running = 0;
+  for (const auto& [id, g] : groups_) running += g.running_job != 0;
+  m_.queued.Set(double(queue_.size()));
+  m_.running.Set(double(running));
+  m_.groups.Set(double(groups_.size()));
+}
+
 void Server::Impl::Persist(const Job& job) {
   // Finished records are fsynced (results must survive a crash); queued/running ones only renamed
   // into place: after a crash they are failed on restart anyway.
@@ -892,6 +937,7 @@ void Server::Impl::OnClientJob(const std::shared_ptr<Session>& s, uint64_t reque
   queued.set_kind(control::JobEvent::QUEUED);
   SendToClient(stored, queued);
   queue_.push_back(id);
+  m_.submitted.Inc();
   Dispatch();
 }
 
@@ -905,6 +951,7 @@ std::string Server::Impl::OnWorkerHello(const std::shared_ptr<Session>& s, const
   g.documents.insert(h.documents().begin(), h.documents().end());
   const std::string id = g.id;
   groups_.emplace(id, std::move(g));
+  UpdateGauges();
   // Dispatch after the HelloReply is queued (this runs inside HandleHello).
   asio::post(io_, [self = shared_from_this()] { self->Dispatch(); });
   return id;
@@ -963,6 +1010,7 @@ void Server::Impl::Dispatch() {
     it = queue_.erase(it);
     Assign(*chosen, job);
   }
+  UpdateGauges();
 }
 
 void Server::Impl::Assign(WorkerGroup& g, Job& job) {
@@ -973,6 +1021,8 @@ void Server::Impl::Assign(WorkerGroup& g, Job& job) {
   job.record.set_attempts(job.record.attempts() + 1);
   job.started_at = Clock::now();
   job.record.set_queue_seconds(Since(job.queued_at));
+  m_.started.Inc();
+  m_.queue_wait.Observe(Since(job.queued_at));
   Persist(job);
   control::JobEvent started;
   started.set_kind(control::JobEvent::STARTED);
@@ -1005,6 +1055,13 @@ void Server::Impl::Assign(WorkerGroup& g, Job& job) {
 
 void Server::Impl::Finish(Job& job, control::JobState state, const std::string& error,
                           const control::JobResult* result) {
+  if (job.record.state() == control::JOB_RUNNING) m_.run.Observe(Since(job.started_at));
+  m_.total.Observe(Since(job.queued_at));
+  (state == control::JOB_DONE ? m_.done : m_.failed).Inc();
+  if (result != nullptr) {
+    if (result->prefilled()) m_.prefill.Observe(result->prefill_seconds());
+    if (result->first_token_seconds() > 0) m_.first_token.Observe(result->first_token_seconds());
+  }
   ReleaseDocument(job);
   job.record.set_state(state);
   job.record.set_error(error);
@@ -1047,6 +1104,7 @@ void Server::Impl::Requeue(Job& job, const std::string& reason) {
   e.set_error(reason);
   SendToClient(job, e);
   queue_.push_front(job.record.job_id());  // it waited its turn already
+  m_.requeued.Inc();
   LONGCTX_LOG_WARN("coordinator: job {} queued again (attempt {} of {} ended: {})",
                    job.record.job_id(), job.record.attempts(), options_.max_attempts, reason);
 }
@@ -1107,6 +1165,7 @@ void Server::Impl::OnWorkerLost(const std::string& group_id, const std::string& 
     }
   }
   if (!stopped_) Dispatch();
+  UpdateGauges();
 }
 
 // What a listing shows of a record: no result, no question text, errors and reasons cut.

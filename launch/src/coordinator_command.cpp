@@ -16,6 +16,7 @@
 
 #include "commands.h"
 #include "longctx/coordinator/frame.h"
+#include "longctx/coordinator/metrics_http.h"
 #include "longctx/coordinator/server.h"
 #include "longctx/core/byte_size.h"
 
@@ -27,6 +28,7 @@ struct CoordinatorFlags {
   std::string token_file, client_tokens_file, worker_token_file, state_dir;
   std::string max_document = "256M", max_frame = "4M", max_pending = "1G";
   std::string retain = "7d";
+  std::string metrics_listen;  // empty: no metrics endpoint
   coordinator::TlsConfig tls;
   bool insecure_plaintext = false;
   int retain_jobs = 1000, max_attempts = 3;
@@ -107,6 +109,16 @@ Status RunCoordinator(const CoordinatorFlags& f) {
   ASSIGN_OR_RETURN(o.hello_timeout, Millis(f.hello_timeout_s, "--hello-timeout"));
   const std::string host = o.host, state = o.state_dir;
 
+  // The metrics endpoint first, on its own thread; the registry outlives both servers.
+  metrics::Registry registry;
+  std::unique_ptr<coordinator::MetricsHttpServer> metrics_http;
+  if (!f.metrics_listen.empty()) {
+    coordinator::MetricsHttpOptions mo;
+    RETURN_IF_ERROR(coordinator::ParseMetricsListen(f.metrics_listen, &mo.host, &mo.port));
+    ASSIGN_OR_RETURN(metrics_http, coordinator::MetricsHttpServer::Start(registry, mo));
+    o.metrics = &registry;
+  }
+
   boost::asio::io_context io;
   ASSIGN_OR_RETURN(std::unique_ptr<coordinator::Server> server,
                    coordinator::Server::Start(io, std::move(o)));
@@ -117,6 +129,10 @@ Status RunCoordinator(const CoordinatorFlags& f) {
   // Scripts wait for this line (the port is the real one when --listen asked for port 0).
   fmt::print("longctx coordinator: listening on {}:{} ({}; state in {})\n", host, server->port(),
              f.tls.enabled() ? "TLS" : "plaintext", state);
+  if (metrics_http) {
+    fmt::print("longctx coordinator: metrics on http://{}:{}/metrics\n", metrics_http->host(),
+               metrics_http->port());
+  }
   std::fflush(stdout);
   io.run();
   fmt::print("longctx coordinator: stopped\n");
@@ -173,6 +189,9 @@ Runner AddCoordinatorCommand(CLI::App& app) {
                  "seconds of silence after which a worker group is lost")->capture_default_str();
   app.add_option("--hello-timeout", f->hello_timeout_s,
                  "seconds from connecting to authenticating")->capture_default_str();
+  app.add_option("--metrics-listen", f->metrics_listen,
+                 "serve Prometheus metrics at http://HOST:PORT/metrics (PORT alone: 127.0.0.1; "
+                 "0: any free port); unauthenticated: keep it on loopback or a trusted network");
   return [f] { return RunCoordinator(*f); };
 }
 

@@ -17,6 +17,7 @@
 
 #include "commands.h"
 #include "longctx/cache/store.h"
+#include "longctx/coordinator/metrics_http.h"
 #include "longctx/core/byte_size.h"
 #include "longctx/core/file.h"
 #include "longctx/core/log.h"
@@ -34,7 +35,42 @@ struct StoreOptions {
   std::string quota_per_session;  // bytes; empty = the whole pool
   size_t max_sessions = 256;
   size_t max_sessions_per_host = 64;
+  std::string metrics_listen;  // empty: no metrics endpoint
 };
+
+// The store's series (docs/metrics.md), copied from PoolServer::Stats() at each scrape. A store
+// sees no get or put (clients read and write the pool one-sided over UCX, and verify checksums
+// themselves): blocks are its allocations.
+void AddStoreMetrics(metrics::Registry& r, const cache::PoolServer& server) {
+  metrics::Gauge& capacity = r.MustGauge("longctx_store_pool_bytes", "Bytes the pool lends");
+  metrics::Gauge& used = r.MustGauge("longctx_store_pool_used_bytes",
+                                     "Bytes of the pool allocated to clients (64-byte aligned)");
+  metrics::Gauge& blocks = r.MustGauge("longctx_store_blocks",
+                                       "Allocations held by clients (one per stored block)");
+  metrics::Gauge& sessions = r.MustGauge("longctx_store_sessions",
+                                         "Authenticated client sessions connected");
+  metrics::Gauge& pending = r.MustGauge("longctx_store_pending_hellos",
+                                        "Connections whose hello has not arrived yet");
+  metrics::Counter& refused = r.MustCounter(
+      "longctx_store_refused_hellos",
+      "Hellos refused: wrong token, bad address, session limits, malformed");
+  metrics::Counter& dropped = r.MustCounter("longctx_store_dropped_requests",
+                                            "Requests carrying no live session's key");
+  metrics::Counter& misbehaving = r.MustCounter(
+      "longctx_store_closed_misbehaving", "Sessions closed for sending bytes after the hello");
+  r.AddCollector([&server, &capacity, &used, &blocks, &sessions, &pending, &refused, &dropped,
+                  &misbehaving] {
+    const cache::PoolServerStats s = server.Stats();
+    capacity.Set(double(s.capacity_bytes));
+    used.Set(double(s.used_bytes));
+    blocks.Set(double(s.allocations));
+    sessions.Set(double(s.clients));
+    pending.Set(double(s.pending_hellos));
+    refused.Set(double(s.refused_hellos));
+    dropped.Set(double(s.dropped_requests));
+    misbehaving.Set(double(s.closed_misbehaving));
+  });
+}
 
 Status WriteAddressFile(const std::string& path, const std::string& address) {
   return WriteFileAtomically(path, address + "\n").WithContext("--address-file");
@@ -98,12 +134,25 @@ Status RunStore(const StoreOptions& o) {
     LONGCTX_LOG_INFO("store: UCX confined to network device {}{}", device,
                      loopback && std::getenv("UCX_TLS") == nullptr ? ", no tcp transport" : "");
   }
+  // Metrics after the pool exists; the endpoint (its own thread) is stopped before the server.
+  metrics::Registry registry;
+  std::unique_ptr<coordinator::MetricsHttpServer> metrics_http;
+  if (!o.metrics_listen.empty()) {
+    coordinator::MetricsHttpOptions mo;
+    RETURN_IF_ERROR(coordinator::ParseMetricsListen(o.metrics_listen, &mo.host, &mo.port));
+    AddStoreMetrics(registry, **server);
+    ASSIGN_OR_RETURN(metrics_http, coordinator::MetricsHttpServer::Start(registry, mo));
+  }
   const std::string address = (*server)->address().ToString();
   if (!o.address_file.empty()) RETURN_IF_ERROR(WriteAddressFile(o.address_file, address));
   std::printf("longctx store: listening on %s (pool %s, %s, pid %d)\n", address.c_str(),
               FormatByteSize(pool_bytes).c_str(),
               token ? ("token " + o.token_file).c_str() : "NO AUTHENTICATION",
               static_cast<int>(getpid()));
+  if (metrics_http) {
+    std::printf("longctx store: metrics on http://%s:%u/metrics\n", metrics_http->host().c_str(),
+                unsigned(metrics_http->port()));
+  }
   std::fflush(stdout);
 
   int signal_number = 0;
@@ -111,6 +160,7 @@ Status RunStore(const StoreOptions& o) {
   const cache::PoolServerStats stats = (*server)->Stats();
   LONGCTX_LOG_INFO("store {}: signal {}; {} clients, {} of {} bytes in use", address,
                    signal_number, stats.clients, stats.used_bytes, stats.capacity_bytes);
+  metrics_http.reset();
   server->reset();
   if (!o.address_file.empty()) {
     std::error_code ec;
@@ -141,6 +191,9 @@ Runner AddStoreCommand(CLI::App& app) {
   app.add_option("--max-sessions-per-host", o->max_sessions_per_host,
                  "sessions and pending hellos from one IP address at most")
       ->capture_default_str();
+  app.add_option("--metrics-listen", o->metrics_listen,
+                 "serve Prometheus metrics at http://HOST:PORT/metrics (PORT alone: 127.0.0.1; "
+                 "0: any free port); unauthenticated: keep it on loopback or a trusted network");
   return [o]() { return RunStore(*o); };
 }
 

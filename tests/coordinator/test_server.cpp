@@ -125,6 +125,7 @@ class ServerTest : public ::testing::Test {
     return link;
   }
 
+  metrics::Registry registry_;  // outlives the server (options_.metrics may point here)
   std::string state_;
   ServerOptions options_;
   TlsConfig client_tls_, link_tls_;  // what Client() and Link() use (empty: plaintext)
@@ -833,6 +834,7 @@ TEST_F(ServerTest, ClientThatDoesNotReadIsCutOff) {
 // Item 5: a worker group dies mid-job; the job runs again on a second group and completes there
 // with the right answer; the client hears REQUEUED; status records the attempt and the reason.
 TEST_F(ServerTest, JobOfALostGroupIsRequeuedOnAnotherGroup) {
+  options_.metrics = &registry_;  // the job's transitions are counted (docs/metrics.md)
   StartServer();
   auto doomed = Link("doomed");
   ASSERT_TRUE(WaitFor([&] { return Status().workers_size() == 1; }, 10s));
@@ -871,6 +873,18 @@ TEST_F(ServerTest, JobOfALostGroupIsRequeuedOnAnotherGroup) {
   EXPECT_NE(s.job().requeue_reasons(0).find("lost mid-job"), std::string::npos);
   EXPECT_EQ(s.job().group_id(), "g2");
   EXPECT_EQ(FilesIn(state_ + "/documents"), 0u);  // the kept document is gone once done
+  // One submission, two dispatches, one requeue, done; one group left alive, nothing waiting.
+  const std::string text = registry_.Expose();
+  for (const char* line :
+       {"longctx_jobs_total{event=\"submitted\"} 1\n", "longctx_jobs_total{event=\"started\"} 2\n",
+        "longctx_jobs_total{event=\"requeued\"} 1\n", "longctx_jobs_total{event=\"done\"} 1\n",
+        "longctx_jobs_total{event=\"failed\"} 0\n", "longctx_worker_groups 1\n",
+        "longctx_jobs_queued 0\n", "longctx_jobs_running 0\n",
+        "longctx_job_phase_seconds_count{phase=\"queue_wait\"} 2\n",
+        "longctx_job_phase_seconds_count{phase=\"run\"} 1\n",
+        "longctx_job_phase_seconds_count{phase=\"total\"} 1\n"}) {
+    EXPECT_NE(text.find(line), std::string::npos) << line << text;
+  }
 }
 
 TEST_F(ServerTest, RequeueIsBoundedByMaxAttempts) {
@@ -1050,6 +1064,7 @@ TEST_F(ServerTest, PlaintextOnlyOnLoopbackUnlessInsecure) {
   EXPECT_OK(s);
   if (s.ok()) (*s)->Stop();
   io_->run();
+  if (s.ok()) s->reset();  // the server (its timers) before its io_context (ASan: use after free)
   io_.reset();
   // TLS needs all three files.
   o = options_;

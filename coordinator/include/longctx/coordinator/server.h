@@ -21,6 +21,7 @@
 
 #include "longctx/coordinator/frame.h"
 #include "longctx/coordinator/tls.h"
+#include "longctx/core/metrics.h"
 #include "longctx/core/status.h"
 
 namespace longctx::coordinator {
@@ -66,6 +67,10 @@ struct ServerOptions {
   std::chrono::milliseconds idle_timeout{120000};  // a client with nothing in flight
   std::chrono::milliseconds worker_timeout{6000};  // a worker group silent this long is lost
   std::chrono::milliseconds heartbeat_interval{1000};  // to every authenticated peer
+  // Where the service's metrics go (docs/metrics.md: longctx_jobs_total, longctx_jobs_queued,
+  // longctx_jobs_running, longctx_worker_groups, longctx_job_phase_seconds); must outlive the
+  // server. Null: a private registry nobody reads.
+  metrics::Registry* metrics = nullptr;
 };
 
 class Server {
