@@ -6,9 +6,11 @@
 // Readiness: once it answers on its address it prints "longctx store: listening on HOST:PORT ..."
 // and, with --address-file, writes "HOST:PORT\n" there (atomically: write, then rename), so a
 // script or test can wait for the file.
+#include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -25,6 +27,15 @@
 namespace longctx::cli {
 
 namespace {
+
+// The write end of the stop pipe (see RunStore): written by the SIGTERM/SIGINT handler.
+int g_stop_write_fd = -1;
+void OnStopSignal(int sig) {
+  const int saved = errno;
+  const unsigned char c = static_cast<unsigned char>(sig);
+  if (g_stop_write_fd >= 0) (void)!::write(g_stop_write_fd, &c, 1);
+  errno = saved;
+}
 
 struct StoreOptions {
   std::string pool;
@@ -102,13 +113,21 @@ Status RunStore(const StoreOptions& o) {
     return InvalidArgument("--insecure-no-auth: only on a loopback --listen (127.0.0.0/8), not {}",
                            where.host);
   }
-  // SIGTERM/SIGINT are taken by sigwait below: block them before any thread starts (UCX's and
-  // the progress thread inherit the mask), so no thread dies of them.
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGTERM);
-  sigaddset(&stop_signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  // SIGTERM/SIGINT end the store cleanly, whichever thread the kernel delivers them to: threads
+  // that started before this point (OpenBLAS starts its pool when the library loads) do not
+  // have them blocked, so a sigwait on a blocked mask would race with the default action
+  // (death by the signal, seen in CI). A handler on every thread writes the signal number to a
+  // pipe that the main thread reads below.
+  int stop_pipe[2];
+  if (::pipe2(stop_pipe, O_CLOEXEC) != 0) return ErrnoStatus(errno, "store: pipe");
+  UniqueFd stop_read(stop_pipe[0]);
+  g_stop_write_fd = stop_pipe[1];  // lives until exit: the handler may run at any time
+  struct sigaction sa {};
+  sa.sa_handler = OnStopSignal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  ::sigaction(SIGTERM, &sa, nullptr);
+  ::sigaction(SIGINT, &sa, nullptr);
 
   // UCX opens its own TCP listening socket on every network device it may use, whatever
   // --listen says, and over TCP anyone who reaches it can read the pool without the token
@@ -156,7 +175,16 @@ Status RunStore(const StoreOptions& o) {
   std::fflush(stdout);
 
   int signal_number = 0;
-  sigwait(&stop_signals, &signal_number);
+  for (;;) {
+    unsigned char sig = 0;
+    const ssize_t got = ::read(stop_read.get(), &sig, 1);
+    if (got == 1) {
+      signal_number = sig;
+      break;
+    }
+    if (got < 0 && errno == EINTR) continue;
+    return ErrnoStatus(errno, "store: waiting for a stop signal");
+  }
   const cache::PoolServerStats stats = (*server)->Stats();
   LONGCTX_LOG_INFO("store {}: signal {}; {} clients, {} of {} bytes in use", address,
                    signal_number, stats.clients, stats.used_bytes, stats.capacity_bytes);
