@@ -17,6 +17,32 @@ using detail::CheckView;
 using detail::GatherRows;
 using detail::Resolve;
 
+namespace {
+
+// The global queries' rows over every key they may see (one dense partial over the whole
+// sequence): out [g, H, d], lse [g, H]. What both HybridAttention and its chunked form fuse
+// into the window pass's rows.
+Status GlobalQueryRows(const TokenView& q, const TokenView& k, const TokenView& v,
+                       std::span<const int64_t> globals, const AttentionSpec& spec,
+                       const ExecOptions& exec, std::vector<float>* out,
+                       std::vector<float>* lse) {
+  const int64_t g = int64_t(globals.size());
+  std::vector<std::byte> gq_buf;
+  out->resize(size_t(g * q.heads * q.head_dim));
+  lse->resize(size_t(g * q.heads));
+  DensePartialArgs dp;
+  dp.q = GatherRows(q, globals, &gq_buf);
+  dp.k = k;
+  dp.v = v;
+  dp.q_pos = globals;
+  dp.kv_pos0 = 0;
+  dp.out = out->data();
+  dp.lse = lse->data();
+  return DensePartialPass(dp, spec, exec);
+}
+
+}  // namespace
+
 Status ValidateAttentionInputs(const TokenView& q, const TokenView& k, const TokenView& v,
                                std::span<const int64_t> globals, const AttentionSpec& spec) {
   RETURN_IF_ERROR(CheckHeads(q, k, v));
@@ -123,17 +149,8 @@ Status HybridAttention(const TokenView& q, const TokenView& k, const TokenView& 
 
   // Global queries see every visible key: one partial over the whole sequence.
   const int64_t g = int64_t(globals.size());
-  std::vector<std::byte> gq_buf;
-  std::vector<float> o_all(size_t(g * H * d)), l_all(size_t(g * H));
-  DensePartialArgs dp;
-  dp.q = GatherRows(q, globals, &gq_buf);
-  dp.k = k;
-  dp.v = v;
-  dp.q_pos = globals;
-  dp.kv_pos0 = 0;
-  dp.out = o_all.data();
-  dp.lse = l_all.data();
-  RETURN_IF_ERROR(DensePartialPass(dp, spec, exec));
+  std::vector<float> o_all, l_all;
+  RETURN_IF_ERROR(GlobalQueryRows(q, k, v, globals, spec, exec, &o_all, &l_all));
 
   std::vector<float> o_win(size_t(g * H * d)), l_win(size_t(g * H));
   for (int64_t r = 0; r < g; ++r) {
@@ -159,19 +176,9 @@ Status HybridAttentionInChunks(const TokenView& q, const TokenView& k, const Tok
   chunk_rows = (chunk_rows + granule - 1) / granule * granule;
 
   // The global queries' full rows (every visible key), once, before any chunk.
-  std::vector<std::byte> gq_buf, gk_buf, gv_buf;
-  std::vector<float> o_all(size_t(g * H * d)), l_all(size_t(g * H));
-  if (g > 0) {
-    DensePartialArgs dp;
-    dp.q = GatherRows(q, globals, &gq_buf);
-    dp.k = k;
-    dp.v = v;
-    dp.q_pos = globals;
-    dp.kv_pos0 = 0;
-    dp.out = o_all.data();
-    dp.lse = l_all.data();
-    RETURN_IF_ERROR(DensePartialPass(dp, spec, exec));
-  }
+  std::vector<std::byte> gk_buf, gv_buf;
+  std::vector<float> o_all, l_all;
+  if (g > 0) RETURN_IF_ERROR(GlobalQueryRows(q, k, v, globals, spec, exec, &o_all, &l_all));
 
   WindowGlobalArgs wg;
   wg.k = k;

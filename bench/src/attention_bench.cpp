@@ -12,6 +12,8 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <optional>
+#include <memory>
 #include <vector>
 
 #include <fmt/format.h>
@@ -62,6 +64,42 @@ double SgemmGflops(int threads) {
   return 2.0 * kN * kN * double(kN) / best * 1e-9;
 }
 
+// Deterministic q/k/v [n, heads|kv_heads, d] stored in `dtype`: f32 values in qf/kf/vf and,
+// for f16/bf16, their narrowed copies, which the views then point at.
+struct BenchInputs {
+  std::vector<float> qf, kf, vf;
+  std::vector<uint16_t> q16, k16, v16;
+  attention::TokenView q, k, v;
+};
+
+std::unique_ptr<BenchInputs> MakeBenchInputs(int64_t n, int64_t heads, int64_t kv_heads,
+                                             int64_t d, DType dtype) {
+  auto in = std::make_unique<BenchInputs>();
+  in->qf.resize(size_t(n * heads * d));
+  in->kf.resize(size_t(n * kv_heads * d));
+  in->vf.resize(size_t(n * kv_heads * d));
+  Fill(in->qf, 11);
+  Fill(in->kf, 12);
+  Fill(in->vf, 13);
+  const void *qp = in->qf.data(), *kp = in->kf.data(), *vp = in->vf.data();
+  if (dtype != DType::kF32) {
+    for (auto [x, y] : {std::pair{&in->qf, &in->q16}, std::pair{&in->kf, &in->k16},
+                        std::pair{&in->vf, &in->v16}}) {
+      y->resize(x->size());
+      for (size_t i = 0; i < x->size(); ++i) {
+        (*y)[i] = dtype == DType::kF16 ? FloatToHalf((*x)[i]) : FloatToBF16((*x)[i]);
+      }
+    }
+    qp = in->q16.data();
+    kp = in->k16.data();
+    vp = in->v16.data();
+  }
+  in->q = attention::TokenView::Dense(qp, dtype, n, heads, d);
+  in->k = attention::TokenView::Dense(kp, dtype, n, kv_heads, d);
+  in->v = attention::TokenView::Dense(vp, dtype, n, kv_heads, d);
+  return in;
+}
+
 }  // namespace
 
 Status RunAttentionBench(const AttentionBenchOptions& o) {
@@ -106,30 +144,8 @@ Status RunAttentionBench(const AttentionBenchOptions& o) {
     for (int64_t d : o.head_dim) {
       if (n < 1 || d < 1) return InvalidArgument("--n and --d values must be >= 1");
       // Inputs stored in the benchmarked dtype.
-      std::vector<float> qf(size_t(n * o.heads * d)), kf(size_t(n * o.kv_heads * d)),
-          vf(size_t(n * o.kv_heads * d));
-      Fill(qf, 11);
-      Fill(kf, 12);
-      Fill(vf, 13);
-      std::vector<uint16_t> q16, k16, v16;
-      auto narrow = [&](const std::vector<float>& x, std::vector<uint16_t>& y) {
-        y.resize(x.size());
-        for (size_t i = 0; i < x.size(); ++i) {
-          y[i] = dtype == DType::kF16 ? FloatToHalf(x[i]) : FloatToBF16(x[i]);
-        }
-      };
-      const void *qp = qf.data(), *kp = kf.data(), *vp = vf.data();
-      if (dtype != DType::kF32) {
-        narrow(qf, q16);
-        narrow(kf, k16);
-        narrow(vf, v16);
-        qp = q16.data();
-        kp = k16.data();
-        vp = v16.data();
-      }
-      const auto q = attention::TokenView::Dense(qp, dtype, n, o.heads, d);
-      const auto k = attention::TokenView::Dense(kp, dtype, n, o.kv_heads, d);
-      const auto v = attention::TokenView::Dense(vp, dtype, n, o.kv_heads, d);
+      const std::unique_ptr<BenchInputs> in = MakeBenchInputs(n, o.heads, o.kv_heads, d, dtype);
+      const attention::TokenView &q = in->q, &k = in->k, &v = in->v;
       std::vector<float> out(size_t(n * o.heads * d)), lse(size_t(n * o.heads));
       for (int64_t w : o.window) {
         for (const auto& gmode : o.globals) {
@@ -152,7 +168,7 @@ Status RunAttentionBench(const AttentionBenchOptions& o) {
             // Backward (f32 only): HybridAttentionBackward from this forward's out/lse.
             double bwd = 0.0;
             if (dtype == DType::kF32) {
-              std::vector<float> dout(out.size()), dq(out.size()), dk(kf.size()), dv(vf.size());
+              std::vector<float> dout(out.size()), dq(out.size()), dk(in->kf.size()), dv(in->vf.size());
               Fill(dout, 14);
               bwd = 1e30;
               for (int rep = 0; rep <= o.reps; ++rep) {
@@ -212,22 +228,12 @@ Status RunWholeProcessAttentionBench(const AttentionBenchOptions& o) {
   for (int t : o.threads) {
     if (t < 1) return InvalidArgument("--threads values must be >= 1");
   }
-  std::string dir = o.workdir;
-  bool remove_dir = false;
-  if (dir.empty()) {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "longctx-wp-XXXXXX").string();
-    if (!::mkdtemp(tmpl.data())) return ErrnoStatus(errno, "mkdtemp");
-    dir = tmpl;
-    remove_dir = true;
+  std::optional<matrix::ScratchDir> scratch;  // when no --workdir is given
+  if (o.workdir.empty()) {
+    ASSIGN_OR_RETURN(matrix::ScratchDir made, matrix::ScratchDir::Create("longctx-wp"));
+    scratch.emplace(std::move(made));
   }
-  struct Cleanup {
-    std::string dir;
-    bool on;
-    ~Cleanup() {
-      std::error_code ec;
-      if (on) std::filesystem::remove_all(dir, ec);
-    }
-  } cleanup{dir, remove_dir};
+  const std::string dir = scratch ? scratch->path() : o.workdir;
 
   fmt::print("# whole process: `{} attention` (map .npy inputs, check them, compute, stream the "
              "output .npy and commit it) vs the kernel alone (HybridAttention, in this process, "
@@ -241,31 +247,14 @@ Status RunWholeProcessAttentionBench(const AttentionBenchOptions& o) {
   for (int64_t n : o.n) {
     for (int64_t d : o.head_dim) {
       if (n < 1 || d < 1) return InvalidArgument("--n and --d values must be >= 1");
-      std::vector<float> qf(size_t(n * o.heads * d)), kf(size_t(n * o.kv_heads * d)),
-          vf(size_t(n * o.kv_heads * d));
-      Fill(qf, 11);
-      Fill(kf, 12);
-      Fill(vf, 13);
-      std::vector<uint16_t> q16, k16, v16;
-      const void *qp = qf.data(), *kp = kf.data(), *vp = vf.data();
-      if (dtype == DType::kF16) {
-        for (auto [x, y] : {std::pair{&qf, &q16}, std::pair{&kf, &k16}, std::pair{&vf, &v16}}) {
-          y->resize(x->size());
-          for (size_t i = 0; i < x->size(); ++i) (*y)[i] = FloatToHalf((*x)[i]);
-        }
-        qp = q16.data();
-        kp = k16.data();
-        vp = v16.data();
-      }
+      const std::unique_ptr<BenchInputs> in = MakeBenchInputs(n, o.heads, o.kv_heads, d, dtype);
+      const attention::TokenView &q = in->q, &k = in->k, &v = in->v;
       const std::string qpath = dir + "/q.npy", kpath = dir + "/k.npy", vpath = dir + "/v.npy",
                         gpath = dir + "/globals.npy", opath = dir + "/out.npy",
                         lpath = dir + "/lse.npy", log = dir + "/attention.log";
-      RETURN_IF_ERROR(WriteNpy(qpath, dtype, {n, o.heads, d}, qp));
-      RETURN_IF_ERROR(WriteNpy(kpath, dtype, {n, o.kv_heads, d}, kp));
-      RETURN_IF_ERROR(WriteNpy(vpath, dtype, {n, o.kv_heads, d}, vp));
-      const auto q = attention::TokenView::Dense(qp, dtype, n, o.heads, d);
-      const auto k = attention::TokenView::Dense(kp, dtype, n, o.kv_heads, d);
-      const auto v = attention::TokenView::Dense(vp, dtype, n, o.kv_heads, d);
+      RETURN_IF_ERROR(WriteNpy(qpath, dtype, {n, o.heads, d}, q.data));
+      RETURN_IF_ERROR(WriteNpy(kpath, dtype, {n, o.kv_heads, d}, k.data));
+      RETURN_IF_ERROR(WriteNpy(vpath, dtype, {n, o.kv_heads, d}, v.data));
       for (int64_t w : o.window) {
         for (const auto& gmode : o.globals) {
           if (gmode != "none" && gmode != "log") {

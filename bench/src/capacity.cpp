@@ -391,15 +391,8 @@ Status RunProfileBench(const ProfileOptions& o) {
   if (o.tokens.size() < 2) return InvalidArgument("--tokens: at least 2 lengths to fit");
   if (o.threads < 1) return InvalidArgument("--threads must be >= 1");
   ASSIGN_OR_RETURN(ModelShape shape, LoadModelShape(o.model));
-  std::string tmpl = (std::filesystem::temp_directory_path() / "longctx-profile-XXXXXX").string();
-  if (!::mkdtemp(tmpl.data())) return ErrnoStatus(errno, "mkdtemp");
-  struct Cleanup {
-    std::string dir;
-    ~Cleanup() {
-      std::error_code ec;
-      if (!std::getenv("LONGCTX_KEEP_RUNS")) std::filesystem::remove_all(dir, ec);
-    }
-  } cleanup{tmpl};
+  ASSIGN_OR_RETURN(matrix::ScratchDir scratch, matrix::ScratchDir::Create("longctx-profile"));
+  const std::string& tmpl = scratch.path();
   const matrix::MachineInfo machine = matrix::ReadMachineInfo();
   std::vector<std::vector<double>> Xd, Xm;
   std::vector<double> yd, ym;
@@ -516,15 +509,8 @@ Status RunProfileBench(const ProfileOptions& o) {
 Status RunPlanBench(const PlanBenchOptions& o) {
   ASSIGN_OR_RETURN(MachineProfile profile, LoadProfile(o.profile));
   ASSIGN_OR_RETURN(ModelShape shape, LoadModelShape(o.model));
-  std::string tmpl = (std::filesystem::temp_directory_path() / "longctx-plan-XXXXXX").string();
-  if (!::mkdtemp(tmpl.data())) return ErrnoStatus(errno, "mkdtemp");
-  struct Cleanup {
-    std::string dir;
-    ~Cleanup() {
-      std::error_code ec;
-      if (!std::getenv("LONGCTX_KEEP_RUNS")) std::filesystem::remove_all(dir, ec);
-    }
-  } cleanup{tmpl};
+  ASSIGN_OR_RETURN(matrix::ScratchDir scratch, matrix::ScratchDir::Create("longctx-plan"));
+  const std::string& tmpl = scratch.path();
   const matrix::MachineInfo machine = matrix::ReadMachineInfo();
   fmt::print("# {} on {} ({} cores); profile {} ({}); threads per rank = cores / ranks\n",
              o.model, machine.cpu, machine.cores, o.profile, profile.date_utc);

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -74,6 +75,22 @@ struct ProcessResult {
 // `limit_s` seconds the group gets SIGTERM, then SIGKILL 5 s later.
 Result<ProcessResult> RunProcess(const std::vector<std::string>& argv, const std::string& log_path,
                                  double limit_s);
+// A fresh directory under the system temp dir ("<prefix>-XXXXXX"), removed with its contents
+// when the object goes, unless LONGCTX_KEEP_RUNS is set (for looking at a failed run's files).
+class ScratchDir {
+ public:
+  static Result<ScratchDir> Create(const std::string& prefix);
+  ScratchDir(ScratchDir&& other) noexcept : path_(std::exchange(other.path_, "")) {}
+  ScratchDir(const ScratchDir&) = delete;
+  ScratchDir& operator=(const ScratchDir&) = delete;
+  ScratchDir& operator=(ScratchDir&&) = delete;
+  ~ScratchDir();
+  const std::string& path() const { return path_; }
+
+ private:
+  explicit ScratchDir(std::string path) : path_(std::move(path)) {}
+  std::string path_;
+};
 // The last non-empty line of a log file (for a failed run's one-line reason), bounded.
 std::string LastLogLine(const std::string& path);
 // An executable named `name` on PATH, or "".

@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -183,6 +184,18 @@ Result<ProcessResult> RunProcess(const std::vector<std::string>& argv, const std
   if (WIFEXITED(status)) r.exit_code = WEXITSTATUS(status);
   if (WIFSIGNALED(status)) r.signal = WTERMSIG(status);
   return r;
+}
+
+Result<ScratchDir> ScratchDir::Create(const std::string& prefix) {
+  std::string tmpl = (std::filesystem::temp_directory_path() / (prefix + "-XXXXXX")).string();
+  if (!::mkdtemp(tmpl.data())) return ErrnoStatus(errno, "mkdtemp " + tmpl);
+  return ScratchDir(std::move(tmpl));
+}
+
+ScratchDir::~ScratchDir() {
+  if (path_.empty() || std::getenv("LONGCTX_KEEP_RUNS")) return;
+  std::error_code ec;
+  std::filesystem::remove_all(path_, ec);
 }
 
 std::string LastLogLine(const std::string& path) {
