@@ -20,7 +20,39 @@ namespace {
 struct GradFlags {
   EngineFlags engine;  // --model, --seed, hybrid overrides, --threads
   std::string input_ids, loss_mask, out, loss = "ce";
+  std::string handicap;  // "NATS@B:E[,B:E...]" (simulated dilution, as `train --dilute-to`)
 };
+
+// "--handicap NATS@B:E,B:E" -> the sample's handicap (ranges checked by the train step).
+Status ParseHandicap(const std::string& text, train::Sample* s) {
+  const auto at = text.find('@');
+  auto bad = [&] {
+    return InvalidArgument("--handicap {}: expected NATS@BEGIN:END[,BEGIN:END...]", text);
+  };
+  if (at == std::string::npos) return bad();
+  try {
+    size_t used = 0;
+    s->handicap_nats = std::stof(text.substr(0, at), &used);
+    if (used != at) return bad();
+    std::string rest = text.substr(at + 1);
+    while (!rest.empty()) {
+      const auto comma = rest.find(',');
+      const std::string item = rest.substr(0, comma);
+      const auto colon = item.find(':');
+      if (colon == std::string::npos) return bad();
+      size_t u1 = 0, u2 = 0;
+      const int64_t b = std::stoll(item.substr(0, colon), &u1);
+      const int64_t e = std::stoll(item.substr(colon + 1), &u2);
+      if (u1 != colon || u2 != item.size() - colon - 1) return bad();
+      s->handicap_spans.emplace_back(b, e);
+      rest = comma == std::string::npos ? "" : rest.substr(comma + 1);
+    }
+  } catch (const std::exception&) {
+    return bad();
+  }
+  if (s->handicap_spans.empty()) return bad();
+  return Status::Ok();
+}
 
 // A 1-D int32/int64 array as int64 values.
 Result<std::vector<int64_t>> ReadIntVector(const std::string& path, std::string_view what) {
@@ -63,6 +95,7 @@ Status RunGrad(const GradFlags& f) {
       }
       for (int64_t m : mask) sample.loss_mask.push_back(m != 0 ? 1 : 0);
     }
+    if (!f.handicap.empty()) RETURN_IF_ERROR(ParseHandicap(f.handicap, &sample));
     ASSIGN_OR_RETURN(model::Model m, model::OpenModel(eo.model, eo.seed));
     RETURN_IF_ERROR(model::ApplyOverrides(eo.overrides, &m.config));
     const bool head = lw.length > 0 || m.weights.Contains(worker::kLengthHeadWeightName);
@@ -121,6 +154,9 @@ Runner AddGradCommand(CLI::App& app) {
       ->capture_default_str();
   app.add_option("--out", f->out, "output directory: grads.safetensors, globals.npy, report.json")
       ->required();
+  app.add_option("--handicap", f->handicap,
+                 "NATS@BEGIN:END[,...]: lower the logits of those keys by NATS in the global "
+                 "queries' softmax (the simulated dilution of `train --dilute-to`)");
   return [f] { return RunGrad(*f); };
 }
 

@@ -1,6 +1,7 @@
 // `longctx train`: the training loop (train/trainer.h) under mpirun or alone. Wiring only.
 #include "commands.h"
 #include "engine_flags.h"
+#include "longctx/bench/matrix.h"
 #include "longctx/train/trainer.h"
 
 namespace longctx::cli {
@@ -11,6 +12,7 @@ struct TrainFlags {
   train::TrainOptions o;
   std::string loss = "ce", tasks = "passkey,niah,multikey,vt,lm", mining = "off";
   std::string progress = "auto";
+  std::string dilute_to;
   std::optional<double> rope_theta;
 };
 
@@ -19,6 +21,11 @@ Status RunTrain(TrainFlags& f) {
   ASSIGN_OR_RETURN(worker::EngineOptions eo, f.engine.Options(/*keep_kv=*/false));
   train::TrainOptions& o = f.o;
   o.model = eo.model;
+  if (!f.dilute_to.empty()) {
+    Result<int64_t> n = bench::ParseTokenCount(f.dilute_to);
+    if (!n.ok()) return n.status().WithContext("--dilute-to");
+    o.dilute_to = *n;
+  }
   o.model_seed = eo.seed;
   o.seed = eo.seed;
   o.overrides = eo.overrides;
@@ -77,6 +84,10 @@ Runner AddTrainCommand(CLI::App& app) {
   app.add_option("--rope-theta", f->rope_theta, "override the model's rope_theta");
   app.add_option("--max-steps", o.max_steps, "stop after this many steps in total")
       ->capture_default_str();
+  app.add_option("--dilute-to", f->dilute_to,
+                 "simulated dilution: train task sequences as if their filler were this many "
+                 "tokens (e.g. 1M; the needles' keys are handicapped by ln(N/n) nats in the "
+                 "global queries' softmax; docs/training.md)");
   app.add_option("--progress", f->progress, "auto (a bar on a terminal) | off")->capture_default_str();
   return [f] { return RunTrain(*f); };
 }

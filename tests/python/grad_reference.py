@@ -177,10 +177,12 @@ def rope(x, theta):
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
 
-def _masked_attention(q, k, v, mask, scale):
+def _masked_attention(q, k, v, mask, scale, bias=None):
     """q [n,H,d], k/v [n,H,d] (already expanded for GQA), mask [n,n] bool with every row
-    non-empty. Returns [n,H,d]."""
+    non-empty, bias [n,n] added to the logits (None: none). Returns [n,H,d]."""
     s = torch.einsum("ihd,jhd->hij", q, k) * scale
+    if bias is not None:
+        s = s + bias[None]
     s = s.masked_fill(~mask[None], float("-inf"))
     p = torch.softmax(s, dim=-1)
     return torch.einsum("hij,jhd->ihd", p, v)
@@ -202,8 +204,23 @@ def attention_masks(n, globals_, window):
     return win, gpart, has, union, isg
 
 
-def hybrid_attention(q, k, v, globals_, window, alpha, scale=None):
-    """Hybrid causal attention. q [n,H,d], k/v [n,Hkv,d]; alpha None = union, else weighted:A."""
+def handicap_bias(n, globals_, handicap):
+    """The simulated dilution of `train --dilute-to` / `grad --handicap`: handicap = (nats,
+    [(begin, end), ...]); the logits of a global query (row in globals_) to a key in a span are
+    lowered by nats. Returns [n, n] or None."""
+    if not handicap or not len(globals_):
+        return None
+    nats, spans = handicap
+    b = torch.zeros(n, n, dtype=torch.float64)
+    g = torch.as_tensor(np.asarray(globals_, dtype=np.int64))
+    for lo, hi in spans:
+        b[g, lo:hi] = -float(nats)
+    return b
+
+
+def hybrid_attention(q, k, v, globals_, window, alpha, scale=None, handicap=None):
+    """Hybrid causal attention. q [n,H,d], k/v [n,Hkv,d]; alpha None = union, else weighted:A;
+    handicap: see handicap_bias (it touches the global queries' all-visible-keys softmax only)."""
     n, H, d = q.shape
     Hkv = k.shape[1]
     if scale is None:
@@ -211,13 +228,14 @@ def hybrid_attention(q, k, v, globals_, window, alpha, scale=None):
     k = k.repeat_interleave(H // Hkv, dim=1)
     v = v.repeat_interleave(H // Hkv, dim=1)
     win, gpart, has, union, _ = attention_masks(n, globals_, window)
+    bias = handicap_bias(n, globals_, handicap)
     if alpha is None:
-        return _masked_attention(q, k, v, union, scale)
+        return _masked_attention(q, k, v, union, scale, bias)
     ow = _masked_attention(q, k, v, win, scale)
     # Rows without a visible global get a dummy key (themselves) so that their softmax stays
     # finite (no NaN in the backward); their global part is discarded below.
     safe = gpart | (~has[:, None] & torch.eye(n, dtype=torch.bool))
-    og = _masked_attention(q, k, v, safe, scale)
+    og = _masked_attention(q, k, v, safe, scale, bias)
     return torch.where(has[:, None, None], alpha * ow + (1.0 - alpha) * og, ow)
 
 
@@ -267,7 +285,8 @@ def reference_forward(w, config, ids, globals_, fusion, windows):
         Vs.append(v)
         if len(globals_):
             ents.append(global_row_entropy(q, k, globals_, scale))
-        o = hybrid_attention(q, k, v, globals_, windows[layer], alpha, scale)
+        o = hybrid_attention(q, k, v, globals_, windows[layer], alpha, scale,
+                             (config.get("longctx") or {}).get("_handicap"))
         x = x + o.reshape(n, H * hd) @ w[p + "self_attn.o_proj.weight"].T
         h2 = rms_norm(x, w[p + "post_attention_layernorm.weight"], eps)
         g = h2 @ w[p + "mlp.gate_proj.weight"].T

@@ -362,6 +362,10 @@ def compare_to_reference(case, mdir, ids, mask, flags, report, globals_, grads):
     windows = gr.windows_for(cfg, flag_value(flags, "--window"))
     if "--logn-base" in flags:
         cfg.setdefault("longctx", {})["logn_base"] = int(flag_value(flags, "--logn-base"))
+    if "--handicap" in flags:  # NATS@B:E,B:E
+        nats, spans = flag_value(flags, "--handicap").split("@")
+        cfg.setdefault("longctx", {})["_handicap"] = (
+            float(nats), [tuple(int(x) for x in s.split(":")) for s in spans.split(",")])
     if "windows" in report and list(report["windows"]) != windows:
         check(False, "%s: report windows %s, expected %s" % (case, report["windows"], windows))
     n = len(ids)
@@ -470,6 +474,12 @@ def against_binary(binary, only=None, keep=None):
               "--loss", "ce,entropy:0.5"], None),
             ("tiny union W16 ce+entropy logn-base 16", "t_untied", {}, 400, 150,
              ["--window", "16", "--logn-base", "16", "--loss", "ce,entropy:0.5"], None),
+            ("tiny union W16 ce handicap 2.5 nats on two spans", "t_untied", {}, 400, 150,
+             ["--window", "16", "--handicap", "2.5@40:90,200:230"], None),
+            ("tiny weighted:0.7 W20 ce+length handicap 1.5 nats", "t_kv4_len",
+             dict(hkv=4, length_head=True), 300, 40,
+             ["--fusion", "weighted:0.7", "--window", "20", "--loss", "ce,length:0.3",
+              "--handicap", "1.5@100:160"], None),
             ("small tied weighted:0.7 W5,70,5,70 all-losses", "s_tied_len",
              dict(preset="small", tied=True, length_head=True), 300, 600,
              ["--fusion", "weighted:0.7", "--window", "5,70,5,70", "--loss", all_loss], None),
@@ -490,6 +500,11 @@ def against_binary(binary, only=None, keep=None):
             ("mpi tiny weighted:0.7 W64,9 all-losses logn-base 8", "t_untied", {}, 101, 60,
              ["--fusion", "weighted:0.7", "--window", "64,9", "--global-ratio", "0.3",
               "--logn-base", "8", "--loss", "ce,entropy:0.3,cache-l1:0.05"], None, DENSE),
+            # spans cut by every shard edge on 2-4 ranks (n 103: shards of ~26-52 tokens)
+            ("mpi tiny union W64,9 ce+cache-l1 handicap 3 nats on three spans", "t_untied", {},
+             103, 45, ["--window", "64,9", "--global-ratio", "0.4",
+                       "--handicap", "3@5:30,40:60,70:99", "--loss", "ce,cache-l1:0.05"], None,
+             DENSE),
         ]
         cases = [c + (DOC,) for c in cases]
         for idx, (name, key, kw, n, off, flags, tail, text) in enumerate(cases + mpi_cases):

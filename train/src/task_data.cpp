@@ -158,6 +158,7 @@ void BuildContext(const FillerCorpus& filler, std::mt19937_64& rng, int64_t fill
   doc->context.reserve(f.size() + size_t(NeedleBytes(needles)));
   doc->depths.assign(needles.size(), 0.0);
   doc->needle_begins.assign(needles.size(), 0);
+  doc->needle_ends.assign(needles.size(), 0);
   size_t copied = 0;
   for (size_t i : order) {
     doc->context.append(f, copied, points[i] - copied);
@@ -165,6 +166,7 @@ void BuildContext(const FillerCorpus& filler, std::mt19937_64& rng, int64_t fill
     doc->needle_begins[i] = int64_t(doc->context.size());
     doc->depths[i] = f.empty() ? 0.0 : double(points[i]) / double(f.size());
     doc->context.append(needles[i].text);
+    doc->needle_ends[i] = int64_t(doc->context.size());
     doc->context.push_back(' ');
   }
   doc->context.append(f, copied, std::string::npos);

@@ -51,6 +51,8 @@ class SampleSource {
  public:
   static Result<SampleSource> Open(const TrainOptions& o, const std::vector<Stage>& stages) {
     SampleSource src;
+    if (o.dilute_to < 0) return InvalidArgument("--dilute-to must be >= 0, not {}", o.dilute_to);
+    src.dilute_to_ = o.dilute_to;
     for (const std::string& name : o.tasks) {
       ASSIGN_OR_RETURN(Task t, ParseTask(name));
       for (int i = 0; i < kMixTasks; ++i) {
@@ -112,11 +114,28 @@ class SampleSource {
     s.ids = std::move(doc.ids);
     s.loss_mask = std::move(doc.loss_mask);
     for (int64_t p = doc.question_begin; p < doc.answer_begin; ++p) s.marked.push_back(p);
+    if (dilute_to_ > tokens && !doc.needle_begins.empty()) {
+      for (size_t i = 0; i < doc.needle_begins.size(); ++i) {
+        s.handicap_spans.emplace_back(doc.needle_begins[i], doc.needle_ends[i]);
+      }
+      std::sort(s.handicap_spans.begin(), s.handicap_spans.end());
+      size_t w = 0;  // merge touching or overlapping needles (vt chains may abut)
+      for (size_t i = 1; i < s.handicap_spans.size(); ++i) {
+        if (s.handicap_spans[i].first <= s.handicap_spans[w].second) {
+          s.handicap_spans[w].second = std::max(s.handicap_spans[w].second, s.handicap_spans[i].second);
+        } else {
+          s.handicap_spans[++w] = s.handicap_spans[i];
+        }
+      }
+      s.handicap_spans.resize(w + 1);
+      s.handicap_nats = float(std::log(double(dilute_to_) / double(tokens)));
+    }
     return s;
   }
 
  private:
   std::array<bool, kMixTasks> enabled_{};
+  int64_t dilute_to_ = 0;
   std::vector<int32_t> stream_;
   std::optional<FillerCorpus> filler_;
 };

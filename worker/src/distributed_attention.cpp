@@ -171,14 +171,38 @@ Status DistributedAttention(comm::Communicator& comm, const attention::ShardPlan
   if (g - vis0 > 0 && !options.exchange_only) {
     attention::DensePartialArgs pa;
     pa.q = TokenView{gq.data() + size_t(vis0) * q_row, q.dtype, g - vis0, H, d, H * d};
-    pa.k = k;
-    pa.v = shard.v;
     pa.q_pos = globals.subspan(size_t(vis0));
-    pa.kv_pos0 = s;
-    pa.out = part_o;
-    pa.lse = part_l;
     trace::TraceSpan span("attn_global_partial", "attention", "queries", g - vis0);
-    RETURN_IF_ERROR(attention::DensePartialPass(pa, spec, exec));
+    const auto segments = internal::HandicapSegments(s, e, options.handicap);
+    if (segments.size() == 1 && !segments[0].handicapped) {
+      pa.k = k;
+      pa.v = shard.v;
+      pa.kv_pos0 = s;
+      pa.out = part_o;
+      pa.lse = part_l;
+      RETURN_IF_ERROR(attention::DensePartialPass(pa, spec, exec));
+    } else {
+      // Simulated dilution (training): one partial per segment, the handicapped ones' LSE
+      // lowered by the handicap (every logit of the segment minus `nats`), merged in order.
+      const int64_t nq = g - vis0;
+      std::fill_n(part_o, nq * H * d, 0.0f);
+      std::fill_n(part_l, nq * H, -std::numeric_limits<float>::infinity());
+      std::vector<float> seg_o(size_t(nq * H * d)), seg_l(size_t(nq * H));
+      for (const internal::KeySegment& seg : segments) {
+        const int64_t off = seg.begin - s, len = seg.end - seg.begin;
+        pa.k = TokenView{k.Row(off), k.dtype, len, k.heads, k.head_dim, k.row_stride};
+        pa.v = TokenView{shard.v.Row(off), shard.v.dtype, len, shard.v.heads, shard.v.head_dim,
+                         shard.v.row_stride};
+        pa.kv_pos0 = seg.begin;
+        pa.out = seg_o.data();
+        pa.lse = seg_l.data();
+        RETURN_IF_ERROR(attention::DensePartialPass(pa, spec, exec));
+        if (seg.handicapped) {
+          for (float& l : seg_l) l -= options.handicap.nats;
+        }
+        attention::MergeStates(part_o, part_l, seg_o.data(), seg_l.data(), nq * H, d);
+      }
+    }
   }
   st.compute_seconds += Since(t0);
 

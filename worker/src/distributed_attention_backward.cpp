@@ -46,6 +46,10 @@ Status DistributedAttentionBackward(comm::Communicator& comm, const attention::S
                    !grads->dv)) {
     return InvalidArgument("attention backward: out, lse, dout and the gradients are required");
   }
+  if (in.handicap.active() && in.entropy_weight != 0.0f) {
+    return InvalidArgument("attention backward: a key handicap and the entropy term together "
+                           "are not supported");
+  }
   const int64_t H = q.heads, Hkv = k.heads, d = q.head_dim, E = Hkv * d;
   const int64_t g = int64_t(globals.size());
   const bool weighted = spec.fusion == attention::Fusion::kWeighted;
@@ -189,11 +193,7 @@ Status DistributedAttentionBackward(comm::Communicator& comm, const attention::S
   if (rows > 0 && nvis > 0) {
     attention::DensePartialGradArgs da;
     da.q = gq;
-    da.k = k;
-    da.v = v;
     da.q_pos = globals.subspan(size_t(vis0));
-    da.kv_pos0 = s;
-    da.lse = g_lse.data() + vis0 * H;
     da.dout = g_dout.data() + vis0 * H * d;
     da.delta = g_delta.data() + vis0 * H;
     if (!g_coef.empty()) {
@@ -201,9 +201,23 @@ Status DistributedAttentionBackward(comm::Communicator& comm, const attention::S
       da.entropy = g_entropy.data() + vis0 * H;
     }
     da.dq = dq_g + vis0 * H * d;
-    da.dk = ext_dk.data() + own0 * E;
-    da.dv = ext_dv.data() + own0 * E;
-    RETURN_IF_ERROR(attention::DensePartialBackward(da, spec, exec));
+    // A handicapped key's probability is exp(s - nats - L) = exp(s - (L + nats)): its segment
+    // runs with the LSE raised by the handicap (the forward's simulated dilution).
+    std::vector<float> raised_lse;
+    if (in.handicap.active()) {
+      raised_lse.assign(g_lse.begin() + vis0 * H, g_lse.end());
+      for (float& l : raised_lse) l += in.handicap.nats;
+    }
+    for (const internal::KeySegment& seg : internal::HandicapSegments(s, e, in.handicap)) {
+      const int64_t off = seg.begin - s, len = seg.end - seg.begin;
+      da.k = TokenView{k.Row(off), k.dtype, len, k.heads, k.head_dim, k.row_stride};
+      da.v = TokenView{v.Row(off), v.dtype, len, v.heads, v.head_dim, v.row_stride};
+      da.kv_pos0 = seg.begin;
+      da.lse = seg.handicapped ? raised_lse.data() : g_lse.data() + vis0 * H;
+      da.dk = ext_dk.data() + (own0 + off) * E;
+      da.dv = ext_dv.data() + (own0 + off) * E;
+      RETURN_IF_ERROR(attention::DensePartialBackward(da, spec, exec));
+    }
   }
   st.compute_seconds += Since(t0);
 

@@ -33,6 +33,22 @@ int64_t FirstVisibleGlobal(const attention::ShardPlan& plan, std::span<const int
   return int64_t(std::lower_bound(g.begin(), g.end(), plan.begin(r)) - g.begin());
 }
 
+std::vector<KeySegment> HandicapSegments(int64_t s, int64_t e, const KeyHandicap& h) {
+  std::vector<KeySegment> out;
+  int64_t at = s;
+  if (h.active()) {
+    for (const auto& [b0, b1] : h.spans) {
+      const int64_t lo = std::max(b0, at), hi = std::min(b1, e);
+      if (lo >= hi) continue;
+      if (at < lo) out.push_back({at, lo, false});
+      out.push_back({lo, hi, true});
+      at = hi;
+    }
+  }
+  if (at < e || out.empty()) out.push_back({at, e, false});
+  return out;
+}
+
 TokenView RowsView(const TokenView& t, const std::byte* base, int64_t rows) {
   return TokenView{base, t.dtype, rows, t.heads, t.head_dim, t.heads * t.head_dim};
 }

@@ -23,6 +23,15 @@ std::pair<int64_t, int64_t> GlobalsIn(std::span<const int64_t> g, int64_t lo, in
 // Causal: a query at p reads keys <= p, so only globals at or after the shard's start.
 int64_t FirstVisibleGlobal(const attention::ShardPlan& plan, std::span<const int64_t> g, int r);
 
+// The own key range [s, e) cut at the edges of a KeyHandicap's spans: consecutive segments
+// covering [s, e), each with whether its keys are handicapped. One unbiased segment when the
+// handicap is inactive or misses [s, e).
+struct KeySegment {
+  int64_t begin = 0, end = 0;
+  bool handicapped = false;
+};
+std::vector<KeySegment> HandicapSegments(int64_t s, int64_t e, const KeyHandicap& h);
+
 // A view of `rows` dense rows at `base` with t's dtype and heads.
 attention::TokenView RowsView(const attention::TokenView& t, const std::byte* base, int64_t rows);
 

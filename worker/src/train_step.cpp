@@ -44,6 +44,7 @@ struct StepContext {
   std::span<const int64_t> globals;
   const attention::ExecOptions& exec;
   const RopeTable& rope;
+  KeyHandicap handicap;
   int64_t rows = 0;
   DistributedWorkspace ws;
   TrainStepStats st;
@@ -97,6 +98,7 @@ Status LayerForward(StepContext& ctx, int64_t l, const float* x, float* x_out,
   DistributedStats ds;
   DistributedOptions dopt;
   dopt.workspace = &ctx.ws;
+  dopt.handicap = ctx.handicap;
   RETURN_IF_ERROR(DistributedAttention(ctx.comm, plan, ctx.globals, spec, shard, a->o.data(),
                                        a->lse.data(), ctx.exec, &ds, dopt)
                       .WithContext(fmt::format("layer {}", l)));
@@ -165,6 +167,7 @@ Status LayerBackward(StepContext& ctx, int64_t l, const float* x, LayerActivatio
   in.lse = a->lse.data();
   in.dout = dout.data();
   in.entropy_weight = entropy_weight;
+  in.handicap = ctx.handicap;
   AttentionGrads ag{dq.data(), dk.data(), dv.data(), 0.0};
   DistributedStats ds;
   RETURN_IF_ERROR(DistributedAttentionBackward(ctx.comm, plan, ctx.globals, spec, shard, in, &ag,
@@ -271,6 +274,24 @@ Status ForwardBackward(comm::Communicator& comm, const model::ModelConfig& c, co
   if (lw.length > 0 && (!length_head || !G.length_w || !G.length_b)) {
     return InvalidArgument("train step: the length loss needs a length head");
   }
+  if (seq.handicap.active()) {
+    if (!std::isfinite(seq.handicap.nats) || seq.handicap.nats < 0.0f) {
+      return InvalidArgument("train step: the key handicap must be finite and >= 0 nats, not {}",
+                             seq.handicap.nats);
+    }
+    int64_t prev = 0;
+    for (const auto& [b0, b1] : seq.handicap.spans) {
+      if (b0 < prev || b1 <= b0 || b1 > n) {
+        return InvalidArgument("train step: handicap spans must be sorted, disjoint, non-empty "
+                               "and inside [0, {})", n);
+      }
+      prev = b1;
+    }
+    if (lw.entropy > 0) {
+      return InvalidArgument("train step: simulated dilution and the entropy loss together are "
+                             "not supported");
+    }
+  }
   for (int64_t i = 0; i < n; ++i) {
     if (seq.ids[size_t(i)] < 0 || seq.ids[size_t(i)] >= c.vocab_size) {
       return OutOfRange("token id {} at position {} is outside the vocabulary [0, {})",
@@ -281,7 +302,7 @@ Status ForwardBackward(comm::Communicator& comm, const model::ModelConfig& c, co
   const int64_t D = c.hidden_size, V = c.vocab_size, Ls = c.num_hidden_layers;
   const auto deadline = comm::DeadlineIn(comm::DefaultTimeout());
   const RopeTable rope = MakeRopeTable(rows, c.head_dim, s, c.rope_theta);
-  StepContext ctx{comm, c, w, bounds, seq.globals, exec, rope, rows, {}, {}};
+  StepContext ctx{comm, c, w, bounds, seq.globals, exec, rope, seq.handicap, rows, {}, {}};
 
   // Targets: position t predicts token t+1 when that token is in the mask.
   auto is_target = [&](int64_t t) {

@@ -21,6 +21,10 @@ struct Sample {
   std::vector<int32_t> ids;
   std::vector<uint8_t> loss_mask;  // empty: every token after the first is a target
   std::vector<int64_t> marked;     // positions that are always global (a question's tokens)
+  // Simulated dilution (training only): the needles' token ranges [begin, end), sorted, whose
+  // keys the global queries see handicapped by `handicap_nats` (worker::KeyHandicap).
+  std::vector<std::pair<int64_t, int64_t>> handicap_spans;
+  float handicap_nats = 0.0f;
 };
 
 // The sample's globals under the config's selection rules.

@@ -88,6 +88,7 @@ struct TaskDocument {
   // chain's; lm: none.
   std::vector<double> depths;
   std::vector<int64_t> needle_begins;  // byte offset in text of each needle, same order
+  std::vector<int64_t> needle_ends;    // one past each needle's last byte, same order
 };
 
 struct TaskOptions {

@@ -39,6 +39,10 @@ struct TrainOptions {
   int dp = 1;                          // data-parallel groups (ranks % dp == 0)
   bool progress = true;                // a bar on a terminal (rank 0)
   int64_t max_steps = -1;              // stop after this many steps in total (-1: the curriculum)
+  // Simulated dilution (docs/training.md): a task sequence of n < dilute_to tokens has its
+  // needles' keys handicapped by ln(dilute_to / n) nats in the global queries' softmax, as if
+  // the filler were dilute_to tokens long. 0: off.
+  int64_t dilute_to = 0;
 };
 
 // Runs the loop on every rank of `world` (collective). Returns the first error; a loss that is

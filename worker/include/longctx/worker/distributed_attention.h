@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "longctx/attention/hybrid_attention.h"
@@ -51,11 +52,23 @@ struct DistributedWorkspace {
   std::vector<std::vector<float>> send_bufs, recv_bufs;      // partials per peer
 };
 
+// Training only (simulated dilution, docs/training.md "Training for a million tokens at 64K"):
+// the logits of the keys in `spans` are lowered by `nats` in every global query's softmax over
+// the visible keys — what a softmax sees when every other key is exp(nats) times as many — so
+// that a retrieval learned on n tokens must hold against the filler of n * exp(nats). The
+// window rows and the non-global queries are untouched; inference never sets it.
+struct KeyHandicap {
+  std::span<const std::pair<int64_t, int64_t>> spans;  // sorted, disjoint [begin, end) positions
+  float nats = 0.0f;                                   // >= 0
+  bool active() const { return nats != 0.0f && !spans.empty(); }
+};
+
 struct DistributedOptions {
   // Benchmarks only: do every exchange with its real sizes but skip the attention kernels
   // (out/lse are then left unspecified), to time the communication alone.
   bool exchange_only = false;
   DistributedWorkspace* workspace = nullptr;  // optional; a local one otherwise
+  KeyHandicap handicap;                       // training only; none by default
 };
 
 // out: [rows, H, d] float32, lse: [rows, H] float32 for this rank's rows. Every rank of `comm`
@@ -77,6 +90,7 @@ struct AttentionGradInputs {
   // Weight c of the entropy term c * sum over (global query, head) of the entropy (nats) of the
   // query's softmax over all its visible keys. 0: no entropy term.
   float entropy_weight = 0.0f;
+  KeyHandicap handicap;  // the forward's (must be the same); not with entropy_weight
 };
 
 struct AttentionGrads {

@@ -16,6 +16,7 @@
 #include "longctx/comm/communicator.h"
 #include "longctx/core/status.h"
 #include "longctx/model/config.h"
+#include "longctx/worker/distributed_attention.h"
 #include "longctx/worker/forward.h"
 #include "longctx/worker/param_block.h"
 
@@ -43,6 +44,7 @@ struct TrainSequence {
   std::span<const int32_t> ids;          // n token ids, each < vocab_size
   std::span<const uint8_t> loss_mask;    // n entries (1: the token is a target) or empty: all
   std::span<const int64_t> globals;      // sorted global positions
+  KeyHandicap handicap;                  // simulated dilution of the global queries (none: off)
 };
 
 struct TrainStepStats {
