@@ -21,6 +21,7 @@ struct GradFlags {
   EngineFlags engine;  // --model, --seed, hybrid overrides, --threads
   std::string input_ids, loss_mask, out, loss = "ce";
   std::string handicap;  // "NATS@B:E[,B:E...]" (simulated dilution, as `train --dilute-to`)
+  std::vector<int64_t> skip;  // AT DISTANCE (positional skip, as `train --position-skip-to`)
 };
 
 // "--handicap NATS@B:E,B:E" -> the sample's handicap (ranges checked by the train step).
@@ -96,6 +97,10 @@ Status RunGrad(const GradFlags& f) {
       for (int64_t m : mask) sample.loss_mask.push_back(m != 0 ? 1 : 0);
     }
     if (!f.handicap.empty()) RETURN_IF_ERROR(ParseHandicap(f.handicap, &sample));
+    if (!f.skip.empty()) {
+      sample.skip_at = f.skip[0];
+      sample.skip = f.skip[1];
+    }
     ASSIGN_OR_RETURN(model::Model m, model::OpenModel(eo.model, eo.seed));
     RETURN_IF_ERROR(model::ApplyOverrides(eo.overrides, &m.config));
     const bool head = lw.length > 0 || m.weights.Contains(worker::kLengthHeadWeightName);
@@ -157,6 +162,10 @@ Runner AddGradCommand(CLI::App& app) {
   app.add_option("--handicap", f->handicap,
                  "NATS@BEGIN:END[,...]: lower the logits of those keys by NATS in the global "
                  "queries' softmax (the simulated dilution of `train --dilute-to`)");
+  app.add_option("--position-skip", f->skip,
+                 "AT DISTANCE: RoPE positions of tokens >= AT moved by DISTANCE (the positional "
+                 "skip of `train --position-skip-to`)")
+      ->expected(2);
   return [f] { return RunGrad(*f); };
 }
 

@@ -12,7 +12,7 @@ struct TrainFlags {
   train::TrainOptions o;
   std::string loss = "ce", tasks = "passkey,niah,multikey,vt,lm", mining = "off";
   std::string progress = "auto";
-  std::string dilute_to;
+  std::string dilute_to, skip_to;
   std::optional<double> rope_theta;
 };
 
@@ -25,6 +25,11 @@ Status RunTrain(TrainFlags& f) {
     Result<int64_t> n = bench::ParseTokenCount(f.dilute_to);
     if (!n.ok()) return n.status().WithContext("--dilute-to");
     o.dilute_to = *n;
+  }
+  if (!f.skip_to.empty()) {
+    Result<int64_t> n = bench::ParseTokenCount(f.skip_to);
+    if (!n.ok()) return n.status().WithContext("--position-skip-to");
+    o.skip_to = *n;
   }
   o.model_seed = eo.seed;
   o.seed = eo.seed;
@@ -88,6 +93,10 @@ Runner AddTrainCommand(CLI::App& app) {
                  "simulated dilution: train task sequences as if their filler were this many "
                  "tokens (e.g. 1M; the needles' keys are handicapped by ln(N/n) nats in the "
                  "global queries' softmax; docs/training.md)");
+  app.add_option("--position-skip-to", f->skip_to,
+                 "positional skip (PoSE): in task sequences, move the RoPE positions from a "
+                 "point between the last needle and the question by a random distance so the "
+                 "question-needle distance reaches this many tokens (e.g. 1M; docs/training.md)");
   app.add_option("--progress", f->progress, "auto (a bar on a terminal) | off")->capture_default_str();
   return [f] { return RunTrain(*f); };
 }

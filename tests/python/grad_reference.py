@@ -166,12 +166,17 @@ def rms_norm(x, w, eps):
     return (x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps)) * w
 
 
-def rope(x, theta):
-    """x [n, heads, hd]; rotate-half RoPE at absolute positions 0..n-1."""
+def rope(x, theta, skip=None):
+    """x [n, heads, hd]; rotate-half RoPE at absolute positions 0..n-1, or, with skip = (at,
+    distance), positions i + distance for i >= at (the positional skip of `train
+    --position-skip-to`)."""
     n, _, hd = x.shape
     half = hd // 2
     inv = 1.0 / (theta ** (torch.arange(0, half, dtype=torch.float64) * 2.0 / hd))
-    ang = torch.arange(n, dtype=torch.float64)[:, None] * inv[None, :]
+    pos = torch.arange(n, dtype=torch.float64)
+    if skip:
+        pos = pos + (pos >= skip[0]).to(torch.float64) * float(skip[1])
+    ang = pos[:, None] * inv[None, :]
     cos, sin = torch.cos(ang)[:, None, :], torch.sin(ang)[:, None, :]
     x1, x2 = x[..., :half], x[..., half:]
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
@@ -271,8 +276,9 @@ def reference_forward(w, config, ids, globals_, fusion, windows):
     for layer in range(L):
         p = "model.layers.%d." % layer
         h = rms_norm(x, w[p + "input_layernorm.weight"], eps)
-        q = rope((h @ w[p + "self_attn.q_proj.weight"].T).reshape(n, H, hd), theta)
-        k = rope((h @ w[p + "self_attn.k_proj.weight"].T).reshape(n, Hkv, hd), theta)
+        skip = (config.get("longctx") or {}).get("_skip")
+        q = rope((h @ w[p + "self_attn.q_proj.weight"].T).reshape(n, H, hd), theta, skip)
+        k = rope((h @ w[p + "self_attn.k_proj.weight"].T).reshape(n, Hkv, hd), theta, skip)
         v = (h @ w[p + "self_attn.v_proj.weight"].T).reshape(n, Hkv, hd)
         if logn_base and len(globals_):
             # a global query at position i: logits x max(1, ln(i + 1) / ln(logn_base))

@@ -366,6 +366,9 @@ def compare_to_reference(case, mdir, ids, mask, flags, report, globals_, grads):
         nats, spans = flag_value(flags, "--handicap").split("@")
         cfg.setdefault("longctx", {})["_handicap"] = (
             float(nats), [tuple(int(x) for x in s.split(":")) for s in spans.split(",")])
+    if "--position-skip" in flags:  # AT DISTANCE
+        i = flags.index("--position-skip")
+        cfg.setdefault("longctx", {})["_skip"] = (int(flags[i + 1]), int(flags[i + 2]))
     if "windows" in report and list(report["windows"]) != windows:
         check(False, "%s: report windows %s, expected %s" % (case, report["windows"], windows))
     n = len(ids)
@@ -480,6 +483,9 @@ def against_binary(binary, only=None, keep=None):
              dict(hkv=4, length_head=True), 300, 40,
              ["--fusion", "weighted:0.7", "--window", "20", "--loss", "ce,length:0.3",
               "--handicap", "1.5@100:160"], None),
+            ("tiny union W16 ce position-skip 250 by 900000 + handicap", "t_untied", {}, 400, 150,
+             ["--window", "16", "--position-skip", "250", "900000", "--handicap", "2@40:90"],
+             None),
             ("small tied weighted:0.7 W5,70,5,70 all-losses", "s_tied_len",
              dict(preset="small", tied=True, length_head=True), 300, 600,
              ["--fusion", "weighted:0.7", "--window", "5,70,5,70", "--loss", all_loss], None),
@@ -505,6 +511,9 @@ def against_binary(binary, only=None, keep=None):
              103, 45, ["--window", "64,9", "--global-ratio", "0.4",
                        "--handicap", "3@5:30,40:60,70:99", "--loss", "ce,cache-l1:0.05"], None,
              DENSE),
+            ("mpi tiny union W64,9 ce position-skip 61 by 1000000", "t_untied", {}, 103, 45,
+             ["--window", "64,9", "--global-ratio", "0.4", "--position-skip", "61", "1000000"],
+             None, DENSE),
         ]
         cases = [c + (DOC,) for c in cases]
         for idx, (name, key, kw, n, off, flags, tail, text) in enumerate(cases + mpi_cases):

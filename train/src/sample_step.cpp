@@ -24,7 +24,8 @@ Status AccumulateSampleGradients(comm::Communicator& comm, const worker::ParamBl
   ASSIGN_OR_RETURN(std::vector<int64_t> bounds,
                    worker::TrainShardBounds(c, int64_t(s.ids.size()), globals, comm.size()));
   worker::TrainSequence seq{s.ids, s.loss_mask, globals,
-                            worker::KeyHandicap{s.handicap_spans, s.handicap_nats}};
+                            worker::KeyHandicap{s.handicap_spans, s.handicap_nats}, s.skip_at,
+                            s.skip};
   RETURN_IF_ERROR(worker::ForwardBackward(comm, c, params.WeightsView(), params.length_head(),
                                           bounds, seq, lw, exec, params.Grads(grads), loss,
                                           stats));

@@ -4,6 +4,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <cmath>
@@ -12,6 +13,7 @@
 #include <fstream>
 #include <memory>
 #include <optional>
+#include <random>
 #include <sstream>
 
 #include <fmt/format.h>
@@ -53,6 +55,8 @@ class SampleSource {
     SampleSource src;
     if (o.dilute_to < 0) return InvalidArgument("--dilute-to must be >= 0, not {}", o.dilute_to);
     src.dilute_to_ = o.dilute_to;
+    if (o.skip_to < 0) return InvalidArgument("--position-skip-to must be >= 0, not {}", o.skip_to);
+    src.skip_to_ = o.skip_to;
     for (const std::string& name : o.tasks) {
       ASSIGN_OR_RETURN(Task t, ParseTask(name));
       for (int i = 0; i < kMixTasks; ++i) {
@@ -130,12 +134,24 @@ class SampleSource {
       s.handicap_spans.resize(w + 1);
       s.handicap_nats = float(std::log(double(dilute_to_) / double(tokens)));
     }
+    if (skip_to_ > tokens && !doc.needle_ends.empty()) {
+      // The skip point: uniform in (last needle's end, question start]; the distance: uniform
+      // in [0, skip_to - tokens]. Drawn from the sample's seed, apart from the document's draws.
+      std::mt19937_64 rng(seed ^ 0x9e3779b97f4a7c15ull);
+      const int64_t last = *std::max_element(doc.needle_ends.begin(), doc.needle_ends.end());
+      const int64_t room = doc.question_begin - last;
+      if (room >= 1) {
+        s.skip_at = last + 1 + int64_t(rng() % uint64_t(room));
+        s.skip = int64_t(rng() % uint64_t(skip_to_ - tokens + 1));
+      }
+    }
     return s;
   }
 
  private:
   std::array<bool, kMixTasks> enabled_{};
   int64_t dilute_to_ = 0;
+  int64_t skip_to_ = 0;
   std::vector<int32_t> stream_;
   std::optional<FillerCorpus> filler_;
 };

@@ -274,6 +274,10 @@ Status ForwardBackward(comm::Communicator& comm, const model::ModelConfig& c, co
   if (lw.length > 0 && (!length_head || !G.length_w || !G.length_b)) {
     return InvalidArgument("train step: the length loss needs a length head");
   }
+  if (seq.skip < 0 || (seq.skip > 0 && (seq.skip_at < 0 || seq.skip_at > n))) {
+    return InvalidArgument("train step: position skip {} at {} (needs skip >= 0, 0 <= at <= {})",
+                           seq.skip, seq.skip_at, n);
+  }
   if (seq.handicap.active()) {
     if (!std::isfinite(seq.handicap.nats) || seq.handicap.nats < 0.0f) {
       return InvalidArgument("train step: the key handicap must be finite and >= 0 nats, not {}",
@@ -301,7 +305,13 @@ Status ForwardBackward(comm::Communicator& comm, const model::ModelConfig& c, co
   const int64_t s = bounds[size_t(me)], e = bounds[size_t(me) + 1], rows = e - s;
   const int64_t D = c.hidden_size, V = c.vocab_size, Ls = c.num_hidden_layers;
   const auto deadline = comm::DeadlineIn(comm::DefaultTimeout());
-  const RopeTable rope = MakeRopeTable(rows, c.head_dim, s, c.rope_theta);
+  RopeTable rope = MakeRopeTable(rows, c.head_dim, s, c.rope_theta);
+  if (seq.skip != 0 && seq.skip_at < e) {  // rows from skip_at on: the positions moved by skip
+    const int64_t from = std::max(seq.skip_at, s);
+    const RopeTable moved = MakeRopeTable(e - from, c.head_dim, from + seq.skip, c.rope_theta);
+    std::copy(moved.cos.begin(), moved.cos.end(), rope.cos.begin() + (from - s) * rope.half);
+    std::copy(moved.sin.begin(), moved.sin.end(), rope.sin.begin() + (from - s) * rope.half);
+  }
   StepContext ctx{comm, c, w, bounds, seq.globals, exec, rope, seq.handicap, rows, {}, {}};
 
   // Targets: position t predicts token t+1 when that token is in the mask.

@@ -25,6 +25,9 @@ struct Sample {
   // keys the global queries see handicapped by `handicap_nats` (worker::KeyHandicap).
   std::vector<std::pair<int64_t, int64_t>> handicap_spans;
   float handicap_nats = 0.0f;
+  // Positional skip (training only): RoPE positions of tokens >= skip_at moved by skip.
+  int64_t skip_at = 0;
+  int64_t skip = 0;
 };
 
 // The sample's globals under the config's selection rules.

@@ -43,6 +43,11 @@ struct TrainOptions {
   // needles' keys handicapped by ln(dilute_to / n) nats in the global queries' softmax, as if
   // the filler were dilute_to tokens long. 0: off.
   int64_t dilute_to = 0;
+  // Positional skip (PoSE; docs/training.md): in a task sequence of n < skip_to tokens, the RoPE
+  // positions from a point drawn between the last needle and the question on are moved by a
+  // distance drawn uniformly in [0, skip_to - n], so the question reads needles up to skip_to
+  // positions away. 0: off.
+  int64_t skip_to = 0;
 };
 
 // Runs the loop on every rank of `world` (collective). Returns the first error; a loss that is

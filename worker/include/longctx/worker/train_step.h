@@ -45,6 +45,12 @@ struct TrainSequence {
   std::span<const uint8_t> loss_mask;    // n entries (1: the token is a target) or empty: all
   std::span<const int64_t> globals;      // sorted global positions
   KeyHandicap handicap;                  // simulated dilution of the global queries (none: off)
+  // Positional skip (training only; PoSE, Zhu et al. 2023): tokens at index >= skip_at are
+  // rotated by RoPE as if at index + skip, so that relative positions across skip_at reach
+  // lengths the sequence does not have. The masks (window, causality) keep the indexes.
+  // skip == 0: off.
+  int64_t skip_at = 0;
+  int64_t skip = 0;
 };
 
 struct TrainStepStats {
