@@ -9,7 +9,8 @@
 #   - report.json has a `documents` array (path, tokens, prefill_seconds, answer) and the batch
 #     totals; a spilled run (f32 codec) equals the resident one, each rank under its budget;
 #   - bad input (a missing file among the inputs, G not dividing P) is one error line, a
-#     non-zero exit, and no output written.
+#     non-zero exit, and no output written;
+#   - `longctx bench batch` runs and finds the answers equal (no timing is checked).
 # Usage: test_cli_batch.sh path/to/longctx
 set -uo pipefail
 BIN="$1"
@@ -142,5 +143,17 @@ expect_error "--doc-groups 2 on one process" run --progress off --input "$T/d0.t
 expect_error "--doc-groups 0" run --progress off --input "$T/d0.txt" --input "$T/d1.txt" --doc-groups 0 --out "$T/none"
 expect_error "--input-ids with a batch" run --progress off --input "$T/d0.txt" --inputs "$T/list.txt" --input-ids "$T/x.npy" --out "$T/none"
 [[ ! -e "$T/none" ]] && ok "no output directory after the bad runs" || bad "$T/none was created"
+
+# `longctx bench batch` end to end on small documents: both modes ran, the answers agree.
+timeout 300 "$BIN" bench batch --docs 2 --tokens 3000 --ranks 2 --doc-groups 1,2 --generate 4 \
+  --json "$T/bench.json" >"$T/bench.txt" 2>&1
+"$PY" - "$T/bench.json" <<'PYEOF' && ok "bench batch: 3 modes, ratios, answers equal" || bad "bench batch: $(tail -5 "$T/bench.txt")"
+import json, sys
+b = json.load(open(sys.argv[1]))
+modes = b["modes"]
+assert [m["jobs"] for m in modes] == [2, 1, 1], modes
+for m in modes:
+    assert m["answers_equal"] and m["job_tokens_per_s"] > 0 and m["ratio_engine"] > 0, m
+PYEOF
 
 finish test_cli_batch
