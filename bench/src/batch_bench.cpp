@@ -1,14 +1,14 @@
 // `longctx bench batch` (batch_bench.h): one job of B documents against B one-document jobs.
 #include "longctx/bench/batch_bench.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <limits>
-#include <sstream>
-
-#include <fmt/format.h>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "longctx/bench/matrix.h"
 #include "longctx/core/file.h"
@@ -151,16 +151,18 @@ Status RunBatchBench(const BatchBenchOptions& o) {
       m.engine_s = std::min(m.engine_s, r["batch"]["seconds"].get<double>());
       m.answers.clear();
       for (int i = 0; i < o.documents; ++i) {
-        ASSIGN_OR_RETURN(std::string a, ReadText(fmt::format("{}/doc-{:03d}/generated.txt", out, i)));
+        ASSIGN_OR_RETURN(std::string a,
+                         ReadText(fmt::format("{}/doc-{:03d}/generated.txt", out, i)));
         m.answers.push_back(std::move(a));
       }
     }
   }
 
   const std::string load_after = matrix::LoadAverage();
-  fmt::print("bench batch: {} documents x {} tokens, model {}, {} rank(s) x {} thread(s) per job, "
-             "question {} bytes + {} generated tokens per document, best of {} round(s)\n",
-             o.documents, o.tokens, o.model, o.ranks, o.threads, o.query.size(), o.generate, o.reps);
+  fmt::print(
+      "bench batch: {} documents x {} tokens, model {}, {} rank(s) x {} thread(s) per job, "
+      "question {} bytes + {} generated tokens per document, best of {} round(s)\n",
+      o.documents, o.tokens, o.model, o.ranks, o.threads, o.query.size(), o.generate, o.reps);
   fmt::print("machine: {}, {} cores, {}; load average before {} / after {}\n", machine.cpu,
              machine.cores, machine.date_utc, machine.load_before, load_after);
   fmt::print("{:<28} {:>4} {:>9} {:>11} {:>9} {:>12} {:>8} {:>10}  {}\n", "mode", "jobs", "wall s",
@@ -171,9 +173,11 @@ Status RunBatchBench(const BatchBenchOptions& o) {
     const double eng_tps = double(total_tokens) / m.engine_s;
     const double x_job = singles.wall_s / m.wall_s, x_eng = singles.engine_s / m.engine_s;
     const bool same = m.answers == singles.answers;
-    fmt::print("{:<28} {:>4} {:>9.2f} {:>11.0f} {:>9.3f} {:>12.0f} {:>8.2f} {:>10.2f}  {}\n", m.name,
-               m.jobs, m.wall_s, job_tps, m.engine_s, eng_tps, x_job, x_eng,
-               &m == &singles ? "(reference)" : same ? "equal" : "DIFFER");
+    fmt::print("{:<28} {:>4} {:>9.2f} {:>11.0f} {:>9.3f} {:>12.0f} {:>8.2f} {:>10.2f}  {}\n",
+               m.name, m.jobs, m.wall_s, job_tps, m.engine_s, eng_tps, x_job, x_eng,
+               &m == &singles ? "(reference)"
+               : same         ? "equal"
+                              : "DIFFER");
     rows.push_back(Json{{"mode", m.name},
                         {"jobs", m.jobs},
                         {"wall_seconds", m.wall_s},
@@ -187,8 +191,9 @@ Status RunBatchBench(const BatchBenchOptions& o) {
   };
   row(singles);
   for (const ModeFigures& m : batches) row(m);
-  fmt::print("x job / x engine: tokens/s of the mode over one job per document (wall: whole "
-             "subprocesses; engine: report.json prefill + answer seconds)\n");
+  fmt::print(
+      "x job / x engine: tokens/s of the mode over one job per document (wall: whole "
+      "subprocesses; engine: report.json prefill + answer seconds)\n");
   if (!o.json.empty()) {
     Json j{{"documents", o.documents},
            {"tokens", o.tokens},

@@ -19,6 +19,9 @@
 // totals). Nothing is written before every input is read and every flag checked; no document's
 // files are written before every document has succeeded (--dump-hidden rows are staged and
 // renamed into place at the end, or removed on failure).
+#include <fmt/format.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -26,18 +29,12 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <numeric>
 #include <string>
 #include <vector>
 
-#include <unistd.h>
-
-#include <fmt/format.h>
-#include <nlohmann/json.hpp>
-
 #include "engine_flags.h"
-#include "run_flags.h"
-#include "trace_output.h"
 #include "longctx/comm/communicator.h"
 #include "longctx/comm/placement.h"
 #include "longctx/core/file.h"
@@ -45,6 +42,8 @@
 #include "longctx/core/trace.h"
 #include "longctx/worker/blas.h"
 #include "longctx/worker/engine.h"
+#include "run_flags.h"
+#include "trace_output.h"
 
 namespace longctx::cli {
 namespace {
@@ -70,7 +69,7 @@ struct BatchDocument {
 // What a group computed for one of its documents (every rank of the group holds it).
 struct DocumentResult {
   int index = 0;
-  worker::DocumentInfo info;   // globals, shard bounds (group ranks), prefill seconds
+  worker::DocumentInfo info;    // globals, shard bounds (group ranks), prefill seconds
   worker::AnswerResult answer;  // appended tokens and globals, the generated text
   int64_t query_tokens = 0, generate = 0;
   uint64_t kv_bytes[3] = {0, 0, 0};  // device, host, remote: the group's ranks together
@@ -174,10 +173,10 @@ Status WriteDocument(const std::string& dir, const std::vector<int32_t>& ids,
   all_ids.insert(all_ids.end(), r.answer.appended.begin(), r.answer.appended.end());
   std::vector<int64_t> globals = r.info.globals;
   globals.insert(globals.end(), r.answer.appended_globals.begin(), r.answer.appended_globals.end());
-  RETURN_IF_ERROR(WriteNpy(dir + "/tokens.npy", DType::kI32, {int64_t(all_ids.size())},
-                           all_ids.data()));
-  RETURN_IF_ERROR(WriteNpy(dir + "/globals.npy", DType::kI64, {int64_t(globals.size())},
-                           globals.data()));
+  RETURN_IF_ERROR(
+      WriteNpy(dir + "/tokens.npy", DType::kI32, {int64_t(all_ids.size())}, all_ids.data()));
+  RETURN_IF_ERROR(
+      WriteNpy(dir + "/globals.npy", DType::kI64, {int64_t(globals.size())}, globals.data()));
   if (decode) RETURN_IF_ERROR(WriteFileAtomically(dir + "/generated.txt", r.answer.generated));
   if (dump_hidden) RETURN_IF_ERROR(CommitNpyRows(dir + "/hidden.npy"));
   return Status::Ok();
@@ -198,7 +197,8 @@ Json DocumentJson(const RunFlags& f, const BatchDocument& d, const DocumentResul
       {"globals", r.info.globals.size()},
       {"shards", r.info.bounds},
       {"prefill_seconds", Round6(prefill_s)},
-      {"tokens_per_second", std::round(10.0 * double(r.info.tokens) / std::max(prefill_s, 1e-9)) / 10.0},
+      {"tokens_per_second",
+       std::round(10.0 * double(r.info.tokens) / std::max(prefill_s, 1e-9)) / 10.0},
       {"query_tokens", r.query_tokens},
       {"generated_tokens", decode ? Json(appended - r.query_tokens) : Json(0)},
       {"decode_seconds", Round6(r.answer.seconds)},
@@ -206,7 +206,209 @@ Json DocumentJson(const RunFlags& f, const BatchDocument& d, const DocumentResul
        decode && r.generate > 0 ? Json(Round6(r.answer.first_token_seconds)) : Json(nullptr)},
       {"answer", decode ? Json(r.answer.generated) : Json(nullptr)},
       {"next_token", r.info.next_token},
-      {"kv_bytes", {{"device", r.kv_bytes[0]}, {"host", r.kv_bytes[1]}, {"remote", r.kv_bytes[2]}}}};
+      {"kv_bytes",
+       {{"device", r.kv_bytes[0]}, {"host", r.kv_bytes[1]}, {"remote", r.kv_bytes[2]}}}};
+}
+
+// Everything a batch reads before it starts (the same on every rank).
+struct BatchInputs {
+  bool decode = false, generate_auto = false;
+  int64_t generate = 0;
+  worker::EngineOptions engine;
+  std::unique_ptr<model::Tokenizer> tok;
+  std::vector<BatchDocument> docs;
+};
+
+// The flags and every document (every rank reads every one: the group assignment needs their
+// lengths). Local: the caller agrees on the status before anything is written.
+Status ReadBatchInputs(const RunFlags& f, int P, BatchInputs* in) {
+  RETURN_IF_ERROR(ParseGenerate(f.generate, &in->generate, &in->generate_auto));
+  if (in->generate < 0) return InvalidArgument("--generate must be >= 0, got {}", in->generate);
+  in->decode = !f.query.empty() || in->generate > 0 || in->generate_auto;
+  if (f.progress != "auto" && f.progress != "on" && f.progress != "off") {
+    return InvalidArgument("--progress must be auto, on or off, got '{}'", f.progress);
+  }
+  if (f.doc_groups < 1) return InvalidArgument("--doc-groups must be >= 1, got {}", f.doc_groups);
+  if (P % f.doc_groups != 0) {
+    return InvalidArgument("--doc-groups {} does not divide the job's {} rank(s)", f.doc_groups, P);
+  }
+  if (!f.input_ids.empty()) {
+    return InvalidArgument(
+        "--input-ids takes one document; give several as --input FILE or --inputs LIST");
+  }
+  if (!f.dump_logits.empty()) {
+    return InvalidArgument(
+        "--dump-logits takes one document (several: --dump-hidden writes each one's hidden "
+        "states)");
+  }
+  ASSIGN_OR_RETURN(in->engine, f.engine.Options(in->decode));
+  if (!f.trace.empty()) {
+    std::error_code ec;
+    const std::filesystem::path dir = std::filesystem::path(f.trace).parent_path();
+    if (!dir.empty() && !std::filesystem::is_directory(dir, ec)) {
+      return NotFound("--trace {}: the directory {} does not exist", f.trace, dir.string());
+    }
+  }
+  ASSIGN_OR_RETURN(in->tok, RunTokenizer(f));
+  ASSIGN_OR_RETURN(std::vector<std::string> paths, DocumentPaths(f));
+  for (const std::string& path : paths) {
+    BatchDocument d;
+    d.path = path;
+    RETURN_IF_ERROR(ReadDocument(path, *in->tok, &d.ids, &d.classes));
+    if (d.ids.empty()) return InvalidArgument("{}: the input document is empty", path);
+    d.tokens = int64_t(d.ids.size());
+    in->docs.push_back(std::move(d));
+  }
+  return Status::Ok();
+}
+
+// One document through the group (collective over `group`): prefill, the question, the KV
+// figures, the KV dropped, --dump-hidden rows staged (*staged: the staging file, on the group's
+// rank 0). Adds this rank's figures to *mine.
+Status RunDocument(const RunFlags& f, const BatchInputs& in, worker::Engine& engine,
+                   comm::Communicator& group, int index, BatchDocument& d, RankFigures* mine,
+                   std::vector<std::string>* staged, DocumentResult* out) {
+  const std::string doc_id = fmt::format("doc-{:03d}", index);
+  DocumentResult r;
+  r.index = index;
+  r.generate = in.generate;
+  r.query_tokens = int64_t(f.query.size());
+  std::vector<float> hidden;  // [this rank's rows, hidden] (--dump-hidden)
+  trace::TraceSpan prefill_span("prefill", "phase", "tokens", d.tokens);
+  RETURN_IF_ERROR(
+      engine.Prefill(doc_id, d.ids, d.classes, {}, &r.info, f.dump_hidden ? &hidden : nullptr));
+  prefill_span.End();
+  d.classes = {};
+  if (in.decode) {
+    trace::TraceSpan answer_span("answer", "phase");
+    RETURN_IF_ERROR(AnswerDocument(engine, *in.tok, doc_id, f.query, in.generate_auto,
+                                   f.max_generate, &r.generate, &r.query_tokens, &r.answer));
+    answer_span.End();
+    ASSIGN_OR_RETURN(cache::KvCacheStats kv, engine.CacheStats(doc_id));
+    for (auto [a, b] :
+         {std::pair{&mine->kv.device, &kv.device}, std::pair{&mine->kv.host, &kv.host},
+          std::pair{&mine->kv.remote, &kv.remote}}) {
+      a->bytes = std::max(a->bytes, b->bytes);
+      a->blocks = std::max(a->blocks, b->blocks);
+      a->peak_bytes = std::max(a->peak_bytes, b->peak_bytes);
+    }
+    mine->kv.demotions += kv.demotions;
+    mine->kv.loads += kv.loads;
+    mine->kv.prefetch_hits += kv.prefetch_hits;
+    mine->kv.prefetch_misses += kv.prefetch_misses;
+    mine->kv.stall_seconds += kv.stall_seconds;
+    // The document's KV bytes per tier over the group's ranks.
+    int64_t bytes[3] = {int64_t(kv.device.bytes), int64_t(kv.host.bytes), int64_t(kv.remote.bytes)};
+    RETURN_IF_ERROR(group.AllReduce(bytes, 3, comm::ReduceType::kI64, comm::ReduceOp::kSum,
+                                    comm::DeadlineIn(comm::DefaultTimeout())));
+    for (int t = 0; t < 3; ++t) r.kv_bytes[t] = uint64_t(bytes[t]);
+  }
+  RETURN_IF_ERROR(engine.Drop(doc_id));  // one document's KV per rank at a time
+  if (f.dump_hidden) {
+    const std::string path = DocDir(f.out, index) + "/hidden.npy";
+    if (group.rank() == 0) staged->push_back(path);
+    RETURN_IF_ERROR(StageHidden(group, path, r, hidden, engine.config().hidden_size));
+  }
+  if (group.rank() != 0) d.ids = {};  // the group's rank 0 writes tokens.npy
+  mine->documents += 1;
+  mine->sent += int64_t(r.info.forward.comm_bytes_sent + r.answer.bytes_sent);
+  mine->received += int64_t(r.info.forward.comm_bytes_received + r.answer.bytes_received);
+  mine->attention_s += r.info.forward.attention_seconds;
+  mine->dense_s += r.info.forward.dense_seconds;
+  *out = std::move(r);
+  return Status::Ok();
+}
+
+struct BatchTimes {
+  double load = 0, batch = 0, write = 0, total = 0;  // seconds
+};
+
+// report.json of a batch (rank 0): the documents (in input order) and every rank's figures.
+Json BatchReport(const RunFlags& f, const model::ModelConfig& config,
+                 const cache::KvCacheOptions& ko, int P, std::vector<Json> documents,
+                 const std::vector<RankFigures>& all, const BatchTimes& t, int64_t total_tokens) {
+  const int G = f.doc_groups;
+  const size_t B = documents.size();
+  std::vector<double> group_s(static_cast<size_t>(G), 0.0);
+  Json per_rank = Json::array();
+  cache::KvCacheStats kv_max;  // tiers: the most one rank held; traffic: summed
+  int64_t peak_rss = 0;
+  auto tier = [](const cache::KvTierStats& x) { return Json{{"peak_bytes", x.peak_bytes}}; };
+  for (int r = 0; r < P; ++r) {
+    const RankFigures& x = all[size_t(r)];
+    group_s[size_t(x.group)] = std::max(group_s[size_t(x.group)], x.batch_s);
+    peak_rss = std::max(peak_rss, x.peak_rss);
+    per_rank.push_back(Json{{"rank", r},
+                            {"group", x.group},
+                            {"documents", x.documents},
+                            {"batch_seconds", Round6(x.batch_s)},
+                            {"peak_rss_bytes", x.peak_rss},
+                            {"comm_bytes_sent", x.sent},
+                            {"comm_bytes_received", x.received},
+                            {"attention_seconds", Round6(x.attention_s)},
+                            {"dense_seconds", Round6(x.dense_s)},
+                            {"host", std::string(x.host, strnlen(x.host, sizeof x.host))},
+                            {"kv",
+                             {{"device", tier(x.kv.device)},
+                              {"host", tier(x.kv.host)},
+                              {"remote", tier(x.kv.remote)},
+                              {"demotions", x.kv.demotions},
+                              {"loads", x.kv.loads},
+                              {"prefetch_hits", x.kv.prefetch_hits},
+                              {"prefetch_misses", x.kv.prefetch_misses},
+                              {"stall_seconds", Round6(x.kv.stall_seconds)}}}});
+    kv_max.device.peak_bytes = std::max(kv_max.device.peak_bytes, x.kv.device.peak_bytes);
+    kv_max.host.peak_bytes = std::max(kv_max.host.peak_bytes, x.kv.host.peak_bytes);
+    kv_max.remote.peak_bytes = std::max(kv_max.remote.peak_bytes, x.kv.remote.peak_bytes);
+    kv_max.demotions += x.kv.demotions;
+    kv_max.loads += x.kv.loads;
+  }
+  Json group_seconds = Json::array();
+  for (double s : group_s) group_seconds.push_back(Round6(s));
+  std::vector<int64_t> windows;
+  for (int64_t l = 0; l < config.num_hidden_layers; ++l) windows.push_back(config.Window(l));
+  auto budget = [](uint64_t b) { return b == cache::kUnlimitedBudget ? Json(nullptr) : Json(b); };
+  const worker::BlasInfo blas = worker::CurrentBlas();
+  return Json{
+      {"model", f.engine.model},
+      {"ranks", P},
+      {"doc_groups", G},
+      {"layers", config.num_hidden_layers},
+      {"windows", windows},
+      {"fusion", config.hybrid.fusion},
+      {"tokens", total_tokens},
+      {"documents", std::move(documents)},
+      {"batch",
+       {{"documents", B},
+        {"tokens", total_tokens},
+        {"seconds", Round6(t.batch)},
+        {"tokens_per_s", std::round(10.0 * double(total_tokens) / std::max(t.batch, 1e-9)) / 10.0},
+        {"group_seconds", group_seconds}}},
+      {"seconds",
+       {{"load", Round6(t.load)},
+        {"batch", Round6(t.batch)},
+        {"write", Round6(t.write)},
+        {"total", Round6(t.total)}}},
+      {"peak_rss_bytes", peak_rss},
+      {"kv",
+       {{"codec", cache::CodecName(ko.codec)},
+        {"block_tokens", ko.block_tokens},
+        {"budgets",  // per rank, shared by the rank's documents (one held at a time)
+         {{"device", budget(ko.device_budget)},
+          {"host", budget(ko.host_budget)},
+          {"remote", budget(ko.remote_budget)}}},
+        {"peak_bytes_per_rank",
+         {{"device", kv_max.device.peak_bytes},
+          {"host", kv_max.host.peak_bytes},
+          {"remote", kv_max.remote.peak_bytes}}},
+        {"demotions", kv_max.demotions},
+        {"loads", kv_max.loads}}},
+      {"blas",
+       {{"library", blas.library},
+        {"kernel", blas.kernel},
+        {"cpu_best", blas.cpu_best},
+        {"chosen_by", blas.chosen_by}}},
+      {"per_rank", per_rank}};
 }
 
 }  // namespace
@@ -218,55 +420,12 @@ Status RunBatch(const RunFlags& f) {
   const int P = c.size(), me = c.rank();
   const bool show_progress = me == 0 && f.progress != "off";
 
-  // 1. Flags and every document (every rank reads every one: the group assignment needs their
-  // lengths); nothing is written before this succeeds everywhere.
+  // 1. Flags and every document; nothing is written before this succeeds on every rank.
+  BatchTimes times;
   auto t0 = Clock::now();
-  bool generate_auto = false, decode = false;
-  int64_t generate = 0;
-  worker::EngineOptions eo;
-  std::unique_ptr<model::Tokenizer> tok;
-  std::vector<BatchDocument> docs;
-  Status st = [&]() -> Status {
-    RETURN_IF_ERROR(ParseGenerate(f.generate, &generate, &generate_auto));
-    if (generate < 0) return InvalidArgument("--generate must be >= 0, got {}", generate);
-    decode = !f.query.empty() || generate > 0 || generate_auto;
-    if (f.progress != "auto" && f.progress != "on" && f.progress != "off") {
-      return InvalidArgument("--progress must be auto, on or off, got '{}'", f.progress);
-    }
-    if (f.doc_groups < 1) return InvalidArgument("--doc-groups must be >= 1, got {}", f.doc_groups);
-    if (P % f.doc_groups != 0) {
-      return InvalidArgument("--doc-groups {} does not divide the job's {} rank(s)", f.doc_groups,
-                             P);
-    }
-    if (!f.input_ids.empty()) {
-      return InvalidArgument("--input-ids takes one document; give several as --input FILE or "
-                             "--inputs LIST");
-    }
-    if (!f.dump_logits.empty()) {
-      return InvalidArgument("--dump-logits takes one document (several: --dump-hidden writes "
-                             "each one's hidden states)");
-    }
-    ASSIGN_OR_RETURN(eo, f.engine.Options(decode));
-    if (!f.trace.empty()) {
-      std::error_code ec;
-      const std::filesystem::path dir = std::filesystem::path(f.trace).parent_path();
-      if (!dir.empty() && !std::filesystem::is_directory(dir, ec)) {
-        return NotFound("--trace {}: the directory {} does not exist", f.trace, dir.string());
-      }
-    }
-    ASSIGN_OR_RETURN(tok, RunTokenizer(f));
-    ASSIGN_OR_RETURN(std::vector<std::string> paths, DocumentPaths(f));
-    for (const std::string& path : paths) {
-      BatchDocument d;
-      d.path = path;
-      RETURN_IF_ERROR(ReadDocument(path, *tok, &d.ids, &d.classes));
-      if (d.ids.empty()) return InvalidArgument("{}: the input document is empty", path);
-      d.tokens = int64_t(d.ids.size());
-      docs.push_back(std::move(d));
-    }
-    return Status::Ok();
-  }();
-  RETURN_IF_ERROR(comm::AgreeOnStatus(c, st));
+  BatchInputs in;
+  RETURN_IF_ERROR(comm::AgreeOnStatus(c, ReadBatchInputs(f, P, &in)));
+  std::vector<BatchDocument>& docs = in.docs;
   const int G = f.doc_groups, group_ranks = P / G, my_group = me / group_ranks;
   const int B = int(docs.size());
 
@@ -274,7 +433,8 @@ Status RunBatch(const RunFlags& f) {
   ASSIGN_OR_RETURN(std::unique_ptr<comm::Communicator> group, c.Split(my_group, me));
   ASSIGN_OR_RETURN(TraceSession trace_session, TraceSession::Start(c, f.trace));
   trace::TraceSpan load_span("load", "phase");
-  if (decode) {
+  worker::EngineOptions& eo = in.engine;
+  if (in.decode) {
     ASSIGN_OR_RETURN(eo.remote, f.engine.kv.JoinRemote(c));
   }
   RemoteTierGuard remote_guard(c, eo.remote);
@@ -283,7 +443,7 @@ Status RunBatch(const RunFlags& f) {
   RETURN_IF_ERROR(comm::AgreeOnStatus(c, opened.status()));
   std::unique_ptr<worker::Engine> engine = std::move(opened).value();
   const model::ModelConfig& config = engine->config();
-  st = Status::Ok();
+  Status st = Status::Ok();
   for (const BatchDocument& d : docs) {
     for (size_t i = 0; i < d.ids.size() && st.ok(); ++i) {
       if (d.ids[i] >= config.vocab_size) {
@@ -293,9 +453,8 @@ Status RunBatch(const RunFlags& f) {
     }
   }
   RETURN_IF_ERROR(comm::AgreeOnStatus(c, st));
-  const double load_s = Since(t0);
+  times.load = Since(t0);
   load_span.End();
-  const int64_t D = config.hidden_size, L = config.num_hidden_layers;
 
   std::vector<int64_t> tokens;
   for (const BatchDocument& d : docs) tokens.push_back(d.tokens);
@@ -311,7 +470,7 @@ Status RunBatch(const RunFlags& f) {
     fmt::print(stderr,
                "longctx run: {} documents, {} tokens, {} layers, {} rank(s) in {} group(s) of {}, "
                "model {}\n",
-               B, total_tokens, L, P, G, group_ranks, f.engine.model);
+               B, total_tokens, config.num_hidden_layers, P, G, group_ranks, f.engine.model);
   }
 
   // Output directories: --dump-hidden stages rows into them during the batch (created only now
@@ -334,8 +493,7 @@ Status RunBatch(const RunFlags& f) {
     for (auto it = created.rbegin(); it != created.rend(); ++it) std::filesystem::remove(*it, ec);
   };
   if (f.dump_hidden) {
-    st = me == 0 ? make_dirs() : Status::Ok();
-    Status agreed = comm::AgreeOnStatus(c, st);
+    Status agreed = comm::AgreeOnStatus(c, me == 0 ? make_dirs() : Status::Ok());
     if (!agreed.ok()) {
       if (me == 0) remove_empty_dirs();
       return agreed;
@@ -351,64 +509,17 @@ Status RunBatch(const RunFlags& f) {
   std::vector<std::string> staged;  // hidden.npy staging files of this group (its rank 0)
   RankFigures mine;
   mine.group = my_group;
-  st = Status::Ok();
   for (int i = 0; i < B && st.ok(); ++i) {
     if (assigned[size_t(i)] != my_group) continue;
-    BatchDocument& d = docs[size_t(i)];
-    st = [&]() -> Status {
-      const std::string doc_id = fmt::format("doc-{:03d}", i);
-      DocumentResult r;
-      r.index = i;
-      r.generate = generate;
-      r.query_tokens = int64_t(f.query.size());
-      std::vector<float> hidden;
-      trace::TraceSpan prefill_span("prefill", "phase", "tokens", d.tokens);
-      RETURN_IF_ERROR(engine->Prefill(doc_id, d.ids, d.classes, {}, &r.info,
-                                      f.dump_hidden ? &hidden : nullptr));
-      prefill_span.End();
-      d.classes = {};
-      if (decode) {
-        trace::TraceSpan answer_span("answer", "phase");
-        RETURN_IF_ERROR(AnswerDocument(*engine, *tok, doc_id, f.query, generate_auto,
-                                       f.max_generate, &r.generate, &r.query_tokens, &r.answer));
-        answer_span.End();
-        ASSIGN_OR_RETURN(cache::KvCacheStats kv, engine->CacheStats(doc_id));
-        for (auto [a, b] : {std::pair{&mine.kv.device, &kv.device}, std::pair{&mine.kv.host, &kv.host},
-                            std::pair{&mine.kv.remote, &kv.remote}}) {
-          a->bytes = std::max(a->bytes, b->bytes);
-          a->blocks = std::max(a->blocks, b->blocks);
-          a->peak_bytes = std::max(a->peak_bytes, b->peak_bytes);
-        }
-        mine.kv.demotions += kv.demotions;
-        mine.kv.loads += kv.loads;
-        mine.kv.prefetch_hits += kv.prefetch_hits;
-        mine.kv.prefetch_misses += kv.prefetch_misses;
-        mine.kv.stall_seconds += kv.stall_seconds;
-        int64_t bytes[3] = {int64_t(kv.device.bytes), int64_t(kv.host.bytes), int64_t(kv.remote.bytes)};
-        RETURN_IF_ERROR(group->AllReduce(bytes, 3, comm::ReduceType::kI64, comm::ReduceOp::kSum,
-                                         comm::DeadlineIn(comm::DefaultTimeout())));
-        for (int t = 0; t < 3; ++t) r.kv_bytes[t] = uint64_t(bytes[t]);
-      }
-      RETURN_IF_ERROR(engine->Drop(doc_id));  // one document's KV per rank at a time
-      if (f.dump_hidden) {
-        const std::string path = DocDir(f.out, i) + "/hidden.npy";
-        if (group->rank() == 0) staged.push_back(path);
-        RETURN_IF_ERROR(StageHidden(*group, path, r, hidden, D));
-      }
-      if (group->rank() != 0) d.ids = {};  // the group's rank 0 writes tokens.npy
-      mine.documents += 1;
-      mine.sent += int64_t(r.info.forward.comm_bytes_sent + r.answer.bytes_sent);
-      mine.received += int64_t(r.info.forward.comm_bytes_received + r.answer.bytes_received);
-      mine.attention_s += r.info.forward.attention_seconds;
-      mine.dense_s += r.info.forward.dense_seconds;
-      if (show_progress) {
-        fmt::print(stderr, "longctx run: document {} ({}): {} tokens, prefill {:.2f} s{}\n", i,
-                   d.path, d.tokens, r.info.prefill_seconds,
-                   decode ? fmt::format(", answer {}", Dump(Json(r.answer.generated))) : "");
-      }
-      results.push_back(std::move(r));
-      return Status::Ok();
-    }();
+    DocumentResult r;
+    st = RunDocument(f, in, *engine, *group, i, docs[size_t(i)], &mine, &staged, &r);
+    if (!st.ok()) break;
+    if (show_progress) {
+      fmt::print(stderr, "longctx run: document {} ({}): {} tokens, prefill {:.2f} s{}\n", i,
+                 docs[size_t(i)].path, docs[size_t(i)].tokens, r.info.prefill_seconds,
+                 in.decode ? ", answer " + Dump(Json(r.answer.generated)) : std::string());
+    }
+    results.push_back(std::move(r));
   }
   mine.batch_s = Since(t_batch);
   batch_span.End();
@@ -419,31 +530,30 @@ Status RunBatch(const RunFlags& f) {
     if (me == 0) remove_empty_dirs();
     return agreed;
   }
-  double batch_s = mine.batch_s;
-  RETURN_IF_ERROR(c.AllReduce(&batch_s, 1, comm::ReduceType::kF64, comm::ReduceOp::kMax,
+  times.batch = mine.batch_s;
+  RETURN_IF_ERROR(c.AllReduce(&times.batch, 1, comm::ReduceType::kF64, comm::ReduceOp::kMax,
                               comm::DeadlineIn(comm::DefaultTimeout())));
 
   // 4. Outputs: each group's rank 0 writes its documents' files.
   t0 = Clock::now();
   trace::TraceSpan write_span("write_outputs", "phase");
   if (!f.dump_hidden) {
-    st = me == 0 ? make_dirs() : Status::Ok();
-    RETURN_IF_ERROR(comm::AgreeOnStatus(c, st));
+    RETURN_IF_ERROR(comm::AgreeOnStatus(c, me == 0 ? make_dirs() : Status::Ok()));
   }
   st = Status::Ok();
   Json my_docs = Json::array();
   if (group->rank() == 0) {
     for (const DocumentResult& r : results) {
       const BatchDocument& d = docs[size_t(r.index)];
-      if (st.ok()) st = WriteDocument(DocDir(f.out, r.index), d.ids, r, decode, f.dump_hidden);
-      my_docs.push_back(DocumentJson(f, d, r, my_group, group_ranks, decode));
+      if (st.ok()) st = WriteDocument(DocDir(f.out, r.index), d.ids, r, in.decode, f.dump_hidden);
+      my_docs.push_back(DocumentJson(f, d, r, my_group, group_ranks, in.decode));
     }
     if (!st.ok()) {
       for (const std::string& path : staged) AbortNpyRows(path);
     }
   }
   RETURN_IF_ERROR(comm::AgreeOnStatus(c, st));
-  const double write_s = Since(t0);
+  times.write = Since(t0);
   write_span.End();
 
   // 5. report.json: the documents and every rank's figures, gathered to rank 0.
@@ -462,103 +572,24 @@ Status RunBatch(const RunFlags& f) {
       if (part.empty()) continue;
       for (const Json& d : Json::parse(part)) documents[d["index"].get<size_t>()] = d;
     }
-    std::vector<double> group_s(static_cast<size_t>(G), 0.0);
-    Json per_rank = Json::array();
-    cache::KvCacheStats kv_max;
-    int64_t peak_rss = 0;
-    for (int r = 0; r < P; ++r) {
-      const RankFigures& x = all[size_t(r)];
-      group_s[size_t(x.group)] = std::max(group_s[size_t(x.group)], x.batch_s);
-      peak_rss = std::max(peak_rss, x.peak_rss);
-      auto tier = [](const cache::KvTierStats& t) { return Json{{"peak_bytes", t.peak_bytes}}; };
-      per_rank.push_back(Json{{"rank", r},
-                              {"group", x.group},
-                              {"documents", x.documents},
-                              {"batch_seconds", Round6(x.batch_s)},
-                              {"peak_rss_bytes", x.peak_rss},
-                              {"comm_bytes_sent", x.sent},
-                              {"comm_bytes_received", x.received},
-                              {"attention_seconds", Round6(x.attention_s)},
-                              {"dense_seconds", Round6(x.dense_s)},
-                              {"host", std::string(x.host, strnlen(x.host, sizeof x.host))},
-                              {"kv",
-                               {{"device", tier(x.kv.device)},
-                                {"host", tier(x.kv.host)},
-                                {"remote", tier(x.kv.remote)},
-                                {"demotions", x.kv.demotions},
-                                {"loads", x.kv.loads},
-                                {"prefetch_hits", x.kv.prefetch_hits},
-                                {"prefetch_misses", x.kv.prefetch_misses},
-                                {"stall_seconds", Round6(x.kv.stall_seconds)}}}});
-      kv_max.device.peak_bytes = std::max(kv_max.device.peak_bytes, x.kv.device.peak_bytes);
-      kv_max.host.peak_bytes = std::max(kv_max.host.peak_bytes, x.kv.host.peak_bytes);
-      kv_max.remote.peak_bytes = std::max(kv_max.remote.peak_bytes, x.kv.remote.peak_bytes);
-      kv_max.demotions += x.kv.demotions;
-      kv_max.loads += x.kv.loads;
-    }
-    std::vector<int64_t> windows;
-    for (int64_t l = 0; l < L; ++l) windows.push_back(config.Window(l));
-    const cache::KvCacheOptions& ko = eo.kv;
-    auto budget = [](uint64_t b) { return b == cache::kUnlimitedBudget ? Json(nullptr) : Json(b); };
-    const worker::BlasInfo blas = worker::CurrentBlas();
-    const double total_s = Since(t_start);
-    Json report = {
-        {"model", f.engine.model},
-        {"ranks", P},
-        {"doc_groups", G},
-        {"layers", L},
-        {"windows", windows},
-        {"fusion", config.hybrid.fusion},
-        {"tokens", total_tokens},
-        {"documents", documents},
-        {"batch",
-         {{"documents", B},
-          {"tokens", total_tokens},
-          {"seconds", Round6(batch_s)},
-          {"tokens_per_s", std::round(10.0 * double(total_tokens) / std::max(batch_s, 1e-9)) / 10.0},
-          {"group_seconds", [&] {
-             Json a = Json::array();
-             for (double s : group_s) a.push_back(Round6(s));
-             return a;
-           }()}}},
-        {"seconds",
-         {{"load", Round6(load_s)},
-          {"batch", Round6(batch_s)},
-          {"write", Round6(write_s)},
-          {"total", Round6(total_s)}}},
-        {"peak_rss_bytes", peak_rss},
-        {"kv",
-         {{"codec", cache::CodecName(ko.codec)},
-          {"block_tokens", ko.block_tokens},
-          {"budgets",  // per rank, shared by the rank's documents (one held at a time)
-           {{"device", budget(ko.device_budget)},
-            {"host", budget(ko.host_budget)},
-            {"remote", budget(ko.remote_budget)}}},
-          {"peak_bytes_per_rank",
-           {{"device", kv_max.device.peak_bytes},
-            {"host", kv_max.host.peak_bytes},
-            {"remote", kv_max.remote.peak_bytes}}},
-          {"demotions", kv_max.demotions},
-          {"loads", kv_max.loads}}},
-        {"blas",
-         {{"library", blas.library},
-          {"kernel", blas.kernel},
-          {"cpu_best", blas.cpu_best},
-          {"chosen_by", blas.chosen_by}}},
-        {"per_rank", per_rank}};
+    times.total = Since(t_start);
+    Json report = BatchReport(f, config, eo.kv, P, documents, all, times, total_tokens);
     RETURN_IF_ERROR(WriteFileAtomically(f.out + "/report.json", Dump(report, 2) + "\n"));
     for (const Json& d : documents) {
-      fmt::print("run: document {} ({}): {} tokens on group {} ({} rank(s)), prefill {:.2f} s ({:.0f} "
-                 "tokens/s){}\n",
-                 d["index"].get<int>(), d["path"].get<std::string>(), d["tokens"].get<int64_t>(),
-                 d["group"].get<int>(), group_ranks, d["prefill_seconds"].get<double>(),
-                 d["tokens_per_second"].get<double>(),
-                 decode ? ", answer " + Dump(d["answer"]) : std::string());
+      fmt::print(
+          "run: document {} ({}): {} tokens on group {} ({} rank(s)), prefill {:.2f} s "
+          "({:.0f} tokens/s){}\n",
+          d["index"].get<int>(), d["path"].get<std::string>(), d["tokens"].get<int64_t>(),
+          d["group"].get<int>(), group_ranks, d["prefill_seconds"].get<double>(),
+          d["tokens_per_second"].get<double>(),
+          in.decode ? ", answer " + Dump(d["answer"]) : std::string());
     }
-    fmt::print("run: {} documents, {} tokens on {} rank(s) in {} group(s): {:.2f} s, {:.0f} "
-               "tokens/s (model load {:.2f} s), peak RSS per rank <= {:.1f} MiB; wrote {}/report.json\n",
-               B, total_tokens, P, G, batch_s, double(total_tokens) / std::max(batch_s, 1e-9),
-               load_s, double(peak_rss) / (1024.0 * 1024.0), f.out);
+    fmt::print(
+        "run: {} documents, {} tokens on {} rank(s) in {} group(s): {:.2f} s, {:.0f} "
+        "tokens/s (model load {:.2f} s), peak RSS per rank <= {:.1f} MiB; wrote "
+        "{}/report.json\n",
+        B, total_tokens, P, G, times.batch, double(total_tokens) / std::max(times.batch, 1e-9),
+        times.load, double(report["peak_rss_bytes"].get<int64_t>()) / (1024.0 * 1024.0), f.out);
   }
   RETURN_IF_ERROR(trace_session.Finish());
   if (me == 0 && !f.trace.empty()) {

@@ -17,7 +17,7 @@
 namespace longctx::cli {
 
 struct RunFlags {
-  EngineFlags engine;  // model, hybrid overrides, threads, --kv-*
+  EngineFlags engine;               // model, hybrid overrides, threads, --kv-*
   std::vector<std::string> inputs;  // --input, once per document
   std::string inputs_file;          // --inputs LIST: one document path per line
   int doc_groups = 1;               // --doc-groups G: rank groups prefilling documents concurrently
@@ -25,7 +25,7 @@ struct RunFlags {
   bool dump_hidden = false;
   std::string dump_logits;  // .npy [tokens, vocab] float32: row i = logits after token i
   std::string progress = "auto";
-  std::string query;      // appended after the document, every token global
+  std::string query;           // appended after the document, every token global
   std::string generate = "0";  // tokens decoded greedily after the document (and the query),
                                // or "auto": as many as the model's length head predicts
   int64_t max_generate = 256;  // the cap of --generate auto

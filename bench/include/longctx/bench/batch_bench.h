@@ -17,16 +17,16 @@ namespace longctx::bench {
 
 struct BatchBenchOptions {
   std::string model = "builtin:tiny";
-  int documents = 4;           // B
-  int64_t tokens = 16384;      // bytes = tokens per document (the byte tokenizer)
-  int ranks = 2;               // P of every job
+  int documents = 4;                     // B
+  int64_t tokens = 16384;                // bytes = tokens per document (the byte tokenizer)
+  int ranks = 2;                         // P of every job
   std::vector<int> doc_groups = {1, 2};  // G of the batch jobs (each must divide P)
-  int threads = 1;             // per rank
+  int threads = 1;                       // per rank
   std::string query = "Who pays for the goods of lot 35?";
-  int64_t generate = 8;        // greedy tokens after the question, per document
-  int reps = 1;                // rounds (singles, then each batch); the best round per mode
-  std::string extra;           // more `longctx run` flags for every job (e.g. --kv-device-budget 1M)
-  std::string json;            // also write the results here
+  int64_t generate = 8;  // greedy tokens after the question, per document
+  int reps = 1;          // rounds (singles, then each batch); the best round per mode
+  std::string extra;     // more `longctx run` flags for every job (e.g. --kv-device-budget 1M)
+  std::string json;      // also write the results here
   std::string binary = "/proc/self/exe";
   std::string mpirun_args =
       "--oversubscribe --allow-run-as-root --mca btl self,vader,tcp --mca btl_tcp_if_include lo "
