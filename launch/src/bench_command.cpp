@@ -193,7 +193,8 @@ Runner AddBenchCommand(CLI::App& app) {
   bt->add_option("--model", bo->model, "model directory or builtin:NAME")->capture_default_str();
   bt->add_option("--docs", bo->documents, "documents B")->capture_default_str();
   bt->add_option("--tokens", bo->tokens, "tokens (bytes) per document")->capture_default_str();
-  bt->add_option("--ranks", bo->ranks, "ranks of every job (mpirun above 1)")->capture_default_str();
+  bt->add_option("--ranks", bo->ranks, "ranks of every job (mpirun above 1)")
+      ->capture_default_str();
   bt->add_option("--doc-groups", bo->doc_groups, "G of the batch jobs (each divides --ranks)")
       ->delimiter(',')->capture_default_str();
   bt->add_option("--threads", bo->threads, "threads per rank")->capture_default_str();
@@ -202,7 +203,8 @@ Runner AddBenchCommand(CLI::App& app) {
   bt->add_option("--reps", bo->reps, "rounds; the best per mode is kept")->capture_default_str();
   bt->add_option("--run-args", bo->extra, "more `longctx run` flags for every job");
   bt->add_option("--json", bo->json, "also write the results as JSON");
-  bt->add_option("--mpirun-args", bo->mpirun_args, "mpirun flags before -np")->capture_default_str();
+  bt->add_option("--mpirun-args", bo->mpirun_args, "mpirun flags before -np")
+      ->capture_default_str();
 
   return [o, c, att, cm, mo, mx, ko, kv, to, tk, tro, tr, le, le_engine, lv, po, pf, pb, pl, bo,
           bt]() -> Status {

@@ -224,7 +224,8 @@ Status RunRun(const RunFlags& f) {
   for (size_t i = 0; i < ids.size(); ++i) {  // every rank reads the same ids: no need to agree
     if (ids[i] >= config.vocab_size) {
       return OutOfRange("{}: token id {} at position {} is outside the model's vocabulary [0, {})",
-                        f.input_ids.empty() ? f.inputs[0] : f.input_ids, ids[i], i, config.vocab_size);
+                        f.input_ids.empty() ? f.inputs[0] : f.input_ids, ids[i], i,
+                        config.vocab_size);
     }
   }
   const double load_s = Since(t0);
