@@ -4,6 +4,7 @@
 #include "commands.h"
 #include "engine_flags.h"
 #include "longctx/bench/attention_bench.h"
+#include "longctx/bench/batch_bench.h"
 #include "longctx/bench/capacity.h"
 #include "longctx/bench/comm_bench.h"
 #include "longctx/bench/kvstore_bench.h"
@@ -185,7 +186,29 @@ Runner AddBenchCommand(CLI::App& app) {
   lv->add_option("--python", le->python, "python3 with matplotlib")->capture_default_str();
   lv->add_flag("!--no-plots", le->plots, "skip the heat maps");
 
-  return [o, c, att, cm, mo, mx, ko, kv, to, tk, tro, tr, le, le_engine, lv, po, pf, pb, pl]() -> Status {
+  auto bo = std::make_shared<bench::BatchBenchOptions>();
+  CLI::App* bt = app.add_subcommand(
+      "batch", "tokens/s of B documents in one `longctx run` job (--doc-groups G) against one "
+               "job per document, as a same-run ratio");
+  bt->add_option("--model", bo->model, "model directory or builtin:NAME")->capture_default_str();
+  bt->add_option("--docs", bo->documents, "documents B")->capture_default_str();
+  bt->add_option("--tokens", bo->tokens, "tokens (bytes) per document")->capture_default_str();
+  bt->add_option("--ranks", bo->ranks, "ranks of every job (mpirun above 1)")
+      ->capture_default_str();
+  bt->add_option("--doc-groups", bo->doc_groups, "G of the batch jobs (each divides --ranks)")
+      ->delimiter(',')->capture_default_str();
+  bt->add_option("--threads", bo->threads, "threads per rank")->capture_default_str();
+  bt->add_option("--query", bo->query, "the question of every document")->capture_default_str();
+  bt->add_option("--generate", bo->generate, "greedy tokens per document")->capture_default_str();
+  bt->add_option("--reps", bo->reps, "rounds; the best per mode is kept")->capture_default_str();
+  bt->add_option("--run-args", bo->extra, "more `longctx run` flags for every job");
+  bt->add_option("--json", bo->json, "also write the results as JSON");
+  bt->add_option("--mpirun-args", bo->mpirun_args, "mpirun flags before -np")
+      ->capture_default_str();
+
+  return [o, c, att, cm, mo, mx, ko, kv, to, tk, tro, tr, le, le_engine, lv, po, pf, pb, pl, bo,
+          bt]() -> Status {
+    if (bt->parsed()) return bench::RunBatchBench(*bo);
     if (lv->parsed()) {
       ASSIGN_OR_RETURN(std::shared_ptr<comm::Communicator> w, comm::WorldCommunicator("auto"));
       ASSIGN_OR_RETURN(le->engine, le_engine->Options(/*keep_kv=*/true));

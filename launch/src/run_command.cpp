@@ -2,7 +2,8 @@
 // over the ranks of the job (mpirun / srun), with globals chosen from its structure: prefill,
 // then (--query / --generate) a question and greedy generation against the cached context.
 // Writes report.json, tokens.npy, globals.npy, generated.txt, (--dump-hidden) hidden.npy and
-// (--dump-logits FILE) every position's float32 logits.
+// (--dump-logits FILE) every position's float32 logits. Several documents per job (--input
+// repeated, --inputs LIST, --doc-groups G) go through RunBatch (run_batch.cpp).
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -25,6 +26,7 @@
 
 #include "commands.h"
 #include "engine_flags.h"
+#include "run_flags.h"
 #include "trace_output.h"
 #include "longctx/attention/global_selection.h"
 #include "longctx/attention/shard_plan.h"
@@ -42,29 +44,7 @@
 #include "longctx/worker/token_rules.h"
 
 namespace longctx::cli {
-namespace {
 
-using Clock = std::chrono::steady_clock;
-double Since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
-struct RunFlags {
-  EngineFlags engine;  // model, hybrid overrides, threads, --kv-*
-  std::string input, input_ids, out = "longctx-run";
-  bool dump_hidden = false;
-  std::string dump_logits;  // .npy [tokens, vocab] float32: row i = logits after token i
-  std::string progress = "auto";
-  std::string query;      // appended after the document, every token global
-  std::string generate = "0";  // tokens decoded greedily after the document (and the query),
-                               // or "auto": as many as the model's length head predicts
-  int64_t max_generate = 256;  // the cap of --generate auto
-  std::string tokenizer;  // tokenizer.json, a directory holding one, or "bytes"; empty: the model's
-  std::string trace;      // a Chrome/Perfetto trace of every rank, merged (trace_output.h)
-};
-
-// The tokenizer of a run (DESIGN.md §5): --tokenizer, else the model directory's tokenizer.json,
-// else bytes (the built-in models).
 Result<std::unique_ptr<model::Tokenizer>> RunTokenizer(const RunFlags& f) {
   if (!f.tokenizer.empty()) return model::OpenTokenizer(f.tokenizer);
   std::error_code ec;
@@ -76,25 +56,90 @@ Result<std::unique_ptr<model::Tokenizer>> RunTokenizer(const RunFlags& f) {
   return std::unique_ptr<model::Tokenizer>(new model::ByteTokenizer());
 }
 
-using worker::TokenTextEndsSentenceOrParagraph;
+Status ReadDocument(const std::string& path, const model::Tokenizer& tok, std::vector<int32_t>* ids,
+                    std::vector<attention::TokenClass>* classes) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return NotFound("{}: cannot open the input document", path);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) return DataLoss("{}: read error", path);
+  // The tokenizer's ids (a tokenizer.json adds its BOS; bytes: id = byte); classes from the
+  // bytes for the byte tokenizer, else from each token's decoded text.
+  ASSIGN_OR_RETURN(*ids, tok.Encode(text, true));
+  *classes = tok.is_byte_level() ? attention::ClassifyBytes(text)
+                                 : worker::ClassifyTokenIds(tok, *ids);
+  return Status::Ok();
+}
+
+Status ParseGenerate(const std::string& text, int64_t* count, bool* is_auto) {
+  *count = 0;
+  *is_auto = text == "auto";
+  if (*is_auto) return Status::Ok();
+  char* end = nullptr;
+  *count = std::strtoll(text.c_str(), &end, 10);
+  if (text.empty() || *end != '\0') {
+    return InvalidArgument("--generate {}: expected a token count or auto", text);
+  }
+  return Status::Ok();
+}
+
+int64_t PeakRssBytes() {
+  struct rusage ru {};
+  getrusage(RUSAGE_SELF, &ru);
+  return int64_t(ru.ru_maxrss) * 1024;  // Linux reports KiB
+}
+
+Status AnswerDocument(worker::Engine& engine, const model::Tokenizer& tok,
+                      const std::string& doc_id, const std::string& query, bool generate_auto,
+                      int64_t max_generate, int64_t* generate, int64_t* query_tokens,
+                      worker::AnswerResult* answer) {
+  *query_tokens = int64_t(query.size());  // bytes, or the tokenizer's ids
+  if (tok.is_byte_level()) {
+    if (generate_auto) {
+      ASSIGN_OR_RETURN(*generate, engine.PredictAnswerLength(doc_id, query, max_generate));
+    }
+    return engine.Answer(doc_id, query, *generate, {}, answer);
+  }
+  worker::AnswerTokens at;
+  ASSIGN_OR_RETURN(at.query_ids, tok.Encode(query, false));
+  *query_tokens = int64_t(at.query_ids.size());
+  // EOS: the tokenizer's and config.json's eos_token_id (a number or a list); any stops.
+  at.stop_ids = tok.eos_ids();
+  for (int64_t id : engine.config().eos_token_ids) {
+    if (std::find(at.stop_ids.begin(), at.stop_ids.end(), int32_t(id)) == at.stop_ids.end()) {
+      at.stop_ids.push_back(int32_t(id));
+    }
+  }
+  at.is_global = [&](int32_t token, const std::vector<int32_t>& prev) {
+    return worker::TokenTextEndsSentenceOrParagraph(
+        prev.empty() ? std::string() : tok.TokenText(prev.back()), tok.TokenText(token));
+  };
+  at.decode = [&](const std::vector<int32_t>& gen) {
+    auto text = tok.Decode(gen, true);
+    return text.ok() ? *text : std::string();
+  };
+  if (generate_auto) {
+    ASSIGN_OR_RETURN(*generate, engine.PredictAnswerLength(doc_id, query, max_generate, &at));
+  }
+  return engine.Answer(doc_id, query, *generate, {}, answer, &at);
+}
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double Since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
 
 // Token ids and their classes: bytes of a text file, or an int32/int64 .npy of ids (ids below
 // 256 are classed as the bytes they stand for).
 Status ReadTokens(const RunFlags& f, const model::Tokenizer& tok, std::vector<int32_t>* ids,
                   std::vector<attention::TokenClass>* classes) {
-  if (f.input.empty() == f.input_ids.empty()) {
+  const std::string input = f.inputs.empty() ? std::string() : f.inputs[0];
+  if (input.empty() == f.input_ids.empty()) {
     return InvalidArgument("give exactly one of --input FILE and --input-ids IDS.npy");
   }
-  if (!f.input.empty()) {
-    std::ifstream in(f.input, std::ios::binary);
-    if (!in) return NotFound("{}: cannot open the input document", f.input);
-    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    if (in.bad()) return DataLoss("{}: read error", f.input);
-    // The tokenizer's ids (a tokenizer.json adds its BOS; bytes: id = byte); classes from the
-    // bytes for the byte tokenizer, else from each token's decoded text.
-    ASSIGN_OR_RETURN(*ids, tok.Encode(text, true));
-    *classes = tok.is_byte_level() ? attention::ClassifyBytes(text)
-                                   : worker::ClassifyTokenIds(tok, *ids);
+  if (!input.empty()) {
+    RETURN_IF_ERROR(ReadDocument(input, tok, ids, classes));
   } else {
     ASSIGN_OR_RETURN(NpyArray a, ReadNpy(f.input_ids));
     if (a.shape.size() != 1) {
@@ -119,12 +164,6 @@ Status ReadTokens(const RunFlags& f, const model::Tokenizer& tok, std::vector<in
   return Status::Ok();
 }
 
-int64_t PeakRssBytes() {
-  struct rusage ru {};
-  getrusage(RUSAGE_SELF, &ru);
-  return int64_t(ru.ru_maxrss) * 1024;  // Linux reports KiB
-}
-
 Status RunRun(const RunFlags& f) {
   const auto t_start = Clock::now();
   ASSIGN_OR_RETURN(std::shared_ptr<comm::Communicator> world, comm::WorldCommunicator("auto"));
@@ -143,15 +182,9 @@ Status RunRun(const RunFlags& f) {
   // auto: a bar on a terminal, plain lines otherwise; on: the same; off: nothing.
   const bool show_progress = me == 0 && f.progress != "off";
   const bool bar = show_progress && tty;
-  const bool generate_auto = f.generate == "auto";
+  bool generate_auto = false;
   int64_t generate = 0;
-  if (!generate_auto) {
-    char* end = nullptr;
-    generate = std::strtoll(f.generate.c_str(), &end, 10);
-    if (f.generate.empty() || *end != '\0') {
-      return InvalidArgument("--generate {}: expected a token count or auto", f.generate);
-    }
-  }
+  RETURN_IF_ERROR(ParseGenerate(f.generate, &generate, &generate_auto));
   const bool decode = !f.query.empty() || generate > 0 || generate_auto;
 
   // 1. Flags, tokens and the engine (model + overrides): every rank computes the same.
@@ -191,7 +224,8 @@ Status RunRun(const RunFlags& f) {
   for (size_t i = 0; i < ids.size(); ++i) {  // every rank reads the same ids: no need to agree
     if (ids[i] >= config.vocab_size) {
       return OutOfRange("{}: token id {} at position {} is outside the model's vocabulary [0, {})",
-                        f.input_ids.empty() ? f.input : f.input_ids, ids[i], i, config.vocab_size);
+                        f.input_ids.empty() ? f.inputs[0] : f.input_ids, ids[i], i,
+                        config.vocab_size);
     }
   }
   const double load_s = Since(t0);
@@ -246,36 +280,8 @@ Status RunRun(const RunFlags& f) {
   double decode_s = 0.0;
   trace::TraceSpan answer_span("answer", "phase");
   if (decode) {
-    if (tok->is_byte_level()) {
-      if (generate_auto) {
-        ASSIGN_OR_RETURN(generate, engine->PredictAnswerLength(doc_id, f.query, f.max_generate));
-      }
-      RETURN_IF_ERROR(engine->Answer(doc_id, f.query, generate, {}, &answer));
-    } else {
-      worker::AnswerTokens at;
-      ASSIGN_OR_RETURN(at.query_ids, tok->Encode(f.query, false));
-      query_tokens = int64_t(at.query_ids.size());
-      // EOS: the tokenizer's and config.json's eos_token_id (a number or a list); any stops.
-      at.stop_ids = tok->eos_ids();
-      for (int64_t id : config.eos_token_ids) {
-        if (std::find(at.stop_ids.begin(), at.stop_ids.end(), int32_t(id)) == at.stop_ids.end()) {
-          at.stop_ids.push_back(int32_t(id));
-        }
-      }
-      at.is_global = [&](int32_t token, const std::vector<int32_t>& prev) {
-        return TokenTextEndsSentenceOrParagraph(prev.empty() ? std::string() : tok->TokenText(prev.back()),
-                                                tok->TokenText(token));
-      };
-      at.decode = [&](const std::vector<int32_t>& gen) {
-        auto text = tok->Decode(gen, true);
-        return text.ok() ? *text : std::string();
-      };
-      if (generate_auto) {
-        ASSIGN_OR_RETURN(generate,
-                         engine->PredictAnswerLength(doc_id, f.query, f.max_generate, &at));
-      }
-      RETURN_IF_ERROR(engine->Answer(doc_id, f.query, generate, {}, &answer, &at));
-    }
+    RETURN_IF_ERROR(AnswerDocument(*engine, *tok, doc_id, f.query, generate_auto, f.max_generate,
+                                   &generate, &query_tokens, &answer));
     decode_s = answer.seconds;
   }
   answer_span.End();
@@ -521,7 +527,16 @@ Status RunRun(const RunFlags& f) {
 
 Runner AddRunCommand(CLI::App& app) {
   auto f = std::make_shared<RunFlags>();
-  app.add_option("--input", f->input, "the document (tokenized by --tokenizer)");
+  app.add_option("--input", f->inputs,
+                 "the document (tokenized by --tokenizer); repeat it for several documents per "
+                 "job, each with the same --query/--generate");
+  app.add_option("--inputs", f->inputs_file,
+                 "a file listing documents, one path per line (after any --input; blank lines and "
+                 "lines starting with # are skipped)");
+  app.add_option("--doc-groups", f->doc_groups,
+                 "several documents: split the ranks into G groups (G divides the rank count) "
+                 "that prefill different documents concurrently")
+      ->capture_default_str();
   app.add_option("--tokenizer", f->tokenizer,
                  "tokenizer.json, a directory holding one, or bytes (default: the model "
                  "directory's tokenizer.json, else bytes)");
@@ -542,7 +557,7 @@ Runner AddRunCommand(CLI::App& app) {
                  "write a Chrome/Perfetto timeline of every rank to this JSON file "
                  "(chrome://tracing, ui.perfetto.dev; docs/observability.md)");
   f->engine.Register(app);
-  return [f] { return RunRun(*f); };
+  return [f] { return f->IsBatch() ? RunBatch(*f) : RunRun(*f); };
 }
 
 }  // namespace longctx::cli

@@ -151,12 +151,13 @@ Status Engine::Prefill(const std::string& doc_id, std::span<const int32_t> ids,
   const int64_t s = plan.begin(me), rows = plan.rows(me);
   doc->rows = rows;
   if (options_.keep_kv) {
+    const int key_rank = options_.key_rank >= 0 ? options_.key_rank : me;
     st = [&]() -> Status {
       ASSIGN_OR_RETURN(doc->cache,
                        cache::TieredKvCache::Create(options_.kv, int32_t(L),
                                                     int32_t(c.num_key_value_heads),
                                                     int32_t(c.head_dim),
-                                                    SequenceId(me, ++next_sequence_),
+                                                    SequenceId(key_rank, ++next_sequence_),
                                                     options_.remote));
       std::vector<int64_t> own_globals;  // rows local to this rank
       for (int64_t g : globals) {

@@ -36,6 +36,10 @@ struct EngineOptions {
   bool keep_kv = true;                 // keep each document's KV cache (needed by Answer)
   cache::KvCacheOptions kv;            // tiers of the decode cache
   std::shared_ptr<cache::RemoteTier> remote;  // the remote tier (null: none)
+  // The rank named in this engine's KV block keys (remote pools are shared by every rank of the
+  // job): the world rank when `comm` is a group split from it (`longctx run --doc-groups`), so
+  // two groups' rank 0s never write the same keys. -1: comm.rank().
+  int key_rank = -1;
 };
 
 // A prefilled document.
