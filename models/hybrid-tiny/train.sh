@@ -2,7 +2,7 @@
 # Reproduces models/hybrid-tiny from random weights: the exact commands of its model card
 # (README.md here), phase after phase, each phase starting from the previous one's final/.
 # Usage: models/hybrid-tiny/train.sh OUT_DIR [theta|window]
-#   (no 2nd argument) the shipped model: rope_theta 3e8, phases 1-5
+#   (no 2nd argument) the shipped model: rope_theta 3e8, phases 1-5 and 8-10
 #   theta   the positional-scheme comparison arm: rope_theta 1e4, phases 1-3 and the first 60
 #           steps (the 16K stage) of phase 4, the same data as the shipped model's
 #   window  the window-only baseline: no budgeted globals, the question local, phases 1-2
@@ -66,5 +66,22 @@ fi
 "${MPIRUN[@]}" -x LONGCTX_COMM_TIMEOUT_S=900 "$B" train --model "$OUT/p4/final" \
   --tasks passkey,niah --curriculum 64K:60,256K:12 --lr 1e-3 --min-lr 1e-4 --mining on --seed 7 \
   --batch 2 --threads 1 --progress off --save-every 12 --max-steps 60 --out "$OUT/p5"
-# The shipped weights are $OUT/p5/final (= step-60: the 64K stage; the session's time ran out
-# before the 256K stage, so --max-steps 60 stops there, keeping the schedule of the 64K stage).
+# Phases 6-7 are the logn arm (above). Phases 8-10: a million tokens, trained at 16K-64K
+# (docs/training.md "Training for a million tokens at 64K").
+# Phase 8: simulated dilution — the needle's keys handicapped by ln(1M/n) nats in the global
+# queries' softmax, so the margin a 16K document needs is the one a 1M document needs.
+"${MPIRUN[@]}" -x LONGCTX_COMM_TIMEOUT_S=900 "$B" train --model "$OUT/p5/final" \
+  --tasks passkey,niah --curriculum 16K:80 --dilute-to 1M --lr 1e-3 --min-lr 1e-4 --mining on \
+  --seed 31 --batch 2 --threads 1 --progress off --save-every 20 --out "$OUT/p8"
+# Phase 9: the globals a 1M run has (the 4 sinks and the question: global_max 4, written into
+# the config) and the distances (RoPE positions skipped by up to 1M between needle and question).
+"${MPIRUN[@]}" -x LONGCTX_COMM_TIMEOUT_S=900 "$B" train --model "$OUT/p8/final" --global-max 4 \
+  --tasks passkey,niah --curriculum 16K:120 --dilute-to 1M --position-skip-to 1M --lr 1e-3 \
+  --min-lr 1e-4 --mining on --seed 41 --batch 2 --threads 1 --progress off --save-every 40 \
+  --out "$OUT/p9"
+# Phase 10: more of it, with a margin (dilution to 2M), then 64K-token documents.
+"${MPIRUN[@]}" -x LONGCTX_COMM_TIMEOUT_S=900 "$B" train --model "$OUT/p9/final" \
+  --tasks passkey,niah --curriculum 16K:150,64K:24 --dilute-to 2M --position-skip-to 1M \
+  --lr 7e-4 --min-lr 7e-5 --mining on --seed 51 --batch 2 --threads 1 --progress off \
+  --save-every 50 --out "$OUT/p10"
+# The shipped weights are $OUT/p10/final.

@@ -81,7 +81,26 @@ PYEOF
 expect_error "--generate auto without a length head" run --progress off --model builtin:tiny \
   --input "$T/doc.txt" --query "What?" --generate auto --out "$T/x"
 
+# Simulated dilution and the positional skip (docs/training.md): at N = n both are no-ops, so
+# the run is bitwise the plain one; at 1M they change the loss; on 2 ranks they run.
+PK=("${BASE[@]}" --tasks passkey --curriculum 400:2 --seed 5)
+loss_of() { "$PY" -c "import json,sys; print(' '.join(repr(json.loads(l)['loss']) for l in open(sys.argv[1] + '/train.jsonl')))" "$1"; }
+"$BIN" "${PK[@]}" --out "$T/plain" >/dev/null 2>&1 \
+  && "$BIN" "${PK[@]}" --dilute-to 400 --position-skip-to 400 --out "$T/same" >/dev/null 2>&1 \
+  && [[ "$(loss_of "$T/plain")" == "$(loss_of "$T/same")" ]] \
+  && cmp -s "$T/plain/final/model.safetensors" "$T/same/final/model.safetensors" \
+  && ok "--dilute-to/--position-skip-to at the sequence length: bitwise the plain run" \
+  || bad "dilution/skip at N = n changed the run"
+"${MPIRUN[@]}" -np 2 "$BIN" "${PK[@]}" --dilute-to 1M --position-skip-to 1M --out "$T/dil" >/dev/null 2>&1 \
+  && [[ "$(loss_of "$T/plain")" != "$(loss_of "$T/dil")" ]] \
+  && "$PY" -c "import json,math,sys; sys.exit(0 if all(math.isfinite(json.loads(l)['loss']) for l in open('$T/dil/train.jsonl')) else 1)" \
+  && ok "--dilute-to 1M --position-skip-to 1M on 2 ranks: finite, different losses" \
+  || bad "dilution/skip at 1M on 2 ranks"
+
 # Bad input: one line, non-zero, nothing saved lost.
+expect_error "bad --dilute-to" "${TR[@]}" --dilute-to lots --out "$T/x"
+expect_error "bad --position-skip-to" "${TR[@]}" --position-skip-to -5 --out "$T/x"
+expect_error "dilution with the entropy loss" "${PK[@]}" --dilute-to 1M --loss ce,entropy:0.1 --out "$T/x"
 expect_error "bad curriculum" "${TR[@]}" --curriculum 400:x --out "$T/x"
 expect_error "stage shorter than a task" train --model builtin:tiny --tasks vt --curriculum 100:2 --out "$T/x"
 expect_error "bad loss" "${TR[@]}" --loss ce,foo --out "$T/x"
@@ -116,6 +135,10 @@ grep -q "step 4" "$T/stderr" && ok "the NaN error names step 4" || bad "NaN erro
 expect_error "grad: no ids" grad --model builtin:tiny --out "$T/x"
 "$PY" -c "import numpy as np; np.save('$T/m.npy', np.ones(3, np.int32))"
 expect_error "grad: mask of the wrong length" grad --model builtin:tiny --input-ids "$T/ids.npy" --loss-mask "$T/m.npy" --out "$T/x"
+expect_error "grad: malformed --handicap" grad --model builtin:tiny --input-ids "$T/ids.npy" --handicap 2@5 --out "$T/x"
+expect_error "grad: --handicap span out of range" grad --model builtin:tiny --input-ids "$T/ids.npy" --handicap 2@5:100000 --out "$T/x"
+expect_error "grad: negative --handicap" grad --model builtin:tiny --input-ids "$T/ids.npy" --handicap -1@1:3 --out "$T/x"
+expect_error "grad: negative --position-skip" grad --model builtin:tiny --input-ids "$T/ids.npy" --position-skip 3 -7 --out "$T/x"
 expect_error "grad: bad loss" grad --model builtin:tiny --input-ids "$T/ids.npy" --loss entropy:-1 --out "$T/x"
 
 finish

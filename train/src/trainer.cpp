@@ -54,6 +54,9 @@ class SampleSource {
   static Result<SampleSource> Open(const TrainOptions& o, const std::vector<Stage>& stages) {
     SampleSource src;
     if (o.dilute_to < 0) return InvalidArgument("--dilute-to must be >= 0, not {}", o.dilute_to);
+    if (o.dilute_to > 0 && o.loss.entropy > 0) {
+      return InvalidArgument("--dilute-to cannot be combined with the entropy loss");
+    }
     src.dilute_to_ = o.dilute_to;
     if (o.skip_to < 0) return InvalidArgument("--position-skip-to must be >= 0, not {}", o.skip_to);
     src.skip_to_ = o.skip_to;
